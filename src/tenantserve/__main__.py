@@ -1,0 +1,5 @@
+"""``python -m tenantserve`` runs the CLI."""
+
+from tenantserve.cli import main
+
+main()

@@ -1,0 +1,9 @@
+"""The model cache: which models are resident, within a byte budget (not a response cache)."""
+
+from __future__ import annotations
+
+from tenantserve.cache.budget import MemoryBudget
+from tenantserve.cache.eviction import LRU, EvictionPolicy
+from tenantserve.cache.model_cache import ModelCache
+
+__all__ = ["LRU", "EvictionPolicy", "MemoryBudget", "ModelCache"]

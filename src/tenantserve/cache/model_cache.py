@@ -1,0 +1,360 @@
+"""ModelCache: lease(model) — a hit, or one shared load that makes room within the byte budget."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from tenantserve.cache import memory
+from tenantserve.cache.budget import MemoryBudget
+from tenantserve.cache.eviction import LRU, EvictionPolicy
+from tenantserve.cache.single_flight import SingleFlight
+from tenantserve.errors import (
+    InsufficientMemory,
+    ModelAlreadyLoaded,
+    ModelNotFound,
+    ModelNotReady,
+    TenantServeError,
+)
+from tenantserve.metrics import CacheSnapshot, Metrics
+from tenantserve.runtimes import LoadedModel, Runtime, runtime_for
+from tenantserve.store.base import LocalArtifact, ModelStore
+from tenantserve.types import ModelId, ModelStatus
+
+log = logging.getLogger(__name__)
+
+# Before the first load of a model its resident size is unknown; an ONNX Runtime session was
+# seen to hold 1.5-1.6x its file (DESIGN §3), so reserve 2x and settle to the measured size.
+_FIRST_LOAD_FACTOR = 2
+_KNOWN_SIZES_MAX = 100_000
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    model_id: ModelId
+    model: LoadedModel
+    nbytes: int
+    labels: tuple[str, ...] | None
+    load_seconds: float
+    pinned: bool = False
+    leases: int = 0
+    hits: int = 0
+    last_used_s: float = field(default_factory=time.time)
+    draining: bool = False  # unloaded or evicted while leased: closed by the last lease
+
+
+class ModelCache:
+    """Which models are resident. All state is touched on the event loop thread only."""
+
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        runtimes: Mapping[str, Runtime],
+        budget: MemoryBudget,
+        metrics: Metrics,
+        io_executor: Executor,
+        load_executor: Executor,
+        policy: EvictionPolicy[ModelId] | None = None,
+        max_concurrent_loads: int = 2,
+        load_wait_s: float = 60.0,
+        failed_load_ttl_s: float = 30.0,
+    ) -> None:
+        self._store = store
+        self._runtimes = dict(runtimes)
+        self._budget = budget
+        self._metrics = metrics
+        self._io = io_executor
+        self._load_executor = load_executor
+        self._policy: EvictionPolicy[ModelId] = policy if policy is not None else LRU()
+        self._max_concurrent_loads = max_concurrent_loads
+        self._load_wait_s = load_wait_s
+        self._failed_load_ttl_s = failed_load_ttl_s
+        self._entries: dict[ModelId, _Entry] = {}
+        self._draining: set[_Entry] = set()
+        self._flights: SingleFlight[ModelId, _Entry] = SingleFlight()
+        self._failures: dict[ModelId, tuple[float, TenantServeError]] = {}
+        self._known_sizes: OrderedDict[ModelId, int] = OrderedDict()
+        self._load_slots: asyncio.Semaphore | None = None
+        self._room_freed: asyncio.Event | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        # RSS deltas are only meaningful when one runtime load runs at a time.
+        self._measure_lock = threading.Lock()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def is_resident(self, model_id: ModelId) -> bool:
+        return model_id in self._entries
+
+    def labels_of(self, model_id: ModelId) -> tuple[str, ...] | None:
+        entry = self._entries.get(model_id)
+        return entry.labels if entry else None
+
+    def status(self) -> list[ModelStatus]:
+        statuses = [
+            ModelStatus(
+                model_id=e.model_id.value,
+                state="ready",
+                nbytes=e.nbytes,
+                pinned=e.pinned,
+                in_flight=e.leases,
+                hits=e.hits,
+                last_used_s=e.last_used_s,
+                load_seconds=e.load_seconds,
+            )
+            for e in self._entries.values()
+        ]
+        return sorted(statuses, key=lambda s: s.model_id)
+
+    def snapshot(self) -> CacheSnapshot:
+        return CacheSnapshot(
+            loaded_models=len(self._entries),
+            used_bytes=self._budget.used_bytes,
+            budget_bytes=self._budget.capacity_bytes,
+            pinned_bytes=sum(e.nbytes for e in self._entries.values() if e.pinned),
+        )
+
+    # -- the data path ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(self, model_id: ModelId) -> AsyncIterator[LoadedModel]:
+        """Hold the model for one request; it cannot be evicted until the block exits."""
+        entry = self._entries.get(model_id)
+        if entry is not None:
+            self._metrics.cache_hits.inc()
+        else:
+            self._metrics.cache_misses.inc()
+            started = time.perf_counter()
+            entry = await self._get_or_load(model_id, explicit=False)
+            self._metrics.loading_wait.observe(time.perf_counter() - started)
+        entry.leases += 1
+        entry.hits += 1
+        entry.last_used_s = time.time()
+        self._policy.touch(model_id)
+        try:
+            yield entry.model
+        finally:
+            entry.leases -= 1
+            if entry.leases == 0:
+                if entry.draining:
+                    await self._close(entry)
+                self._signal_room()
+
+    async def _get_or_load(self, model_id: ModelId, *, explicit: bool) -> _Entry:
+        # Loops because a model loaded for us can, rarely, be evicted before we resume.
+        for _ in range(3):
+            entry = self._entries.get(model_id)
+            if entry is not None:
+                return entry
+            if not explicit:
+                self._raise_if_failed_recently(model_id)
+            try:
+                return await self._flights.do(
+                    model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s
+                )
+            except TimeoutError:
+                raise ModelNotReady(
+                    f"model {model_id} is still loading; retry shortly", retry_after_s=1.0
+                ) from None
+        raise ModelNotReady(f"model {model_id} is under memory pressure; retry shortly")
+
+    def _raise_if_failed_recently(self, model_id: ModelId) -> None:
+        failure = self._failures.get(model_id)
+        if failure is None:
+            return
+        expires_at, error = failure
+        if time.monotonic() < expires_at:
+            raise type(error)(str(error))
+        del self._failures[model_id]
+
+    # -- loading ---------------------------------------------------------------------------
+
+    async def _load(self, model_id: ModelId) -> _Entry:
+        if self._load_slots is None:
+            self._load_slots = asyncio.Semaphore(self._max_concurrent_loads)
+        loop = asyncio.get_running_loop()
+        reserved = 0  # bytes this load holds in the budget, released on any failure
+        try:
+            async with self._load_slots:
+                artifact = await loop.run_in_executor(self._io, self._store.fetch, model_id)
+                self._metrics.downloading.observe(artifact.download_seconds)
+                runtime = runtime_for(self._runtimes, artifact.manifest)
+                estimate = self._estimate(artifact)
+                await self._make_room(model_id, estimate)
+                self._budget.reserve(estimate)
+                reserved = estimate
+                started = time.perf_counter()
+                model, measured = await loop.run_in_executor(
+                    self._load_executor, self._load_measured, runtime, artifact
+                )
+                load_seconds = time.perf_counter() - started
+            self._metrics.loading.observe(load_seconds)
+        except TenantServeError as exc:
+            self._budget.release(reserved)
+            self._metrics.load_failures.inc()
+            self._failures[model_id] = (time.monotonic() + self._failed_load_ttl_s, exc)
+            log.warning("load of %s failed: %s", model_id, exc)
+            raise
+        except BaseException:
+            self._budget.release(reserved)
+            raise
+        self._budget.release(reserved)
+        self._budget.reserve(measured)
+        self._remember_size(model_id, measured)
+        self._failures.pop(model_id, None)
+        entry = _Entry(model_id, model, measured, artifact.manifest.labels, load_seconds)
+        self._entries[model_id] = entry
+        self._policy.add(model_id)
+        # The measured size may beat the estimate: shed others now, not on the next load.
+        for victim in self._evict(0, protect=model_id):
+            task = asyncio.get_running_loop().create_task(self._close(victim))
+            self._closing.add(task)  # hold a reference until done, or the task may be collected
+            task.add_done_callback(self._closing.discard)
+        log.info("loaded %s (%d bytes in %.3fs)", model_id, measured, load_seconds)
+        return entry
+
+    def _estimate(self, artifact: LocalArtifact) -> int:
+        known = self._known_sizes.get(artifact.model_id)
+        if known is not None:
+            return known
+        if artifact.manifest.memory_hint_bytes:
+            return artifact.manifest.memory_hint_bytes
+        return artifact.nbytes * _FIRST_LOAD_FACTOR
+
+    def _load_measured(self, runtime: Runtime, artifact: LocalArtifact) -> tuple[LoadedModel, int]:
+        """Load in a worker thread and measure what the model really holds (RSS delta)."""
+        with self._measure_lock:
+            memory.trim()
+            before = memory.rss_bytes()
+            model = runtime.load(artifact.path, artifact.manifest)
+            memory.trim()  # the parsed model file is garbage glibc would otherwise keep
+            grown = memory.rss_bytes() - before
+        return model, max(grown, artifact.nbytes)
+
+    def _remember_size(self, model_id: ModelId, nbytes: int) -> None:
+        self._known_sizes[model_id] = nbytes
+        self._known_sizes.move_to_end(model_id)
+        if len(self._known_sizes) > _KNOWN_SIZES_MAX:
+            self._known_sizes.popitem(last=False)
+
+    async def _make_room(self, model_id: ModelId, nbytes: int) -> None:
+        if not self._budget.can_ever_fit(nbytes):
+            raise InsufficientMemory(
+                f"model {model_id} needs about {nbytes} bytes; the whole memory budget is "
+                f"{self._budget.capacity_bytes} bytes"
+            )
+        deadline = time.monotonic() + self._load_wait_s
+        while True:
+            # Close victims before loading, so the process never holds both at once.
+            victims = self._evict(nbytes, protect=None)
+            await asyncio.gather(*(self._close(victim) for victim in victims))
+            if self._budget.fits(nbytes):
+                return
+            # What is left is pinned, busy or loading. Busy models free up in milliseconds;
+            # wait for a lease to end rather than fail the load.
+            if not self._could_free(nbytes) or time.monotonic() >= deadline:
+                raise InsufficientMemory(
+                    f"model {model_id} needs about {nbytes} bytes and only "
+                    f"{max(self._budget.free_bytes, 0)} can be freed: the rest of the budget "
+                    "is held by pinned or busy models"
+                )
+            if self._room_freed is None:
+                self._room_freed = asyncio.Event()
+            self._room_freed.clear()
+            try:
+                await asyncio.wait_for(self._room_freed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                continue
+
+    def _could_free(self, nbytes: int) -> bool:
+        """Would ``nbytes`` fit once every lease and load in flight ended? Only pins stay."""
+        pinned = sum(e.nbytes for e in self._entries.values() if e.pinned)
+        return pinned + nbytes <= self._budget.capacity_bytes
+
+    def _signal_room(self) -> None:
+        if self._room_freed is not None:
+            self._room_freed.set()
+
+    def _evict(self, nbytes: int, *, protect: ModelId | None) -> list[_Entry]:
+        """Detach idle, unpinned victims until ``nbytes`` more would fit once they close."""
+        victims: list[_Entry] = []
+        freeing = 0
+        for victim in self._policy.candidates():
+            if self._budget.used_bytes - freeing + nbytes <= self._budget.capacity_bytes:
+                break
+            entry = self._entries.get(victim)
+            if entry is None or entry.pinned or entry.leases > 0 or victim == protect:
+                continue
+            self._metrics.evictions.inc()
+            log.info("evicting %s (%d bytes)", victim, entry.nbytes)
+            self._detach(entry)
+            victims.append(entry)
+            freeing += entry.nbytes
+        return victims
+
+    def _detach(self, entry: _Entry) -> None:
+        """Take a model out of the index; its bytes stay counted until it is closed."""
+        del self._entries[entry.model_id]
+        self._policy.remove(entry.model_id)
+        entry.draining = True
+        self._draining.add(entry)
+
+    async def _close(self, entry: _Entry) -> None:
+        if entry not in self._draining:
+            return
+        self._draining.discard(entry)
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(self._load_executor, _release, entry)
+        self._budget.release(entry.nbytes)
+        self._metrics.unloading.observe(time.perf_counter() - started)
+        self._signal_room()
+
+    # -- management ------------------------------------------------------------------------
+
+    async def load(self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True) -> None:
+        if model_id in self._entries and not exist_ok:
+            raise ModelAlreadyLoaded(f"model {model_id} is already loaded")
+        self._failures.pop(model_id, None)  # an operator's explicit load always retries
+        entry = await self._get_or_load(model_id, explicit=True)
+        if pin:
+            entry.pinned = True
+
+    def pin(self, model_id: ModelId, pinned: bool = True) -> None:
+        entry = self._entries.get(model_id)
+        if entry is None:
+            raise ModelNotFound(f"model {model_id} is not loaded")
+        entry.pinned = pinned
+        if not pinned:
+            self._signal_room()
+
+    async def unload(self, model_id: ModelId) -> None:
+        entry = self._entries.get(model_id)
+        if entry is None:
+            raise ModelNotFound(f"model {model_id} is not loaded")
+        self._detach(entry)
+        if entry.leases == 0:
+            await self._close(entry)
+
+    async def close(self) -> None:
+        """Wait for loads in flight, then release every model (shutdown)."""
+        await self._flights.drain()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        for entry in list(self._entries.values()):
+            self._detach(entry)
+        for entry in list(self._draining):
+            if entry.leases == 0:
+                await self._close(entry)
+
+
+def _release(entry: _Entry) -> None:
+    entry.model.close()
+    memory.trim()
+

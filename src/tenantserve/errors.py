@@ -1,0 +1,80 @@
+"""One exception tree for the whole server; HTTP codes live only in protocols/errors.py.
+
+::
+
+    TenantServeError
+    ├── InvalidRequest            the caller sent something we cannot act on
+    │   ├── InvalidModelId        a model id that is not a safe relative path
+    │   ├── InvalidInput          tensors that do not match the model (name, shape, dtype)
+    │   └── PayloadTooLarge       a body over the configured size
+    ├── ModelNotFound             no artifact under that id in the store
+    ├── ModelAlreadyLoaded        explicit load of a resident model (SageMaker 409)
+    ├── ModelNotReady             still loading past the caller's wait limit
+    ├── InsufficientMemory        cannot fit within the byte budget (SageMaker 507)
+    ├── Overloaded                admission queue full or deadline passed (503 + Retry-After)
+    ├── LoadFailed                the artifact could not be fetched or turned into a model
+    │   └── StoreUnavailable      the store could not be reached
+    └── PredictFailed             the model raised while predicting
+"""
+
+from __future__ import annotations
+
+
+class TenantServeError(Exception):
+    """Base of every error the server raises on purpose; ``str(err)`` is safe to show callers."""
+
+
+class InvalidRequest(TenantServeError):
+    """The request itself is wrong; retrying it unchanged cannot succeed."""
+
+
+class InvalidModelId(InvalidRequest):
+    """A model id that is empty, too long, or not a safe relative path."""
+
+
+class InvalidInput(InvalidRequest):
+    """Input tensors that do not match the model's signature."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A request body over the configured maximum."""
+
+
+class ModelNotFound(TenantServeError):
+    """No model by that id exists in the store (or is resident, for unload)."""
+
+
+class ModelAlreadyLoaded(TenantServeError):
+    """An explicit load of a model that is already resident."""
+
+
+class ModelNotReady(TenantServeError):
+    """The model is still loading and the caller's wait limit has passed."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InsufficientMemory(TenantServeError):
+    """The model cannot fit in the memory budget, even after evicting what may be evicted."""
+
+
+class Overloaded(TenantServeError):
+    """Too much work in flight; the caller should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class LoadFailed(TenantServeError):
+    """The artifact was found but could not be fetched, unpacked or loaded."""
+
+
+class StoreUnavailable(LoadFailed):
+    """The store did not answer (network, credentials, server errors)."""
+
+
+class PredictFailed(TenantServeError):
+    """The model raised while running a request."""

@@ -1,0 +1,154 @@
+"""ONNX Runtime: one InferenceSession per model, one intra-op and one inter-op thread each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
+from tenantserve.types import DATATYPE_TO_DTYPE, ModelManifest, TensorSpec, Tensors
+
+# ONNX Runtime's type strings → OIP datatype names.
+_ORT_TO_DATATYPE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    datatype = _ORT_TO_DATATYPE.get(arg.type)
+    if datatype is None:
+        raise LoadFailed(f"tensor {arg.name!r} has type {arg.type}, which cannot be served")
+    shape = tuple(dim if isinstance(dim, int) else -1 for dim in (arg.shape or ()))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+class OnnxModel:
+    """An InferenceSession behind the LoadedModel contract."""
+
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session: ort.InferenceSession | None = session
+        self._inputs = tuple(_spec(arg) for arg in session.get_inputs())
+        self._outputs = tuple(_spec(arg) for arg in session.get_outputs())
+        self._output_names = [spec.name for spec in self._outputs]
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    def predict(self, tensors: Tensors) -> Tensors:
+        session = self._session
+        if session is None:
+            raise PredictFailed("model was unloaded")
+        feed = {spec.name: _conform(spec, tensors.get(spec.name)) for spec in self._inputs}
+        extra = sorted(set(tensors) - set(feed))
+        if extra:
+            expected = ", ".join(spec.name for spec in self._inputs)
+            raise InvalidInput(f"unexpected input {extra[0]!r}; the model takes: {expected}")
+        try:
+            values = session.run(self._output_names, feed)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise PredictFailed(f"model failed to run: {_first_line(exc)}") from exc
+        return dict(zip(self._output_names, values, strict=True))
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _conform(spec: TensorSpec, array: npt.NDArray[Any] | None) -> npt.NDArray[Any]:
+    """Check one input against the graph, converting only where no value can change."""
+    if array is None:
+        raise InvalidInput(f"missing input {spec.name!r}")
+    if len(spec.shape) != array.ndim:
+        raise InvalidInput(
+            f"input {spec.name!r} has shape {list(array.shape)}; "
+            f"the model expects {len(spec.shape)} dimensions {list(spec.shape)}"
+        )
+    for want, got in zip(spec.shape, array.shape, strict=True):
+        if want not in (-1, got):
+            raise InvalidInput(
+                f"input {spec.name!r} has shape {list(array.shape)}; "
+                f"the model expects {list(spec.shape)}"
+            )
+    if spec.datatype == "BYTES":
+        if array.dtype.kind not in ("O", "U", "S"):
+            raise InvalidInput(f"input {spec.name!r} must be BYTES (text), not {array.dtype}")
+        return _as_text(spec.name, array)
+    want_dtype = DATATYPE_TO_DTYPE[spec.datatype]
+    if array.dtype != want_dtype:
+        if array.dtype.kind in ("O", "U", "S") or not np.can_cast(
+            array.dtype, want_dtype, "same_kind"
+        ):
+            raise InvalidInput(
+                f"input {spec.name!r} has datatype {array.dtype}; the model expects "
+                f"{spec.datatype}"
+            )
+        array = array.astype(want_dtype)
+    return array
+
+
+def _as_text(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    flat = array.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    for i, item in enumerate(flat):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"input {name!r} element {i} is not valid UTF-8") from exc
+        elif not isinstance(item, str):
+            raise InvalidInput(f"input {name!r} element {i} is not text")
+        out[i] = item
+    return out.reshape(array.shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+class OnnxRuntime:
+    """Loads ``model.onnx`` as data (no custom ops, nothing executed)."""
+
+    name = "onnx"
+
+    def load(self, path: Path, manifest: ModelManifest) -> OnnxModel:
+        model_file = path / manifest.model_file
+        if not model_file.is_file():
+            raise LoadFailed(f"artifact has no {manifest.model_file}")
+        options = ort.SessionOptions()
+        # A fixed thread budget whatever the number of models (DESIGN §4): the server's own
+        # executor provides the parallelism; a session must not add threads of its own.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(model_file), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # InvalidProtobuf, Fail, NotImplemented …
+            raise LoadFailed(f"not a loadable ONNX model: {_first_line(exc)}") from exc
+        return OnnxModel(session)

@@ -1,0 +1,1 @@
+"""Scheduling: who may run now (admission) and on what (the bounded executor)."""

@@ -1,0 +1,45 @@
+"""The store seam: ``fetch`` an artifact to a local folder, ``list`` what a prefix holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tenantserve.types import ModelId, ModelManifest
+
+
+@dataclass(frozen=True, slots=True)
+class LocalArtifact:
+    """An artifact ready on local disk: the folder, its manifest, the bytes it takes on disk."""
+
+    model_id: ModelId
+    path: Path
+    manifest: ModelManifest
+    nbytes: int
+    download_seconds: float = 0.0
+
+
+class ModelStore(Protocol):
+    """Where artifacts live. Blocking calls: the cache runs them on its executor."""
+
+    @property
+    def url(self) -> str: ...
+
+    def fetch(self, model_id: ModelId) -> LocalArtifact:
+        """Make the artifact available locally.
+
+        Raises:
+            ModelNotFound: nothing under that id.
+            StoreUnavailable: the store did not answer.
+            LoadFailed: the artifact is malformed (bad archive, bad manifest, checksum).
+        """
+        ...
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Model ids under ``prefix`` (a tenant or ``""`` for all), sorted."""
+        ...
+
+    def check(self) -> None:
+        """Raise ``StoreUnavailable`` if the store cannot be reached (used at start-up)."""
+        ...

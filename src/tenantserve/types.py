@@ -1,0 +1,145 @@
+"""Vocabulary every layer speaks: model ids, tensors, manifests, signatures (no I/O)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tenantserve.errors import InvalidModelId
+
+Tensors = Mapping[str, npt.NDArray[Any]]
+"""Named numpy arrays: what goes into and comes out of a model."""
+
+MAX_MODEL_ID_CHARS = 256
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelId:
+    """A model's path relative to the store root; its first segment is the tenant.
+
+    Only built through :meth:`parse`, so every ``ModelId`` in the system is safe to join to a
+    store root: no ``..``, no absolute path, no empty segment, no control character.
+    """
+
+    value: str
+
+    @classmethod
+    def parse(cls, raw: str) -> ModelId:
+        """Validate ``raw`` (e.g. ``acme/macros.tar.gz``) or raise :class:`InvalidModelId`."""
+        if not raw:
+            raise InvalidModelId("model id is empty")
+        if len(raw) > MAX_MODEL_ID_CHARS:
+            raise InvalidModelId(f"model id is longer than {MAX_MODEL_ID_CHARS} characters")
+        segments = raw.split("/")
+        for segment in segments:
+            # The segment grammar excludes "", ".", ".." (must start alphanumeric), "\\",
+            # whitespace and control characters in one rule.
+            if not _SEGMENT.fullmatch(segment):
+                raise InvalidModelId(
+                    f"model id {_printable(raw)!r} is invalid: each '/'-separated segment must "
+                    "start with a letter or digit and hold only letters, digits, '.', '_' or '-'"
+                )
+        return cls(raw)
+
+    @property
+    def tenant(self) -> str:
+        """The first segment (``acme/macros`` → ``acme``), as SageMaker's TargetModel prefix."""
+        return self.value.split("/", 1)[0]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _printable(raw: str) -> str:
+    # Never echo control characters or unbounded input back into logs or error bodies.
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in raw[:80])
+    return cleaned + ("…" if len(raw) > 80 else "")
+
+
+# OIP v2 datatype names ⇄ numpy dtypes. BYTES holds Python str/bytes in an object array.
+DATATYPE_TO_DTYPE: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+
+
+def datatype_of(array: npt.NDArray[Any]) -> str:
+    """The OIP datatype name of a numpy array (strings and bytes are ``BYTES``)."""
+    if array.dtype.kind in ("O", "U", "S"):
+        return "BYTES"
+    for name, dtype in DATATYPE_TO_DTYPE.items():
+        if dtype == array.dtype:
+            return name
+    raise ValueError(f"no OIP datatype for numpy dtype {array.dtype}")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output of a model: name, OIP datatype, shape (-1 = any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelManifest:
+    """What ``model.json`` beside an artifact may declare; every field is optional.
+
+    Attributes:
+        runtime: which runtime loads the artifact (``onnx`` by default).
+        model_file: the file inside the artifact folder the runtime opens.
+        labels: class names, for classifiers whose output is an index or a score row.
+        memory_hint_bytes: expected resident size, used to make room before the first load.
+        sha256: expected digest of ``model_file``; a mismatch refuses the load.
+        metadata: free-form facts shown in model metadata (never interpreted).
+    """
+
+    runtime: str = "onnx"
+    model_file: str = "model.onnx"
+    labels: tuple[str, ...] | None = None
+    memory_hint_bytes: int | None = None
+    sha256: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """A resident (or loading) model as the cache sees it."""
+
+    model_id: str
+    state: str  # "loading" | "ready"
+    nbytes: int
+    pinned: bool
+    in_flight: int
+    hits: int
+    last_used_s: float
+    load_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """What a model takes and returns, for OIP metadata and SageMaker ``GET /models/{m}``."""
+
+    model_id: str
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    labels: tuple[str, ...] | None = None

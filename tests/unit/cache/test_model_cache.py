@@ -1,0 +1,293 @@
+"""ModelCache: hits, single-flight, byte budget, eviction rules, failures (fake store/runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tenantserve.cache import MemoryBudget, ModelCache
+from tenantserve.errors import (
+    InsufficientMemory,
+    LoadFailed,
+    ModelAlreadyLoaded,
+    ModelNotFound,
+    ModelNotReady,
+)
+from tenantserve.metrics import Metrics
+from tenantserve.runtimes import LoadedModel, Runtime
+from tenantserve.store.base import LocalArtifact
+from tenantserve.types import ModelId, ModelManifest, TensorSpec, Tensors
+
+
+class FakeModel:
+    platform = "fake"
+    inputs = (TensorSpec("x", "FP32", (-1,)),)
+    outputs = (TensorSpec("y", "FP32", (-1,)),)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+    def predict(self, tensors: Tensors) -> Tensors:
+        return dict(tensors)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeStore:
+    """Models named ``<tenant>/<size>`` take ``size`` bytes; ``broken`` fails; ``gate`` blocks."""
+
+    url = "fake://"
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.fetches: dict[str, int] = {}
+        self.gate: threading.Event | None = None
+        self.lock = threading.Lock()
+
+    def fetch(self, model_id: ModelId) -> LocalArtifact:
+        with self.lock:
+            self.fetches[model_id.value] = self.fetches.get(model_id.value, 0) + 1
+        if self.gate is not None:
+            self.gate.wait(10)
+        name = model_id.value.split("/")[-1]
+        if name == "missing":
+            raise ModelNotFound(f"no model {model_id}")
+        if name == "broken":
+            raise LoadFailed("not a loadable ONNX model")
+        size = int(name)
+        return LocalArtifact(model_id, self.tmp, ModelManifest(memory_hint_bytes=size), size)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return []
+
+    def check(self) -> None:
+        return None
+
+
+class FakeRuntime:
+    name = "onnx"
+
+    def __init__(self) -> None:
+        self.loaded: list[FakeModel] = []
+
+    def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
+        model = FakeModel(str(manifest.memory_hint_bytes))
+        self.loaded.append(model)
+        return model
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    executor = ThreadPoolExecutor(4)
+    yield executor
+    executor.shutdown(wait=True)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FakeStore:
+    return FakeStore(tmp_path)
+
+
+@pytest.fixture
+def runtime() -> FakeRuntime:
+    return FakeRuntime()
+
+
+@pytest.fixture
+async def cache(
+    store: FakeStore, runtime: FakeRuntime, pool: ThreadPoolExecutor
+) -> AsyncIterator[ModelCache]:
+    runtimes: dict[str, Runtime] = {"onnx": runtime}
+    # The budget here is in "fake bytes": measured sizes fall back to the artifact's nbytes
+    # because a fake model grows RSS by ~0, so real-sized budgets keep the arithmetic exact.
+    cache = ModelCache(
+        store=store, runtimes=runtimes, budget=MemoryBudget(100 * MB), metrics=Metrics(),
+        io_executor=pool, load_executor=pool, load_wait_s=5, failed_load_ttl_s=60,
+    )  # fmt: skip
+    yield cache
+    await cache.close()
+
+
+MB = 1_000_000
+
+
+def mid(raw: str) -> ModelId:
+    return ModelId.parse(raw)
+
+
+def size_id(tenant: str, mb: int) -> ModelId:
+    return mid(f"{tenant}/{mb * MB}")
+
+
+@pytest.mark.anyio
+async def test_first_call_loads_then_hits(cache: ModelCache, store: FakeStore) -> None:
+    for _ in range(3):
+        async with cache.lease(size_id("a", 10)) as model:
+            assert model.predict({"x": 1}) == {"x": 1}  # type: ignore[dict-item]
+    assert store.fetches == {f"a/{10 * MB}": 1}
+    assert cache.snapshot().loaded_models == 1
+    assert cache.snapshot().used_bytes >= 10 * MB
+
+
+@pytest.mark.anyio
+async def test_concurrent_first_calls_share_one_load(cache: ModelCache, store: FakeStore) -> None:
+    store.gate = threading.Event()
+
+    async def call() -> None:
+        async with cache.lease(size_id("a", 5)):
+            pass
+
+    tasks = [asyncio.create_task(call()) for _ in range(20)]
+    await asyncio.sleep(0.05)
+    store.gate.set()
+    await asyncio.gather(*tasks)
+    assert store.fetches == {f"a/{5 * MB}": 1}
+
+
+@pytest.mark.anyio
+async def test_lru_eviction_keeps_within_budget(cache: ModelCache, runtime: FakeRuntime) -> None:
+    for tenant in "abcdef":  # 6 x 30 MB into 100 MB
+        async with cache.lease(size_id(tenant, 30)):
+            assert cache.snapshot().used_bytes <= 100 * MB
+    await asyncio.sleep(0.05)  # let eviction close tasks run
+    resident = {s.model_id for s in cache.status()}
+    assert resident == {f"{t}/{30 * MB}" for t in "def"}
+    assert sum(m.closed for m in runtime.loaded) == 3
+    assert cache.snapshot().used_bytes == 90 * MB
+
+
+@pytest.mark.anyio
+async def test_recently_used_model_survives(cache: ModelCache) -> None:
+    for tenant in "abc":
+        async with cache.lease(size_id(tenant, 30)):
+            pass
+    async with cache.lease(size_id("a", 30)):  # a is now the most recent
+        pass
+    async with cache.lease(size_id("d", 30)):
+        pass
+    resident = {s.model_id for s in cache.status()}
+    assert f"a/{30 * MB}" in resident
+    assert f"b/{30 * MB}" not in resident
+
+
+@pytest.mark.anyio
+async def test_pinned_model_is_never_evicted(cache: ModelCache) -> None:
+    await cache.load(size_id("pinned", 40), pin=True)
+    for tenant in "abcdefgh":
+        async with cache.lease(size_id(tenant, 30)):
+            pass
+    assert cache.is_resident(size_id("pinned", 40))
+    assert cache.snapshot().pinned_bytes == 40 * MB
+
+
+@pytest.mark.anyio
+async def test_leased_model_is_never_evicted(cache: ModelCache) -> None:
+    busy = size_id("busy", 60)
+    async with cache.lease(busy):
+        # Needs busy's bytes to fit: the load must wait for the lease, not evict it.
+        load = asyncio.create_task(cache.load(size_id("b", 60)))
+        await asyncio.sleep(0.1)
+        assert cache.is_resident(busy)
+        assert not load.done()
+    await load
+    assert not cache.is_resident(busy)
+    assert cache.is_resident(size_id("b", 60))
+
+
+@pytest.mark.anyio
+async def test_model_larger_than_budget_fails_fast_and_evicts_nothing(cache: ModelCache) -> None:
+    async with cache.lease(size_id("a", 30)):
+        pass
+    with pytest.raises(InsufficientMemory, match="whole memory budget"):
+        await cache.load(size_id("huge", 101))
+    assert cache.is_resident(size_id("a", 30))
+
+
+@pytest.mark.anyio
+async def test_budget_full_of_pins_gives_insufficient_memory(cache: ModelCache) -> None:
+    await cache.load(size_id("a", 60), pin=True)
+    with pytest.raises(InsufficientMemory, match="pinned or busy"):
+        await cache.load(size_id("b", 50))
+
+
+@pytest.mark.anyio
+async def test_failed_load_reaches_every_waiter_and_is_remembered(
+    cache: ModelCache, store: FakeStore
+) -> None:
+    store.gate = threading.Event()
+    broken = mid("a/broken")
+
+    async def call() -> None:
+        async with cache.lease(broken):
+            pass
+
+    tasks = [asyncio.create_task(call()) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    store.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, LoadFailed) for r in results)
+    with pytest.raises(LoadFailed):
+        await call()
+    assert store.fetches == {"a/broken": 1}  # the second call was answered from memory
+    assert not cache.is_resident(broken)
+    assert cache.snapshot().used_bytes == 0
+    with pytest.raises(LoadFailed):  # an explicit load retries at once
+        await cache.load(broken)
+    assert store.fetches == {"a/broken": 2}
+
+
+@pytest.mark.anyio
+async def test_slow_load_past_wait_limit_is_not_ready(
+    store: FakeStore, runtime: FakeRuntime, pool: ThreadPoolExecutor
+) -> None:
+    cache = ModelCache(
+        store=store, runtimes={"onnx": runtime}, budget=MemoryBudget(100 * MB),
+        metrics=Metrics(), io_executor=pool, load_executor=pool, load_wait_s=0.05,
+    )  # fmt: skip
+    store.gate = threading.Event()
+    with pytest.raises(ModelNotReady):
+        async with cache.lease(size_id("a", 1)):
+            pass
+    store.gate.set()
+    async with cache.lease(size_id("a", 1)):  # the load went on without the waiter
+        pass
+    assert store.fetches == {f"a/{MB}": 1}
+    await cache.close()
+
+
+@pytest.mark.anyio
+async def test_unload_waits_for_in_flight_request(cache: ModelCache, runtime: FakeRuntime) -> None:
+    model_id = size_id("a", 10)
+    async with cache.lease(model_id) as model:
+        await cache.unload(model_id)
+        assert not cache.is_resident(model_id)
+        assert isinstance(model, FakeModel)
+        assert not model.closed  # still serving the request that holds it
+        assert cache.snapshot().used_bytes == 10 * MB
+    assert runtime.loaded[0].closed
+    assert cache.snapshot().used_bytes == 0
+
+
+@pytest.mark.anyio
+async def test_management_errors(cache: ModelCache) -> None:
+    with pytest.raises(ModelNotFound):
+        await cache.unload(size_id("a", 1))
+    with pytest.raises(ModelNotFound):
+        cache.pin(size_id("a", 1))
+    await cache.load(size_id("a", 1))
+    with pytest.raises(ModelAlreadyLoaded):
+        await cache.load(size_id("a", 1), exist_ok=False)
+    with pytest.raises(ModelNotFound):
+        await cache.load(mid("a/missing"))
