@@ -98,7 +98,7 @@ def _conform(spec: TensorSpec, array: npt.NDArray[Any] | None) -> npt.NDArray[An
     want_dtype = DATATYPE_TO_DTYPE[spec.datatype]
     if array.dtype != want_dtype:
         if array.dtype.kind in ("O", "U", "S") or not np.can_cast(
-            array.dtype, want_dtype, "same_kind"
+            array.dtype, want_dtype, "safe"
         ):
             raise InvalidInput(
                 f"input {spec.name!r} has datatype {array.dtype}; the model expects "
@@ -150,5 +150,7 @@ class OnnxRuntime:
                 str(model_file), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # InvalidProtobuf, Fail, NotImplemented …
-            raise LoadFailed(f"not a loadable ONNX model: {_first_line(exc)}") from exc
+            # ORT puts the absolute path in its message; callers must never see host paths.
+            reason = _first_line(exc).replace(str(model_file), manifest.model_file)
+            raise LoadFailed(f"not a loadable ONNX model: {reason}") from exc
         return OnnxModel(session)
