@@ -18,7 +18,6 @@ from tenantserve.scheduling.admission import Admission
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.service import InferenceService
 from tenantserve.store import open_store
-from tenantserve.types import ModelId
 
 log = logging.getLogger("tenantserve")
 
@@ -60,9 +59,8 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await executor.run_io(store.check)
-        for raw in (*settings.pin, *settings.preload):
-            model_id = ModelId.parse(raw)
-            await service.load(model_id, pin=raw in settings.pin)
+        await service.preload(settings.pin, pin=True)
+        await service.preload(settings.preload)
         service.start()
         log.info(
             "serving store %s with a %d-byte memory budget", store.url,

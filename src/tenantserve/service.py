@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +105,24 @@ class InferenceService:
     async def load(self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True) -> None:
         """Load now (and optionally pin). ``exist_ok=False`` raises ``ModelAlreadyLoaded``."""
         await self._cache.load(model_id, pin=pin, exist_ok=exist_ok)
+
+    async def preload(self, patterns: Sequence[str], *, pin: bool = False) -> list[ModelId]:
+        """Load models named by ids or glob patterns (``acme/*``) at start-up; returns the ids."""
+        ids: list[ModelId] = []
+        listed: list[str] | None = None
+        for pattern in patterns:
+            if not any(ch in pattern for ch in "*?["):
+                ids.append(ModelId.parse(pattern))
+                continue
+            if listed is None:
+                listed = await self._executor.run_io(self._store.list, "")
+            matched = [ModelId.parse(raw) for raw in listed if fnmatch.fnmatchcase(raw, pattern)]
+            if not matched:
+                raise ModelNotFound(f"no model in the store matches {pattern!r}")
+            ids.extend(matched)
+        for model_id in ids:
+            await self.load(model_id, pin=pin)
+        return ids
 
     async def unload(self, model_id: ModelId) -> None:
         """Unload a resident model once its in-flight requests finish; unpins it first."""

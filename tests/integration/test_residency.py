@@ -1,0 +1,118 @@
+"""Residency on the real server: fixed threads from 1 to 500 models; a Zipf stream within budget."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import psutil
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
+
+from fixtures.server import ProcessServer
+
+N_FEATURES = 16
+
+
+def write_model(folder: Path, *, weight_floats: int, seed: int) -> None:
+    """y = sum(x @ W) with W of ``weight_floats`` float32 values: file size ≈ 4 × weight_floats."""
+    cols = max(1, weight_floats // N_FEATURES)
+    weight = np.random.default_rng(seed).standard_normal((N_FEATURES, cols)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "W"], ["h"]),
+            helper.make_node("ReduceSum", ["h"], ["output"], keepdims=1),
+        ],
+        "synthetic",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", N_FEATURES])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, str(folder / "model.onnx"))
+
+
+def infer(client: httpx.Client, model_id: str) -> httpx.Response:
+    body = {
+        "inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [1, N_FEATURES], "data": [0.5] * 16}
+        ]
+    }
+    return client.post(f"/v2/models/{model_id}/infer", json=body, timeout=60)
+
+
+def scrape(client: httpx.Client) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if not sample.labels:
+                values[sample.name] = sample.value
+    return values
+
+
+@pytest.mark.slow
+def test_thread_count_is_flat_from_1_to_500_resident_models(
+    tmp_path: Path, start_process: Callable[..., ProcessServer]
+) -> None:
+    store = tmp_path / "store"
+    ids = [f"tenant{i:03d}/m" for i in range(500)]
+    for i, model_id in enumerate(ids):
+        write_model(store / model_id, weight_floats=64, seed=i)
+    server = start_process(store, "--memory-budget", "4GiB")
+    proc = psutil.Process(server.pid)
+    with httpx.Client(base_url=server.url) as client:
+        assert infer(client, ids[0]).status_code == 200
+        # Warm every pool the server has (predict, load, io) before the first count.
+        with ThreadPoolExecutor(8) as pool:
+            assert all(r.status_code == 200 for r in pool.map(lambda m: infer(client, m), ids[:8]))
+        threads_few = proc.num_threads()
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda m: infer(client, m).status_code, ids))
+        assert codes == [200] * len(ids)
+        assert scrape(client)["tenantserve_loaded_models"] == 500
+        threads_many = proc.num_threads()
+    assert abs(threads_many - threads_few) <= 3, (threads_few, threads_many)
+
+
+@pytest.mark.slow
+def test_zipf_stream_evicts_and_stays_within_budget(
+    tmp_path: Path, start_process: Callable[..., ProcessServer]
+) -> None:
+    store = tmp_path / "store"
+    n_models = 40
+    ids = [f"tenant{i:02d}/m" for i in range(n_models)]
+    for i, model_id in enumerate(ids):
+        write_model(store / model_id, weight_floats=512 * 1024, seed=i)  # 2 MiB of weights
+    # Budget ≈ a quarter of the fleet's resident size (a session holds about 1.5-2x its file).
+    budget = 10 * 4 * 1024 * 1024
+    server = start_process(store, "--memory-budget", str(budget))
+    proc = psutil.Process(server.pid)
+    rng = random.Random(7)
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(n_models)]
+    stream = rng.choices(ids, weights=weights, k=600)
+    with httpx.Client(base_url=server.url) as client:
+        # Baseline: the server after one model has been served and unloaded, so one-time
+        # runtime initialisation is in the baseline and not charged to the budget.
+        assert infer(client, ids[-1]).status_code == 200
+        assert client.post(f"/v2/repository/models/{ids[-1]}/unload").status_code == 200
+        baseline = proc.memory_info().rss
+        peak_rss = baseline
+        with ThreadPoolExecutor(4) as pool:
+            for start in range(0, len(stream), 40):
+                batch = stream[start : start + 40]
+                codes = list(pool.map(lambda m: infer(client, m).status_code, batch))
+                assert codes == [200] * len(batch)
+                metrics = scrape(client)
+                assert metrics["tenantserve_memory_used_bytes"] <= budget
+                peak_rss = max(peak_rss, proc.memory_info().rss)
+        metrics = scrape(client)
+    assert metrics["tenantserve_model_evictions_total"] > 0
+    assert metrics["tenantserve_model_cache_hits_total"] > 0
+    assert peak_rss <= baseline + budget, (baseline, peak_rss, budget)
