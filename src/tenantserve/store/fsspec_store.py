@@ -1,0 +1,293 @@
+"""The ModelStore over fsspec: local folders served in place, the rest via the disk cache."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fsspec import AbstractFileSystem
+
+from tenantserve.errors import (
+    InvalidModelId,
+    LoadFailed,
+    ModelNotFound,
+    StoreUnavailable,
+    TenantServeError,
+)
+from tenantserve.store.archive import DEFAULT_MAX_MEMBERS, extract_archive, find_artifact_dir
+from tenantserve.store.base import LocalArtifact
+from tenantserve.store.disk_cache import DiskCache, tree_bytes
+from tenantserve.store.manifest import (
+    DEFAULT_MODEL_FILE,
+    MANIFEST_NAME,
+    checked_manifest,
+    read_manifest,
+)
+from tenantserve.store.translate import IncompleteDownload, translate
+from tenantserve.types import ModelId, ModelManifest
+
+T = TypeVar("T")
+Info = Mapping[str, Any]
+
+DEFAULT_RETRY_DEADLINE_S = 60.0
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+BARE_MODEL_SUFFIX = ".onnx"
+_FIRST_BACKOFF_S = 0.1
+_MAX_BACKOFF_S = 5.0
+_ARCHIVE_DIR = "artifact"
+_VERSION_FIELDS = ("ETag", "etag", "mtime", "LastModified", "created", "md5")
+_MODEL_MARKERS = (MANIFEST_NAME, DEFAULT_MODEL_FILE)
+_LISTED_SUFFIXES = (*ARCHIVE_SUFFIXES, BARE_MODEL_SUFFIX)
+
+
+class FsspecStore:
+    """Model artifacts under ``root`` of an fsspec filesystem.
+
+    With ``local_root`` set (a local folder store), folder and bare-file artifacts are served
+    in place and only archives are unpacked into ``disk_cache``. Otherwise every artifact is
+    copied into ``disk_cache``, keyed by its id and its size and ETag (or mtime), so a
+    replaced object is fetched again. Transient store errors are retried with exponential
+    backoff until ``retry_deadline_s`` has passed since the call began.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        fs: AbstractFileSystem,
+        root: str,
+        *,
+        disk_cache: DiskCache,
+        local_root: Path | None = None,
+        retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
+        max_archive_members: int = DEFAULT_MAX_MEMBERS,
+    ) -> None:
+        self.url = url
+        self._fs = fs
+        self._root = root.rstrip("/")
+        self._cache = disk_cache
+        self._local_root = local_root
+        self._retry_deadline_s = retry_deadline_s
+        self._max_archive_members = max_archive_members
+
+    def fetch(self, model_id: ModelId) -> LocalArtifact:
+        """Make ``model_id`` available on local disk (see :class:`ModelStore`)."""
+        deadline = time.monotonic() + self._retry_deadline_s
+        if self._local_root is not None:
+            # Local reads can raise a plain OSError anywhere: translate them all here.
+            return self._call(lambda: self._resolve(model_id, deadline), deadline, model_id)
+        return self._resolve(model_id, deadline)
+
+    def _resolve(self, model_id: ModelId, deadline: float) -> LocalArtifact:
+        rpath = f"{self._root}/{model_id}"
+        info = self._call(lambda: self._fs.info(rpath), deadline, model_id)
+        if info.get("type") == "directory":
+            return self._fetch_folder(model_id, rpath, deadline)
+        if model_id.value.endswith(BARE_MODEL_SUFFIX):
+            return self._fetch_bare(model_id, rpath, info, deadline)
+        return self._fetch_archive(model_id, rpath, info, deadline)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Model ids under ``prefix`` (a tenant, a deeper path, or ``""``), sorted."""
+        prefix = prefix.strip("/")
+        if prefix:
+            ModelId.parse(prefix)  # refuse traversal before touching the store
+        base = f"{self._root}/{prefix}" if prefix else self._root
+        deadline = time.monotonic() + self._retry_deadline_s
+        try:
+            names: Iterable[str] = self._call(lambda: self._fs.find(base), deadline, None)
+        except ModelNotFound:
+            return []
+        rels = [name[len(self._root) + 1 :] for name in names if name.startswith(self._root + "/")]
+        return _model_ids(rels)
+
+    def check(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store root can be reached."""
+        deadline = time.monotonic() + self._retry_deadline_s
+        try:
+            info = self._call(lambda: self._fs.info(self._root), deadline, None)
+        except ModelNotFound as exc:
+            raise StoreUnavailable("the model store root does not exist") from exc
+        if info.get("type") != "directory":
+            raise StoreUnavailable("the model store root is not a folder")
+
+    def _fetch_folder(self, model_id: ModelId, rpath: str, deadline: float) -> LocalArtifact:
+        if self._local_root is not None:
+            folder = self._inside_root(model_id.value)
+            manifest = checked_manifest(folder, f"model {model_id}", root=self._local_root)
+            return LocalArtifact(model_id, folder, manifest, tree_bytes(folder))
+        listing: Mapping[str, Info] = self._call(
+            lambda: self._fs.find(rpath, detail=True), deadline, model_id
+        )
+        files = {_relative(name, rpath): info for name, info in listing.items()}
+        if MANIFEST_NAME not in files and DEFAULT_MODEL_FILE not in files:
+            raise ModelNotFound(f"model {model_id} not found in the store (no model file)")
+        self._check_fits(model_id, sum(int(info.get("size") or 0) for info in files.values()))
+        version = sorted((rel, info.get("size"), _version(info)) for rel, info in files.items())
+        timer = _Timer()
+
+        def build(work: Path) -> None:
+            with timer:
+                for rel, info in files.items():
+                    target = work.joinpath(*rel.split("/"))
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._download(f"{rpath}/{rel}", target, info, deadline, model_id)
+            checked_manifest(work, f"model {model_id}")
+
+        entry, _built = self._cache.get_or_create(self._key("folder", model_id, version), build)
+        manifest = read_manifest(entry.path)
+        return LocalArtifact(model_id, entry.path, manifest, entry.nbytes, timer.seconds)
+
+    def _fetch_bare(
+        self, model_id: ModelId, rpath: str, info: Info, deadline: float
+    ) -> LocalArtifact:
+        name = posixpath.basename(model_id.value)
+        manifest = ModelManifest(model_file=name)
+        if self._local_root is not None:
+            path = self._inside_root(model_id.value)
+            return LocalArtifact(model_id, path.parent, manifest, path.stat().st_size)
+        self._check_fits(model_id, int(info.get("size") or 0))
+        timer = _Timer()
+
+        def build(work: Path) -> None:
+            with timer:
+                self._download(rpath, work / name, info, deadline, model_id)
+
+        version = (info.get("size"), _version(info))
+        entry, _built = self._cache.get_or_create(self._key("bare", model_id, version), build)
+        return LocalArtifact(model_id, entry.path, manifest, entry.nbytes, timer.seconds)
+
+    def _fetch_archive(
+        self, model_id: ModelId, rpath: str, info: Info, deadline: float
+    ) -> LocalArtifact:
+        self._check_fits(model_id, int(info.get("size") or 0))
+        timer = _Timer()
+
+        def build(work: Path) -> None:
+            if self._local_root is not None:
+                source = self._inside_root(model_id.value)
+            else:
+                source = work / ".download.tar.gz"
+                with timer:
+                    self._download(rpath, source, info, deadline, model_id)
+            extract_archive(
+                source,
+                work / _ARCHIVE_DIR,
+                max_bytes=self._cache.max_bytes,
+                max_members=self._max_archive_members,
+            )
+            if source.is_relative_to(work):
+                source.unlink()
+            checked_manifest(find_artifact_dir(work / _ARCHIVE_DIR), f"model {model_id}")
+
+        version = (info.get("size"), _version(info))
+        entry, _built = self._cache.get_or_create(self._key("archive", model_id, version), build)
+        folder = find_artifact_dir(entry.path / _ARCHIVE_DIR)
+        manifest = read_manifest(folder)
+        return LocalArtifact(model_id, folder, manifest, entry.nbytes, timer.seconds)
+
+    def _download(
+        self, rpath: str, target: Path, info: Info, deadline: float, model_id: ModelId
+    ) -> None:
+        expected = info.get("size")
+
+        def copy() -> None:
+            self._fs.get_file(rpath, str(target))
+            # A short or long copy (a reset connection, a proxy's bad ranged GET) is retried,
+            # never kept.
+            if expected is not None and target.stat().st_size != int(expected):
+                raise IncompleteDownload
+
+        self._call(copy, deadline, model_id)
+
+    def _call(self, op: Callable[[], T], deadline: float, model_id: ModelId | None) -> T:
+        delay = _FIRST_BACKOFF_S
+        while True:
+            try:
+                return op()
+            except TenantServeError:
+                raise
+            except Exception as exc:
+                subject = f"model {model_id}" if model_id is not None else ""
+                error, transient = translate(exc, subject, remote=self._local_root is None)
+                if error is None:
+                    raise
+                if not transient or time.monotonic() + delay > deadline:
+                    raise error from exc
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF_S)
+
+    def _inside_root(self, relative: str) -> Path:
+        # Defence in depth: ids are validated, but a symlink in the store could still point out.
+        assert self._local_root is not None
+        path = (self._local_root / relative).resolve()
+        if not path.is_relative_to(self._local_root):
+            raise LoadFailed("the artifact resolves to a location outside the model store")
+        return path
+
+    def _check_fits(self, model_id: ModelId, nbytes: int) -> None:
+        if nbytes > self._cache.max_bytes:
+            raise LoadFailed(
+                f"model {model_id} takes {nbytes} bytes, more than the disk cache's "
+                f"{self._cache.max_bytes}"
+            )
+
+    def _key(self, kind: str, model_id: ModelId, version: object) -> str:
+        material = "\0".join((self.url, kind, model_id.value, repr(version)))
+        return hashlib.sha256(material.encode()).hexdigest()[:40]
+
+
+class _Timer:
+    """Adds up the seconds spent inside ``with timer:`` blocks."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.monotonic()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds += time.monotonic() - self._started
+
+
+def _relative(name: str, rpath: str) -> str:
+    # Listed names become local paths: refuse any that could climb out of the copy's folder.
+    rel = name[len(rpath) + 1 :] if name.startswith(rpath + "/") else ""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
+        raise LoadFailed("the model store listed a file with an unsafe name")
+    return rel
+
+
+def _version(info: Info) -> str:
+    return next((str(info[f]) for f in _VERSION_FIELDS if info.get(f) is not None), "")
+
+
+def _model_ids(rels: Iterable[str]) -> list[str]:
+    rels = list(rels)
+    folders = {posixpath.dirname(r) for r in rels if posixpath.basename(r) in _MODEL_MARKERS}
+    folders.discard("")
+
+    def under_model(path: str) -> bool:
+        parent = posixpath.dirname(path)
+        while parent:
+            if parent in folders:
+                return True
+            parent = posixpath.dirname(parent)
+        return False
+
+    ids = {folder for folder in folders if not under_model(folder)}
+    ids.update(r for r in rels if r.endswith(_LISTED_SUFFIXES) and not under_model(r))
+    return sorted(model_id for model_id in ids if _is_model_id(model_id))
+
+
+def _is_model_id(raw: str) -> bool:
+    try:
+        ModelId.parse(raw)
+    except InvalidModelId:
+        return False
+    return True

@@ -1,0 +1,163 @@
+"""Parse and validate the per-model manifest (``model.json``) and check the model file's digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tenantserve.errors import LoadFailed, ModelNotFound
+from tenantserve.types import ModelManifest
+
+MANIFEST_NAME = "model.json"
+DEFAULT_MODEL_FILE = ModelManifest().model_file
+MAX_MANIFEST_BYTES = 1024 * 1024
+_FIELDS = frozenset({"runtime", "model_file", "labels", "memory_hint_bytes", "sha256", "metadata"})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CHUNK_BYTES = 1024 * 1024
+
+
+def parse_manifest(raw: bytes) -> ModelManifest:
+    """Turn the bytes of a ``model.json`` into a :class:`ModelManifest`.
+
+    Raises:
+        LoadFailed: not a JSON object, an unknown key, or a field of the wrong type; the
+            message names the field.
+    """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise LoadFailed(f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        data: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LoadFailed(f"{MANIFEST_NAME} is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise LoadFailed(f"{MANIFEST_NAME} must hold a JSON object")
+    unknown = sorted(str(key) for key in data if key not in _FIELDS)
+    if unknown:
+        raise LoadFailed(f"{MANIFEST_NAME} has unknown field(s): {', '.join(unknown[:5])}")
+    defaults = ModelManifest()
+    return ModelManifest(
+        runtime=_runtime(data.get("runtime", defaults.runtime)),
+        model_file=_model_file(data.get("model_file", defaults.model_file)),
+        labels=_labels(data.get("labels")),
+        memory_hint_bytes=_memory_hint(data.get("memory_hint_bytes")),
+        sha256=_sha256(data.get("sha256")),
+        metadata=_metadata(data.get("metadata", {})),
+    )
+
+
+def read_manifest(folder: Path) -> ModelManifest:
+    """The manifest of the artifact in ``folder``; defaults when it has no ``model.json``."""
+    path = folder / MANIFEST_NAME
+    try:
+        with path.open("rb") as file:
+            # Read one byte past the cap so an oversized file is refused, not truncated.
+            raw = file.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        return ModelManifest()
+    except OSError as exc:
+        raise LoadFailed(f"{MANIFEST_NAME} could not be read ({type(exc).__name__})") from exc
+    return parse_manifest(raw)
+
+
+def checked_manifest(folder: Path, label: str, *, root: Path | None = None) -> ModelManifest:
+    """The manifest of the artifact in ``folder``, once its model file is found and verified.
+
+    Args:
+        folder: the artifact folder.
+        label: how messages name the artifact, e.g. ``model acme/macros``.
+        root: when given, the model file (links resolved) must lie under it.
+
+    Raises:
+        ModelNotFound: the folder holds neither ``model.json`` nor the default model file.
+        LoadFailed: the manifest is invalid, names a missing file, or the digest differs.
+    """
+    manifest = read_manifest(folder)
+    model_path = folder / manifest.model_file
+    if not model_path.is_file():
+        if not (folder / MANIFEST_NAME).is_file():
+            raise ModelNotFound(f"{label} not found in the store (no model file)")
+        raise LoadFailed(f"{label}: {MANIFEST_NAME} names a model file that is missing")
+    if root is not None and not model_path.resolve().is_relative_to(root):
+        raise LoadFailed(f"{label}: the model file resolves outside the model store")
+    verify_sha256(model_path, manifest)
+    return manifest
+
+
+def verify_sha256(model_path: Path, manifest: ModelManifest) -> None:
+    """Raise :class:`LoadFailed` if the manifest names a digest that the model file lacks."""
+    if manifest.sha256 is None:
+        return
+    digest = hashlib.sha256()
+    try:
+        with model_path.open("rb") as file:
+            while chunk := file.read(_CHUNK_BYTES):
+                digest.update(chunk)
+    except OSError as exc:
+        raise LoadFailed(
+            f"model file {manifest.model_file!r} could not be read ({type(exc).__name__})"
+        ) from exc
+    if digest.hexdigest() != manifest.sha256:
+        raise LoadFailed(
+            f"model file {manifest.model_file!r} does not match the sha256 in {MANIFEST_NAME}"
+        )
+
+
+def _field_error(name: str, expected: str) -> LoadFailed:
+    return LoadFailed(f"{MANIFEST_NAME} field {name!r} must be {expected}")
+
+
+def _runtime(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _field_error("runtime", "a non-empty string")
+    return value
+
+
+def _model_file(value: object) -> str:
+    # The runtime joins this name to the artifact folder, so only a plain file name is safe.
+    if (
+        not isinstance(value, str)
+        or not value
+        or "/" in value
+        or "\\" in value
+        or ".." in value
+        or value == "."
+        or not value.isprintable()
+    ):
+        raise _field_error("model_file", "a plain file name (no '/', '\\' or '..')")
+    return value
+
+
+def _labels(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _field_error("labels", "a list of strings")
+    return tuple(value)
+
+
+def _memory_hint(value: object) -> int | None:
+    if value is None:
+        return None
+    # bool is an int subclass; `true` is not a byte count.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _field_error("memory_hint_bytes", "a non-negative integer")
+    return value
+
+
+def _sha256(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SHA256.fullmatch(value.lower()):
+        raise _field_error("sha256", "64 hexadecimal digits")
+    return value.lower()
+
+
+def _metadata(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(key, str) and isinstance(item, str) for key, item in value.items()
+    ):
+        raise _field_error("metadata", "an object of string values")
+    return dict(value)

@@ -1,0 +1,130 @@
+"""model.json parsing and validation, and the model file's digest check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tenantserve.errors import LoadFailed, ModelNotFound
+from tenantserve.store.manifest import (
+    checked_manifest,
+    parse_manifest,
+    read_manifest,
+    verify_sha256,
+)
+from tenantserve.types import ModelManifest
+
+
+def _raw(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_missing_manifest_gives_defaults(tmp_path: Path) -> None:
+    assert read_manifest(tmp_path) == ModelManifest()
+
+
+def test_every_field_is_parsed() -> None:
+    digest = "ab" * 32
+    manifest = parse_manifest(
+        _raw(
+            runtime="onnx",
+            model_file="net.onnx",
+            labels=["cat", "dog"],
+            memory_hint_bytes=1024,
+            sha256=digest.upper(),
+            metadata={"owner": "acme"},
+        )
+    )
+    assert manifest.model_file == "net.onnx"
+    assert manifest.labels == ("cat", "dog")
+    assert manifest.memory_hint_bytes == 1024
+    assert manifest.sha256 == digest
+    assert dict(manifest.metadata) == {"owner": "acme"}
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(LoadFailed, match="handler"):
+        parse_manifest(_raw(handler="evil.py"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("runtime", 3),
+        ("runtime", ""),
+        ("model_file", ["model.onnx"]),
+        ("labels", "cat,dog"),
+        ("labels", ["cat", 2]),
+        ("memory_hint_bytes", "1024"),
+        ("memory_hint_bytes", True),
+        ("memory_hint_bytes", -1),
+        ("sha256", "abc"),
+        ("metadata", {"k": 1}),
+        ("metadata", ["k"]),
+    ],
+)
+def test_wrong_type_names_the_field(field: str, value: object) -> None:
+    with pytest.raises(LoadFailed, match=field):
+        parse_manifest(_raw(**{field: value}))
+
+
+@pytest.mark.parametrize(
+    "name", ["../model.onnx", "sub/model.onnx", "/etc/passwd", "..", ".", "a\\b", "x\x00y", ""]
+)
+def test_model_file_must_be_a_plain_name(name: str) -> None:
+    with pytest.raises(LoadFailed, match="model_file"):
+        parse_manifest(_raw(model_file=name))
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[1, 2]", b"\xff\xfe", b'"text"'])
+def test_not_a_json_object_is_refused(raw: bytes) -> None:
+    with pytest.raises(LoadFailed, match=r"model\.json"):
+        parse_manifest(raw)
+
+
+def test_null_optional_fields_are_none() -> None:
+    manifest = parse_manifest(_raw(labels=None, sha256=None, memory_hint_bytes=None))
+    assert manifest.labels is None
+    assert manifest.sha256 is None
+    assert manifest.memory_hint_bytes is None
+
+
+def test_oversized_manifest_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_bytes(b" " * (2 * 1024 * 1024) + b"{}")
+    with pytest.raises(LoadFailed, match="larger"):
+        read_manifest(tmp_path)
+
+
+def test_sha256_match_and_mismatch(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"weights")
+    good = ModelManifest(sha256=hashlib.sha256(b"weights").hexdigest())
+    verify_sha256(model, good)
+    bad = ModelManifest(sha256="0" * 64)
+    with pytest.raises(LoadFailed, match="sha256"):
+        verify_sha256(model, bad)
+
+
+def test_checked_manifest_requires_a_model_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFound):
+        checked_manifest(tmp_path, "model acme/x")
+    (tmp_path / "model.json").write_text(json.dumps({"model_file": "net.onnx"}))
+    with pytest.raises(LoadFailed, match="missing"):
+        checked_manifest(tmp_path, "model acme/x")
+    (tmp_path / "net.onnx").write_bytes(b"w")
+    assert checked_manifest(tmp_path, "model acme/x").model_file == "net.onnx"
+
+
+def test_checked_manifest_refuses_a_model_file_linked_out(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    folder = root / "acme" / "m"
+    folder.mkdir(parents=True)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"not yours")
+    (folder / "model.onnx").symlink_to(secret)
+    with pytest.raises(LoadFailed, match="outside") as info:
+        checked_manifest(folder, "model acme/m", root=root.resolve())
+    assert str(tmp_path) not in str(info.value)
