@@ -1,0 +1,270 @@
+"""Cold-load and warm-throughput figures for tenantserve against bare ONNX Runtime, as Markdown.
+
+Usage: ``python benchmarks/bench_core.py [--models 20 --size-mb 8 --warm-models 8 ...]``
+
+(a) cold: for N distinct models, a bare ``onnxruntime.InferenceSession`` (1 intra-op, 1 inter-op
+thread) plus one run, against the first call of each model through a ``tenantserve serve``
+subprocess (HTTP, KServe OIP v2). (b) warm: a closed loop of concurrent async httpx clients over
+M resident models (req/s, p50, p99), against bare ``session.run`` on a thread pool of the same
+concurrency. Both sides run in the same invocation, on loopback, bounded in requests and time.
+Client and server share this machine's cores, so warm figures are a floor, not a ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+from tenantserve.fleet.synth import write_fleet
+
+N_FEATURES = 16
+
+
+@dataclass
+class Latencies:
+    """Per-request latencies (seconds) and the wall time they took together."""
+
+    seconds: list[float]
+    wall_s: float
+    errors: int = 0
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.seconds)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    @property
+    def rate(self) -> float:
+        return len(self.seconds) / self.wall_s if self.wall_s else float("nan")
+
+
+def _payload(rng: random.Random) -> dict[str, Any]:
+    data = [rng.uniform(-1, 1) for _ in range(N_FEATURES)]
+    return {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, N_FEATURES], "data": data}]
+    }
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def bare_cold(store: Path, ids: list[str]) -> list[float]:
+    x = np.ones((1, N_FEATURES), dtype=np.float32)
+    out = []
+    for model_id in ids:
+        started = time.perf_counter()
+        session = _session(store / model_id / "model.onnx")
+        session.run(None, {"input": x})
+        out.append(time.perf_counter() - started)
+        del session
+    return out
+
+
+def bare_warm(store: Path, ids: list[str], *, concurrency: int, requests: int) -> Latencies:
+    sessions = [_session(store / i / "model.onnx") for i in ids]
+    x = np.ones((1, N_FEATURES), dtype=np.float32)
+
+    def one(k: int) -> float:
+        started = time.perf_counter()
+        sessions[k % len(sessions)].run(None, {"input": x})
+        return time.perf_counter() - started
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, range(len(sessions))))  # first runs allocate; leave them out
+        started = time.perf_counter()
+        seconds = list(pool.map(one, range(requests)))
+    return Latencies(seconds, time.perf_counter() - started)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served(store: Path, *, port: int, budget: str, log: Path) -> Any:
+    """Run ``tenantserve serve`` until the block ends; yield its base URL once ready."""
+    cmd = [sys.executable, "-m", "tenantserve", "serve", "--store", str(store),
+           "--host", "127.0.0.1", "--port", str(port), "--memory-budget", budget,
+           "--log-level", "warning"]  # fmt: skip
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("server not ready after 60 s")
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def server_cold(url: str, ids: list[str]) -> tuple[list[float], list[float]]:
+    """First-call latency per model, then a second (warm) call's, sequentially."""
+    rng = random.Random(0)
+    cold: list[float] = []
+    warm: list[float] = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for model_id in ids:
+            for sink in (cold, warm):
+                started = time.perf_counter()
+                response = client.post(f"/v2/models/{model_id}/infer", json=_payload(rng))
+                sink.append(time.perf_counter() - started)
+                response.raise_for_status()
+    return cold, warm
+
+
+async def _closed_loop(
+    url: str, ids: list[str], *, concurrency: int, requests: int, duration_s: float
+) -> Latencies:
+    seconds: list[float] = []
+    errors = 0
+    issued = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        deadline = time.perf_counter() + duration_s
+
+        async def worker(seed: int) -> None:
+            nonlocal errors, issued
+            rng = random.Random(seed)
+            while issued < requests and time.perf_counter() < deadline:
+                issued += 1
+                model_id = ids[rng.randrange(len(ids))]
+                started = time.perf_counter()
+                response = await client.post(f"/v2/models/{model_id}/infer", json=_payload(rng))
+                if response.status_code == 200:
+                    seconds.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        return Latencies(seconds, time.perf_counter() - started, errors)
+
+
+def server_warm(
+    url: str, ids: list[str], *, concurrency: int, requests: int, duration_s: float
+) -> Latencies:
+    rng = random.Random(1)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for model_id in ids:  # make every model resident before timing
+            client.post(f"/v2/models/{model_id}/infer", json=_payload(rng)).raise_for_status()
+    return asyncio.run(
+        _closed_loop(url, ids, concurrency=concurrency, requests=requests, duration_s=duration_s)
+    )
+
+
+def _metric_sums(url: str) -> dict[str, float]:
+    wanted = ("tenantserve_model_loading_seconds_sum", "tenantserve_model_loading_seconds_count")
+    totals = dict.fromkeys(wanted, 0.0)
+    with contextlib.suppress(httpx.HTTPError):
+        for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in totals:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=20, help="distinct models for cold loads")
+    parser.add_argument("--size-mb", type=float, default=8.0, help="weight bytes per model (MB)")
+    parser.add_argument("--warm-models", type=int, default=8, help="models in the warm loop")
+    parser.add_argument("--concurrency", type=int, default=16, help="clients in the warm loop")
+    parser.add_argument("--requests", type=int, default=4000, help="warm requests at most")
+    parser.add_argument("--duration-s", type=float, default=15.0, help="warm loop time limit")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", type=Path, help="write the fleet here (else a temp dir)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tenantserve-bench-") as tmp:
+        store = args.store or Path(tmp) / "store"
+        size_bytes = int(args.size_mb * 1_000_000)
+        ids = write_fleet(store, models=args.models, size_bytes=size_bytes, seed=args.seed)
+        warm_ids = ids[: args.warm_models]
+        budget = f"{max(256, int(args.models * args.size_mb * 4))}MiB"  # nothing is evicted
+
+        bare_c = bare_cold(store, ids)
+        bare_w = bare_warm(store, warm_ids, concurrency=args.concurrency, requests=args.requests)
+        with served(store, port=_free_port(), budget=budget, log=Path(tmp) / "server.log") as url:
+            srv_c, srv_second = server_cold(url, ids)
+            loads = _metric_sums(url)
+            srv_w = server_warm(
+                url, warm_ids, concurrency=args.concurrency, requests=args.requests,
+                duration_s=args.duration_s,
+            )  # fmt: skip
+
+    bare_cold_ms = statistics.median(bare_c)
+    srv_cold_ms = statistics.median(srv_c)
+    load_count = loads["tenantserve_model_loading_seconds_count"]
+    load_mean = loads["tenantserve_model_loading_seconds_sum"] / load_count if load_count else 0.0
+    print(f"# tenantserve core benchmark\n\n{args.models} synthetic models of {args.size_mb} MB "
+          f"(input FP32 [1, {N_FEATURES}]), {os.cpu_count()} CPUs, ONNX Runtime {ort.__version__}, "
+          f"memory budget {budget}.\n")  # fmt: skip
+    print("## Cold: first call of each model\n")
+    print("| path | median ms | p90 ms | max ms | vs bare |")
+    print("|---|---:|---:|---:|---:|")
+    for name, values in (
+        ("bare InferenceSession + run", bare_c),
+        ("tenantserve first call (HTTP)", srv_c),
+        ("tenantserve second call (HTTP)", srv_second),
+    ):
+        ordered = sorted(values)
+        print(f"| {name} | {_ms(statistics.median(values))} | "
+              f"{_ms(ordered[int(0.9 * (len(ordered) - 1))])} | {_ms(ordered[-1])} | "
+              f"{statistics.median(values) / bare_cold_ms:.2f} |")  # fmt: skip
+    print(f"\nServer-side load time (tenantserve_model_loading_seconds): mean {_ms(load_mean)} ms "
+          f"over {int(load_count)} loads; cold overhead over bare: "
+          f"{_ms(srv_cold_ms - bare_cold_ms)} ms median.\n")  # fmt: skip
+    print(f"## Warm: closed loop, {args.concurrency} clients over {len(warm_ids)} models\n")
+    print("| path | requests | errors | req/s | p50 ms | p99 ms | req/s ÷ bare |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, lat in (
+        ("bare session.run (thread pool)", bare_w),
+        ("tenantserve OIP (httpx)", srv_w),
+    ):
+        ratio = lat.rate / bare_w.rate
+        print(f"| {name} | {len(lat.seconds)} | {lat.errors} | {lat.rate:.0f} | "
+              f"{_ms(lat.pct(0.5))} | {_ms(lat.pct(0.99))} | {ratio:.3f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
