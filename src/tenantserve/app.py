@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 
 from tenantserve.cache import LRU, MemoryBudget, ModelCache
 from tenantserve.config import Settings
+from tenantserve.errors import StoreUnavailable
 from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes
 from tenantserve.runtimes import default_runtimes
@@ -26,7 +27,10 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     """The ASGI app for ``settings``. Nothing starts until the app's lifespan runs."""
     metrics = Metrics(registry)
     store = open_store(
-        settings.store, cache_dir=settings.cache_dir, max_cache_bytes=settings.disk_cache_bytes
+        settings.store,
+        cache_dir=settings.cache_dir,
+        max_cache_bytes=settings.disk_cache_bytes,
+        retry_deadline_s=settings.store_retry_deadline_s,
     )
     executor = BoundedExecutor(
         compute_threads=settings.threads,
@@ -58,7 +62,12 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await executor.run_io(store.check)
+        try:
+            await executor.run_io(store.check)
+        except StoreUnavailable as exc:
+            # Serve anyway: the store may come back, and each request then says why it failed.
+            log.error("model store %s is not reachable: %s", store.url, exc)
+        await cache.start()
         await service.preload(settings.pin, pin=True)
         await service.preload(settings.preload)
         service.start()
@@ -74,7 +83,9 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             executor.shutdown()
 
     app = Starlette(
-        routes=routes(service, metrics, max_body_bytes=settings.max_body_bytes),
+        routes=routes(
+            service, metrics, max_body_bytes=settings.max_body_bytes, store_url=store.url
+        ),
         lifespan=lifespan,
     )
     app.state.service = service

@@ -41,10 +41,14 @@ class Settings(BaseSettings):
     """Model ids to load at start-up."""
     pin: tuple[str, ...] = ()
     """Model ids to load at start-up and never evict."""
-    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tenantserve"
+    cache_dir: Path = (
+        Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tenantserve"
+    )
     """Local disk copy of remote artifacts."""
     disk_cache_bytes: int = Field(default=20 * 1024**3, gt=0)
     """Bytes the local disk copy may take before least-recently-used copies are removed."""
+    store_retry_deadline_s: float = Field(default=20.0, gt=0)
+    """How long a store read retries transient errors (5xx, resets, SlowDown) before failing."""
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     """Threads that run predictions: a fixed budget, whatever the number of models."""
     max_concurrent_loads: int = Field(default=2, gt=0)

@@ -72,11 +72,10 @@ class InferenceService:
         Raises:
             Overloaded, ModelNotFound, InsufficientMemory, LoadFailed, InvalidInput, PredictFailed.
         """
-        async with self._admission.admit():
-            async with self._cache.lease(model_id) as model:
-                started = time.perf_counter()
-                result = await self._executor.run(model.predict, tensors)
-                self._metrics.inference.observe(time.perf_counter() - started)
+        async with self._admission.admit(), self._cache.lease(model_id) as model:
+            started = time.perf_counter()
+            result = await self._executor.run(model.predict, tensors)
+            self._metrics.inference.observe(time.perf_counter() - started)
         if outputs is None:
             return result
         unknown = [name for name in outputs if name not in result]

@@ -87,6 +87,25 @@ class ModelCache:
         self._closing: set[asyncio.Task[None]] = set()
         # RSS deltas are only meaningful when one runtime load runs at a time.
         self._measure_lock = threading.Lock()
+        self._rss_baseline: int | None = None
+
+    async def start(self) -> None:
+        """Initialise runtimes, then take the process's baseline resident size (no models)."""
+        loop = asyncio.get_running_loop()
+        for runtime in self._runtimes.values():
+            await loop.run_in_executor(self._load_executor, runtime.warm_up)
+        await loop.run_in_executor(self._load_executor, memory.trim)
+        self._rss_baseline = memory.rss_bytes()
+
+    def _overhead_bytes(self) -> int:
+        """Resident bytes beyond baseline + ledger: heap fragmentation after churn, buffers.
+
+        Counting it makes the budget hold for the process (RSS ≤ baseline + budget), not only
+        for the sum of measured model sizes.
+        """
+        if self._rss_baseline is None:
+            return 0
+        return max(0, memory.rss_bytes() - self._rss_baseline - self._budget.used_bytes)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -286,8 +305,9 @@ class ModelCache:
         """Detach idle, unpinned victims until ``nbytes`` more would fit once they close."""
         victims: list[_Entry] = []
         freeing = 0
+        need = self._budget.used_bytes + self._overhead_bytes() + nbytes
         for victim in self._policy.candidates():
-            if self._budget.used_bytes - freeing + nbytes <= self._budget.capacity_bytes:
+            if need - freeing <= self._budget.capacity_bytes:
                 break
             entry = self._entries.get(victim)
             if entry is None or entry.pinned or entry.leases > 0 or victim == protect:
@@ -311,7 +331,7 @@ class ModelCache:
             return
         self._draining.discard(entry)
         started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(self._load_executor, _release, entry)
+        await asyncio.get_running_loop().run_in_executor(self._load_executor, self._release, entry)
         self._budget.release(entry.nbytes)
         self._metrics.unloading.observe(time.perf_counter() - started)
         self._signal_room()
@@ -353,8 +373,9 @@ class ModelCache:
             if entry.leases == 0:
                 await self._close(entry)
 
-
-def _release(entry: _Entry) -> None:
-    entry.model.close()
-    memory.trim()
-
+    def _release(self, entry: _Entry) -> None:
+        # Under the measurement lock: memory freed here during a load's measurement would
+        # make that model look smaller than it is.
+        with self._measure_lock:
+            entry.model.close()
+            memory.trim()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from tenantserve.types import ModelManifest, TensorSpec, Tensors
+from tenantserve.types import ModelManifest, Tensors, TensorSpec
 
 
 class LoadedModel(Protocol):
@@ -37,3 +37,7 @@ class Runtime(Protocol):
     name: str
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel: ...
+
+    def warm_up(self) -> None:
+        """Pay the runtime's one-time set-up now, so the first model is not charged for it."""
+        ...

@@ -21,7 +21,7 @@ from tenantserve.errors import (
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel, Runtime
 from tenantserve.store.base import LocalArtifact
-from tenantserve.types import ModelId, ModelManifest, TensorSpec, Tensors
+from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
 
 
 class FakeModel:
@@ -76,6 +76,9 @@ class FakeRuntime:
 
     def __init__(self) -> None:
         self.loaded: list[FakeModel] = []
+
+    def warm_up(self) -> None:
+        return None
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
         model = FakeModel(str(manifest.memory_hint_bytes))

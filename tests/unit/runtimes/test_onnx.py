@@ -32,7 +32,9 @@ def numeric_model(folder: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
         [two],
     )
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), folder)
+    return _save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), folder
+    )
 
 
 def text_model(folder: Path) -> Path:
@@ -46,7 +48,9 @@ def text_model(folder: Path) -> Path:
         [helper.make_tensor_value_info("text", TensorProto.STRING, [None])],
         [helper.make_tensor_value_info("upper", TensorProto.STRING, [None])],
     )
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), folder)
+    return _save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), folder
+    )
 
 
 def test_signature_and_predict(tmp_path: Path) -> None:
@@ -88,9 +92,7 @@ def test_text_inputs_accept_str_and_utf8_bytes(tmp_path: Path) -> None:
         model.predict({"text": np.array([b"\xff\xfe"], dtype=object)})
 
 
-@pytest.mark.parametrize(
-    "content", [b"", b"not an onnx file at all", b"\x08\x07\x12\x04junk" * 10]
-)
+@pytest.mark.parametrize("content", [b"", b"not an onnx file at all", b"\x08\x07\x12\x04junk" * 10])
 def test_corrupt_artifact_is_a_load_failure(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "model.onnx").write_bytes(content)
     with pytest.raises(LoadFailed, match="not a loadable ONNX model"):
@@ -107,7 +109,7 @@ def test_truncated_artifact_is_a_load_failure(tmp_path: Path) -> None:
 
 
 def test_missing_model_file_and_unknown_runtime(tmp_path: Path) -> None:
-    with pytest.raises(LoadFailed, match="no model.onnx"):
+    with pytest.raises(LoadFailed, match=r"no model\.onnx"):
         OnnxRuntime().load(tmp_path, ModelManifest())
     with pytest.raises(LoadFailed, match="runtime 'pickle' is not enabled"):
         runtime_for(default_runtimes(), ModelManifest(runtime="pickle"))

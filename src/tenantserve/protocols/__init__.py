@@ -1,0 +1,65 @@
+"""The edge: ``routes(service, metrics)`` is the one place URLs are assembled."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import TYPE_CHECKING
+
+import orjson
+import prometheus_client
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from tenantserve.protocols.oip.routes import oip_routes
+from tenantserve.protocols.openapi import openapi_document
+from tenantserve.protocols.sagemaker.routes import sagemaker_routes
+
+if TYPE_CHECKING:
+    from tenantserve.metrics import Metrics
+    from tenantserve.service import InferenceService
+
+__all__ = ["routes"]
+
+
+def routes(
+    service: InferenceService,
+    metrics: Metrics,
+    *,
+    max_body_bytes: int,
+    store_url: str = "",
+) -> list[BaseRoute]:
+    """Every HTTP route of the server: OIP v2, SageMaker, ``/metrics`` and ``/openapi.json``.
+
+    Args:
+        service: the core every inference and management route calls.
+        metrics: where invocations are counted; ``/metrics`` renders its registry.
+        max_body_bytes: the largest request body read; larger ones get 413.
+        store_url: the configured store's URL; SageMaker ``POST /models`` accepts
+            ``<store_url>/<id>`` as well as the bare id.
+    """
+    version = _version()
+    openapi = orjson.dumps(openapi_document(version))
+
+    async def metrics_text(request: Request) -> Response:
+        # Rendering walks every collector (the cache's included): keep it off the event loop.
+        body = await run_in_threadpool(prometheus_client.generate_latest, metrics.registry)
+        return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(openapi, media_type="application/json")
+
+    return [
+        *oip_routes(service, metrics, max_body_bytes=max_body_bytes, version=version),
+        *sagemaker_routes(service, metrics, max_body_bytes=max_body_bytes, store_url=store_url),
+        Route("/metrics", metrics_text, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+    ]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tenantserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,196 @@
+"""KServe Open Inference Protocol v2 over REST: health, metadata, infer and the model repository.
+
+Model ids hold ``/`` (``acme/macros``) and tritonclient does not escape it, so one ``path``
+route per prefix takes the rest of the URL and :func:`split_target` peels the action
+(``/infer``, ``/ready``, ``/load``…) and ``/versions/{v}`` off the end. A consequence, stated
+here once: a model id whose last segment is an action name is reached only through the
+SageMaker API, and ``<id>/versions/<v>`` always means a version. Ids are validated before
+the body is read and before the service is called.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from tenantserve.errors import InvalidRequest, ModelNotFound
+from tenantserve.protocols.body import read_body
+from tenantserve.protocols.endpoint import Handler, guarded, invocation
+from tenantserve.protocols.errors import json_response, retry_after
+from tenantserve.protocols.oip.codec import HEADER_LENGTH, decode_request, encode_response
+from tenantserve.types import ModelId, ModelMetadata, TensorSpec
+
+if TYPE_CHECKING:
+    from tenantserve.metrics import Metrics
+    from tenantserve.service import InferenceService
+
+MODEL_VERSION = "1"
+"""The one version every model serves: artifacts are not versioned inside the store."""
+
+EXTENSIONS = ("model_repository", "binary_tensor_data")
+
+_VERSIONED = re.compile(r"(?P<model>.+)/versions/(?P<version>[^/]*)")
+
+# curl -d sends form encoding by default; its body is still our JSON, so it is let through.
+_ACCEPTED_TYPES = frozenset(
+    {"", "application/json", "application/octet-stream", "application/x-www-form-urlencoded"}
+)
+
+
+def split_target(path: str, actions: tuple[str, ...]) -> tuple[ModelId, str]:
+    """``<id>[/versions/<v>][/<action>]`` → (validated id, action or ``""``).
+
+    Raises:
+        InvalidModelId: the id part is not a valid model id.
+        ModelNotFound: a version other than :data:`MODEL_VERSION`.
+    """
+    action = ""
+    for candidate in actions:
+        if path.endswith("/" + candidate):
+            path, action = path[: -len(candidate) - 1], candidate
+            break
+    version = MODEL_VERSION
+    versioned = _VERSIONED.fullmatch(path)
+    if versioned is not None:
+        path, version = versioned["model"], versioned["version"]
+    model_id = ModelId.parse(path)
+    if version != MODEL_VERSION:
+        raise ModelNotFound(f"model {model_id} has no version {version[:32]!r}; it serves '1'")
+    return model_id, action
+
+
+def oip_routes(
+    service: InferenceService, metrics: Metrics, *, max_body_bytes: int, version: str
+) -> list[BaseRoute]:
+    """The OIP v2 REST routes; ``version`` is the server version shown by ``GET /v2``."""
+    api = _OipApi(service, max_body_bytes=max_body_bytes, version=version)
+
+    def route(path: str, handler: Handler, method: str) -> Route:
+        return Route(path, guarded(handler, "oip"), methods=[method])
+
+    return [
+        route("/v2/health/live", api.live, "GET"),
+        route("/v2/health/ready", api.ready, "GET"),
+        route("/v2", api.server_metadata, "GET"),
+        route("/v2/models/{target:path}", api.model_get, "GET"),
+        Route(
+            "/v2/models/{target:path}", invocation(api.model_post, "oip", metrics), methods=["POST"]
+        ),
+        route("/v2/repository/index", api.index, "POST"),
+        route("/v2/repository/models/{target:path}", api.repository, "POST"),
+    ]
+
+
+class _OipApi:
+    def __init__(self, service: InferenceService, *, max_body_bytes: int, version: str) -> None:
+        self._service = service
+        self._max_body_bytes = max_body_bytes
+        self._server = orjson.dumps(
+            {"name": "tenantserve", "version": version, "extensions": list(EXTENSIONS)}
+        )
+
+    async def live(self, request: Request) -> Response:
+        if self._service.live():
+            return json_response({"live": True})
+        return _unavailable({"live": False, "error": "server is not live"})
+
+    async def ready(self, request: Request) -> Response:
+        if self._service.ready():
+            return json_response({"ready": True})
+        return _unavailable({"ready": False, "error": "server is not ready"})
+
+    async def server_metadata(self, request: Request) -> Response:
+        return Response(self._server, media_type="application/json")
+
+    async def model_get(self, request: Request) -> Response:
+        model_id, action = split_target(request.path_params["target"], ("ready",))
+        if action == "ready":
+            # tritonclient and KServe clients read 200 as ready and any 4xx as not ready.
+            if self._service.is_resident(model_id):
+                return json_response({"name": model_id.value, "ready": True})
+            body = {
+                "name": model_id.value,
+                "ready": False,
+                "error": f"model {model_id} is not loaded",
+            }
+            return json_response(body, 400)
+        return json_response(metadata_document(await self._service.metadata(model_id)))
+
+    async def model_post(self, request: Request) -> Response:
+        model_id, action = split_target(request.path_params["target"], ("infer",))
+        if action != "infer":
+            return json_response({"error": "POST needs /infer"}, 405, {"Allow": "GET"})
+        _check_content_type(request)
+        body = await read_body(request, self._max_body_bytes)
+        decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
+        outputs = await self._service.infer(model_id, decoded.inputs, outputs=decoded.outputs)
+        payload, header_length = encode_response(model_id.value, decoded, outputs)
+        if header_length is None:
+            return Response(payload, media_type="application/json")
+        return Response(
+            payload,
+            media_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(header_length)},
+        )
+
+    async def index(self, request: Request) -> Response:
+        body = await read_body(request, self._max_body_bytes)
+        ready_only = False
+        if body.strip():
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise InvalidRequest("request body is not valid JSON") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
+                raise InvalidRequest('index body must be {"ready": true|false}')
+            ready_only = doc.get("ready", False)
+        entries = [
+            {"name": e.model_id, "state": e.state, "reason": e.reason}
+            for e in await self._service.index()
+            if not ready_only or e.state == "READY"
+        ]
+        return json_response(entries)
+
+    async def repository(self, request: Request) -> Response:
+        model_id, action = split_target(request.path_params["target"], ("load", "unload"))
+        if action == "load":
+            # As Triton: loading a resident model is not an error.
+            await self._service.load(model_id)
+        elif action == "unload":
+            await self._service.unload(model_id)
+        else:
+            return json_response({"error": "repository paths end in /load or /unload"}, 404)
+        return json_response({"name": model_id.value, "action": action})
+
+
+def metadata_document(metadata: ModelMetadata) -> dict[str, Any]:
+    """The OIP model metadata response (``-1`` marks a dimension of any size)."""
+    return {
+        "name": metadata.model_id,
+        "versions": [MODEL_VERSION],
+        "platform": metadata.platform,
+        "inputs": [_tensor(spec) for spec in metadata.inputs],
+        "outputs": [_tensor(spec) for spec in metadata.outputs],
+    }
+
+
+def _tensor(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def _check_content_type(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type not in _ACCEPTED_TYPES and not media_type.endswith("+json"):
+        raise InvalidRequest(
+            f"unsupported Content-Type {media_type[:64]!r}: send application/json, or no type "
+            f"with {HEADER_LENGTH} for binary tensors"
+        )
+
+
+def _unavailable(body: dict[str, Any]) -> Response:
+    return json_response(body, 503, {"Retry-After": retry_after(1.0)})

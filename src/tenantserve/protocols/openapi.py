@@ -1,0 +1,294 @@
+"""The OpenAPI 3.1 document of our routes, written by hand so it states the wire contract exactly.
+
+Model ids may hold ``/`` but an OpenAPI path parameter may not, so ``{model_name}`` is
+described as one segment: every id it admits is a valid id, which is what schemathesis needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_SEGMENT = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+              "FP16", "FP32", "FP64", "BYTES"]  # fmt: skip
+_INFER_ERRORS = (400, 404, 413, 429, 500, 503, 507)
+_MODEL_ERRORS = (400, 404, 429, 500, 503, 507)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _responses(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": ok}
+    for status in errors:
+        error = _json(_ref("Error"), "Error")
+        if status in (429, 503):
+            error["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}
+        responses[str(status)] = error
+    return responses
+
+
+def _param(name: str, where: str = "path", pattern: str = _SEGMENT) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": {"type": "string", "pattern": pattern},
+    }
+
+
+def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": responses, **extra}
+
+
+def _schemas() -> dict[str, Any]:
+    spec_properties: dict[str, Any] = {
+        "name": {"type": "string"},
+        "datatype": {"enum": _DATATYPES},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+    }
+    tensor_spec = {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": spec_properties,
+    }
+    tensor = {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            **spec_properties,
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            "data": {"type": "array"},
+            "parameters": {"type": "object"},
+        },
+    }
+    strings = {"type": "array", "items": {"type": "string"}}
+    model_ref = {
+        "type": "object",
+        "required": ["modelName", "modelUrl"],
+        "properties": {"modelName": {"type": "string"}, "modelUrl": {"type": "string"}},
+    }
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}},
+        },
+        "TensorMetadata": tensor_spec,
+        "InferInput": tensor,
+        "InferOutput": tensor,
+        "InferRequest": {
+            "type": "object",
+            "required": ["inputs"],
+            "properties": {
+                "id": {"type": "string"},
+                "parameters": {"type": "object"},
+                "inputs": {"type": "array", "minItems": 1, "items": _ref("InferInput")},
+                "outputs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "parameters": {"type": "object"},
+                        },
+                    },
+                },
+            },
+        },
+        "InferResponse": {
+            "type": "object",
+            "required": ["model_name", "outputs"],
+            "properties": {
+                "model_name": {"type": "string"},
+                "model_version": {"type": "string"},
+                "id": {"type": "string"},
+                "outputs": {"type": "array", "items": _ref("InferOutput")},
+            },
+        },
+        "ModelMetadata": {
+            "type": "object",
+            "required": ["name", "platform", "inputs", "outputs"],
+            "properties": {
+                "name": {"type": "string"},
+                "versions": strings,
+                "platform": {"type": "string"},
+                "inputs": {"type": "array", "items": _ref("TensorMetadata")},
+                "outputs": {"type": "array", "items": _ref("TensorMetadata")},
+            },
+        },
+        "ServerMetadata": {
+            "type": "object",
+            "required": ["name", "version", "extensions"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "extensions": strings,
+            },
+        },
+        "RepositoryIndex": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "state"],
+                "properties": {n: {"type": "string"} for n in ("name", "state", "reason")},
+            },
+        },
+        "Invocation": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {"instances": {"type": "array", "minItems": 1}},
+                },
+                {"type": "object", "required": ["inputs"]},
+                {"type": "array", "minItems": 1},
+            ]
+        },
+        "Predictions": {"type": "object", "required": ["predictions"]},
+        "LoadModel": {
+            "type": "object",
+            "required": ["model_name", "url"],
+            "properties": {"model_name": {"type": "string"}, "url": {"type": "string"}},
+        },
+        "ModelRef": model_ref,
+        "ModelList": {
+            "type": "object",
+            "required": ["models"],
+            "properties": {
+                "models": {"type": "array", "items": _ref("ModelRef")},
+                "nextPageToken": {"type": ["string", "null"]},
+            },
+        },
+    }
+
+
+def _oip_paths() -> dict[str, Any]:
+    name = _param("model_name")
+    version = _param("model_version", pattern="^1$")
+    metadata = _op("Model metadata", _responses(_json(_ref("ModelMetadata")), *_MODEL_ERRORS))
+    ready = _op(
+        "Model readiness: 200 when resident, 400 when not",
+        _responses(_json({"type": "object"}), 400, 404),
+    )
+    infer = _op(
+        "Run inference: JSON, or Triton's binary tensors (Inference-Header-Content-Length)",
+        _responses(_json(_ref("InferResponse")), *_INFER_ERRORS),
+        requestBody={
+            "required": True,
+            "content": {"application/json": {"schema": _ref("InferRequest")}},
+        },
+    )
+    paths: dict[str, Any] = {
+        "/v2/health/live": {"get": _op("Liveness", _responses(_json({"type": "object"}), 503))},
+        "/v2/health/ready": {"get": _op("Readiness", _responses(_json({"type": "object"}), 503))},
+        "/v2": {"get": _op("Server metadata", _responses(_json(_ref("ServerMetadata"))))},
+        "/v2/repository/index": {
+            "post": _op("Models in the store", _responses(_json(_ref("RepositoryIndex")), 400, 503))
+        },
+    }
+    for prefix, params in (("", [name]), ("/versions/{model_version}", [name, version])):
+        base = "/v2/models/{model_name}" + prefix
+        paths[base] = {"get": {**metadata, "parameters": params}}
+        paths[base + "/ready"] = {"get": {**ready, "parameters": params}}
+        paths[base + "/infer"] = {"post": {**infer, "parameters": params}}
+    for action in ("load", "unload"):
+        paths[f"/v2/repository/models/{{model_name}}/{action}"] = {
+            "post": _op(
+                f"{action.title()} a model",
+                _responses(_json({"type": "object"}), *_MODEL_ERRORS),
+                parameters=[name],
+            )
+        }
+    return paths
+
+
+def _sagemaker_paths() -> dict[str, Any]:
+    name = _param("model_name")
+    target = _param("X-Amzn-SageMaker-Target-Model", "header", "^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+    target["required"] = True
+    body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _ref("Invocation")},
+            "text/csv": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    }
+    invoke = _responses(_json(_ref("Predictions")), 400, 404, 413, 424, 429, 500, 503, 507)
+    return {
+        "/ping": {"get": _op("Container health", _responses(_json({"type": "object"}), 503))},
+        "/invocations": {
+            "post": _op("Invoke the target model", invoke, parameters=[target], requestBody=body)
+        },
+        "/endpoints/{endpoint_name}/invocations": {
+            "post": _op(
+                "InvokeEndpoint",
+                invoke,
+                parameters=[_param("endpoint_name"), target],
+                requestBody=body,
+            )
+        },
+        "/models": {
+            "get": _op(
+                "Loaded models, paged",
+                _responses(_json(_ref("ModelList")), 400),
+                parameters=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {"name": "next_page_token", "in": "query", "schema": {"type": "string"}},
+                ],
+            ),
+            "post": _op(
+                "Load a model",
+                _responses(_json(_ref("ModelRef")), 400, 404, 409, 429, 500, 503, 507),
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("LoadModel")}},
+                },
+            ),
+        },
+        "/models/{model_name}": {
+            "get": _op(
+                "Describe a loaded model",
+                _responses(_json(_ref("ModelRef")), 400, 404),
+                parameters=[name],
+            ),
+            "delete": _op(
+                "Unload a model",
+                _responses(_json(_ref("ModelRef")), 400, 404, 500, 503),
+                parameters=[name],
+            ),
+        },
+        "/models/{model_name}/invoke": {
+            "post": _op("Invoke a model", invoke, parameters=[name], requestBody=body)
+        },
+    }
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The whole document; ``version`` is the server's package version."""
+    metrics = {
+        "description": "Prometheus text",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tenantserve", "version": version},
+        "paths": {
+            **_oip_paths(),
+            **_sagemaker_paths(),
+            "/metrics": {"get": _op("Prometheus metrics", {"200": metrics})},
+            "/openapi.json": {"get": _op("This document", _responses(_json({"type": "object"})))},
+        },
+        "components": {"schemas": _schemas()},
+    }

@@ -1,0 +1,1 @@
+"""SageMaker runtime invocations and the multi-model container API: routes and codec."""
