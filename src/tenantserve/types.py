@@ -100,6 +100,32 @@ class TensorSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TextPreprocess:
+    """A declared pre-processing step: raw text in, token tensors to the graph.
+
+    The server, not the client, tokenises: the model exposes one BYTES input ``text_input``
+    and the runtime feeds the graph ``input_ids``/``attention_mask``/``token_type_ids`` made
+    with the artifact's own ``tokenizer_file`` (Hugging Face ``tokenizers`` JSON).
+    """
+
+    tokenizer_file: str = "tokenizer.json"
+    max_length: int = 128
+    text_input: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class TopKPostprocess:
+    """A declared post-processing step: a [N, labels] score output → the top-k labels.
+
+    Adds two outputs: ``macros`` (BYTES [N, k], label names from the manifest, best first) and
+    ``scores`` (FP32 [N, k]).
+    """
+
+    scores_output: str
+    top_k: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class ModelManifest:
     """What ``model.json`` beside an artifact may declare; every field is optional.
 
@@ -110,6 +136,8 @@ class ModelManifest:
         memory_hint_bytes: expected resident size, used to make room before the first load.
         sha256: expected digest of ``model_file``; a mismatch refuses the load.
         metadata: free-form facts shown in model metadata (never interpreted).
+        preprocess: text → tokens, done by the runtime (see :class:`TextPreprocess`).
+        postprocess: scores → top-k labels, done by the runtime (see :class:`TopKPostprocess`).
     """
 
     runtime: str = "onnx"
@@ -118,6 +146,8 @@ class ModelManifest:
     memory_hint_bytes: int | None = None
     sha256: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    preprocess: TextPreprocess | None = None
+    postprocess: TopKPostprocess | None = None
 
 
 @dataclass(frozen=True, slots=True)
