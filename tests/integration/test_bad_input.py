@@ -117,7 +117,8 @@ def test_unreachable_s3_store_is_503_with_cause(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-never-shown")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = start_server("s3://nowhere/models", store_retry_deadline_s=1.0)  # starts (and warns): the store may come back
+    # The server starts (and warns): the store may come back.
+    server = start_server("s3://nowhere/models", store_retry_deadline_s=1.0)
     with httpx.Client(base_url=server.url) as client:
         response = infer(client, "acme/good")
     assert response.status_code == 503
