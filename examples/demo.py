@@ -96,7 +96,8 @@ def serve(store: Path, *, port: int, budget: str, log: Path) -> Iterator[str]:
                 proc.kill()
                 proc.wait()
         # uvicorn re-raises the SIGTERM it handled after a graceful shutdown: -15 is clean.
-        console.print(f"server stopped (exit {proc.returncode})")
+        clean = proc.returncode in (0, -signal.SIGTERM)
+        console.print("server stopped" if clean else f"server exited with {proc.returncode}")
 
 
 def build_request(protocol: str, model_id: str, text: str) -> tuple[str, dict[str, str], Any]:
@@ -157,9 +158,9 @@ def run_demo(url: str, store: Path, names: list[str], datasets: Path, seed: int)
     table.add_column("tenant", no_wrap=True)
     table.add_column("via", no_wrap=True)
     # Only the ticket gives way on a narrow terminal (it wraps); the other columns keep whole.
-    table.add_column("ticket", max_width=40)
+    table.add_column("ticket", min_width=30, max_width=50)
     table.add_column("suggested macro", no_wrap=True)
-    table.add_column("ok", no_wrap=True)
+    table.add_column("ok", max_width=24, overflow="ellipsis", no_wrap=True)
     for column in ("score", "ms", "cache"):
         table.add_column(column, justify="right", no_wrap=True)
     right = 0
