@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
+import re
+import shutil
 import signal
 import socket
 import statistics
@@ -67,18 +70,6 @@ def _session(path: Path) -> ort.InferenceSession:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def bare_cold(store: Path, ids: list[str]) -> list[float]:
-    x = np.ones((1, N_FEATURES), dtype=np.float32)
-    out = []
-    for model_id in ids:
-        started = time.perf_counter()
-        session = _session(store / model_id / "model.onnx")
-        session.run(None, {"input": x})
-        out.append(time.perf_counter() - started)
-        del session
-    return out
 
 
 def bare_warm(store: Path, ids: list[str], *, concurrency: int, requests: int) -> Latencies:
@@ -133,19 +124,32 @@ def served(store: Path, *, port: int, budget: str, log: Path) -> Any:
             proc.wait()
 
 
-def server_cold(url: str, ids: list[str]) -> tuple[list[float], list[float]]:
-    """First-call latency per model, then a second (warm) call's, sequentially."""
+def cold_pairs(url: str, store: Path, ids: list[str]) -> tuple[list[float], ...]:
+    """Per model, in turn: a bare session + one run here, the server's first call, its second.
+
+    Interleaving puts both sides under the same machine noise; bare sessions stay alive, as in
+    a server, so each new one faults in fresh pages as the server's do.
+    """
     rng = random.Random(0)
+    x = np.ones((1, N_FEATURES), dtype=np.float32)
+    _session(store / ids[0] / "model.onnx")  # ORT's one-time set-up, as the server's warm-up
+    held = []
+    bare: list[float] = []
     cold: list[float] = []
     warm: list[float] = []
     with httpx.Client(base_url=url, timeout=60) as client:
         for model_id in ids:
+            started = time.perf_counter()
+            session = _session(store / model_id / "model.onnx")
+            session.run(None, {"input": x})
+            bare.append(time.perf_counter() - started)
+            held.append(session)
             for sink in (cold, warm):
                 started = time.perf_counter()
                 response = client.post(f"/v2/models/{model_id}/infer", json=_payload(rng))
                 sink.append(time.perf_counter() - started)
                 response.raise_for_status()
-    return cold, warm
+    return bare, cold, warm
 
 
 async def _closed_loop(
@@ -188,6 +192,41 @@ def server_warm(
     )
 
 
+_WRK_SCRIPT = """
+local ids = {%s}
+local body = '%s'
+local i = 0
+request = function()
+  i = i + 1
+  local path = "/v2/models/" .. ids[(i %% #ids) + 1] .. "/infer"
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+end
+"""
+_WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def wrk_warm(url: str, ids: list[str], *, concurrency: int, duration_s: float) -> dict[str, float]:
+    """The same warm loop driven by wrk (C, one thread), so the client is not the bottleneck."""
+    body = json.dumps(_payload(random.Random(2)))
+    script = _WRK_SCRIPT % (", ".join(f'"{m}"' for m in ids), body)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(script)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(duration_s))}s", "--latency",
+         "-s", file.name, url],
+        capture_output=True, text=True, check=True, timeout=duration_s + 30,
+    ).stdout  # fmt: skip
+    os.unlink(file.name)
+    figures = {"rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        match = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        figures[f"p{pct}"] = float(match.group(1)) * _WRK_UNITS[match.group(2)]  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    figures["errors"] = float(errors.group(1)) if errors else 0.0
+    figures["requests"] = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return figures
+
+
 def _metric_sums(url: str) -> dict[str, float]:
     wanted = ("tenantserve_model_loading_seconds_sum", "tenantserve_model_loading_seconds_count")
     totals = dict.fromkeys(wanted, 0.0)
@@ -222,15 +261,21 @@ def main() -> None:
         warm_ids = ids[: args.warm_models]
         budget = f"{max(256, int(args.models * args.size_mb * 4))}MiB"  # nothing is evicted
 
-        bare_c = bare_cold(store, ids)
-        bare_w = bare_warm(store, warm_ids, concurrency=args.concurrency, requests=args.requests)
         with served(store, port=_free_port(), budget=budget, log=Path(tmp) / "server.log") as url:
-            srv_c, srv_second = server_cold(url, ids)
+            bare_c, srv_c, srv_second = cold_pairs(url, store, ids)
             loads = _metric_sums(url)
+            bare_w = bare_warm(
+                store, warm_ids, concurrency=args.concurrency, requests=args.requests
+            )
             srv_w = server_warm(
                 url, warm_ids, concurrency=args.concurrency, requests=args.requests,
                 duration_s=args.duration_s,
             )  # fmt: skip
+            wrk = (
+                wrk_warm(url, warm_ids, concurrency=args.concurrency, duration_s=args.duration_s)
+                if shutil.which("wrk")
+                else None
+            )
 
     bare_cold_ms = statistics.median(bare_c)
     srv_cold_ms = statistics.median(srv_c)
@@ -242,6 +287,7 @@ def main() -> None:
     print("## Cold: first call of each model\n")
     print("| path | median ms | p90 ms | max ms | vs bare |")
     print("|---|---:|---:|---:|---:|")
+    pair_ratio = statistics.median(c / b for c, b in zip(srv_c, bare_c, strict=True))
     for name, values in (
         ("bare InferenceSession + run", bare_c),
         ("tenantserve first call (HTTP)", srv_c),
@@ -253,7 +299,8 @@ def main() -> None:
               f"{statistics.median(values) / bare_cold_ms:.2f} |")  # fmt: skip
     print(f"\nServer-side load time (tenantserve_model_loading_seconds): mean {_ms(load_mean)} ms "
           f"over {int(load_count)} loads; cold overhead over bare: "
-          f"{_ms(srv_cold_ms - bare_cold_ms)} ms median.\n")  # fmt: skip
+          f"{_ms(srv_cold_ms - bare_cold_ms)} ms median; median pairwise ratio "
+          f"{pair_ratio:.2f}.\n")  # fmt: skip
     print(f"## Warm: closed loop, {args.concurrency} clients over {len(warm_ids)} models\n")
     print("| path | requests | errors | req/s | p50 ms | p99 ms | req/s ÷ bare |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -264,6 +311,13 @@ def main() -> None:
         ratio = lat.rate / bare_w.rate
         print(f"| {name} | {len(lat.seconds)} | {lat.errors} | {lat.rate:.0f} | "
               f"{_ms(lat.pct(0.5))} | {_ms(lat.pct(0.99))} | {ratio:.3f} |")  # fmt: skip
+    if wrk is None:
+        print("\n(wrk not found: install it (apt-get install wrk) for a client that is not the "
+              "bottleneck; httpx in Python on the same cores is.)")  # fmt: skip
+    else:
+        print(f"| tenantserve OIP (wrk, 1 thread) | {wrk['requests']:.0f} | {wrk['errors']:.0f} | "
+              f"{wrk['rate']:.0f} | {_ms(wrk['p50'])} | {_ms(wrk['p99'])} | "
+              f"{wrk['rate'] / bare_w.rate:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
