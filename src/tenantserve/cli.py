@@ -98,6 +98,7 @@ def serve(
     ] = "info",
 ) -> None:
     """Start the server. Models load on their first request; Ctrl-C stops it cleanly."""
+    import prometheus_client
     import uvicorn
     from pydantic import ValidationError
 
@@ -129,6 +130,8 @@ def serve(
             typer.echo(f"error: {field}: {error['msg']}", err=True)
         raise typer.Exit(2) from None
     configure(settings.log_level)
+    # One process, one server: `_created` series double every counter's scrape for no use here.
+    prometheus_client.disable_created_metrics()
     uvicorn.run(
         build_app(settings),
         host=settings.host,
