@@ -131,7 +131,7 @@ def serve(
         raise typer.Exit(2) from None
     configure(settings.log_level)
     # One process, one server: `_created` series double every counter's scrape for no use here.
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     uvicorn.run(
         build_app(settings),
         host=settings.host,

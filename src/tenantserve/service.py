@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tenantserve.cache.model_cache import ModelCache
 from tenantserve.errors import InvalidInput, ModelNotFound
 from tenantserve.metrics import Metrics
+from tenantserve.runtimes import LoadedModel
 from tenantserve.scheduling.admission import Admission
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.store.base import ModelStore
-from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors
+from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors, TensorSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +74,7 @@ class InferenceService:
             Overloaded, ModelNotFound, InsufficientMemory, LoadFailed, InvalidInput, PredictFailed.
         """
         async with self._admission.admit(), self._cache.lease(model_id) as model:
-            started = time.perf_counter()
-            result = await self._executor.run(model.predict, tensors)
-            self._metrics.inference.observe(time.perf_counter() - started)
+            result = await self._predict(model, tensors)
         if outputs is None:
             return result
         unknown = [name for name in outputs if name not in result]
@@ -84,6 +83,23 @@ class InferenceService:
                 f"unknown output {unknown[0]!r}; model {model_id} has outputs {sorted(result)}"
             )
         return {name: result[name] for name in outputs}
+
+    async def infer_from(
+        self, model_id: ModelId, decode: Callable[[tuple[TensorSpec, ...]], Tensors]
+    ) -> Tensors:
+        """Run ``model_id`` on what ``decode`` makes of its input signature; all outputs.
+
+        For bodies that name no inputs (SageMaker's): one admission and one lease, where
+        reading :meth:`metadata` first would lease twice and load outside admission.
+        """
+        async with self._admission.admit(), self._cache.lease(model_id) as model:
+            return await self._predict(model, decode(model.inputs))
+
+    async def _predict(self, model: LoadedModel, tensors: Tensors) -> Tensors:
+        started = time.perf_counter()
+        result = await self._executor.run(model.predict, tensors)
+        self._metrics.inference.observe(time.perf_counter() - started)
+        return result
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         """Signature of a model (loads it if needed: the signature is read from the graph)."""

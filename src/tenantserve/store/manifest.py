@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -9,12 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from tenantserve.errors import LoadFailed, ModelNotFound
-from tenantserve.types import ModelManifest
+from tenantserve.types import ModelManifest, TextPreprocess, TopKPostprocess
 
 MANIFEST_NAME = "model.json"
 DEFAULT_MODEL_FILE = ModelManifest().model_file
 MAX_MANIFEST_BYTES = 1024 * 1024
-_FIELDS = frozenset({"runtime", "model_file", "labels", "memory_hint_bytes", "sha256", "metadata"})
+_FIELDS = frozenset(
+    {"runtime", "model_file", "labels", "memory_hint_bytes", "sha256", "metadata",
+     "preprocess", "postprocess"}
+)  # fmt: skip
+_PREPROCESS_FIELDS = frozenset({"tokenizer_file", "max_length", "text_input"})
+_POSTPROCESS_FIELDS = frozenset({"top_k", "scores_output"})
+MAX_TOKENS = 8192
+MAX_TENSOR_NAME_CHARS = 256
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK_BYTES = 1024 * 1024
 
@@ -38,13 +46,19 @@ def parse_manifest(raw: bytes) -> ModelManifest:
     if unknown:
         raise LoadFailed(f"{MANIFEST_NAME} has unknown field(s): {', '.join(unknown[:5])}")
     defaults = ModelManifest()
+    labels = _labels(data.get("labels"))
+    postprocess = _postprocess(data.get("postprocess"))
+    if postprocess is not None and not labels:
+        raise _field_error("postprocess", "declared with 'labels' (the names it ranks)")
     return ModelManifest(
         runtime=_runtime(data.get("runtime", defaults.runtime)),
-        model_file=_model_file(data.get("model_file", defaults.model_file)),
-        labels=_labels(data.get("labels")),
+        model_file=_file_name("model_file", data.get("model_file", defaults.model_file)),
+        labels=labels,
         memory_hint_bytes=_memory_hint(data.get("memory_hint_bytes")),
         sha256=_sha256(data.get("sha256")),
         metadata=_metadata(data.get("metadata", {})),
+        preprocess=_preprocess(data.get("preprocess")),
+        postprocess=postprocess,
     )
 
 
@@ -82,6 +96,13 @@ def checked_manifest(folder: Path, label: str, *, root: Path | None = None) -> M
         raise LoadFailed(f"{label}: {MANIFEST_NAME} names a model file that is missing")
     if root is not None and not model_path.resolve().is_relative_to(root):
         raise LoadFailed(f"{label}: the model file resolves outside the model store")
+    if manifest.preprocess is not None:
+        # The runtime opens the tokenizer as it opens the model: same checks, same place.
+        tokenizer_path = folder / manifest.preprocess.tokenizer_file
+        if not tokenizer_path.is_file():
+            raise LoadFailed(f"{label}: {MANIFEST_NAME} names a tokenizer file that is missing")
+        if root is not None and not tokenizer_path.resolve().is_relative_to(root):
+            raise LoadFailed(f"{label}: the tokenizer file resolves outside the model store")
     verify_sha256(model_path, manifest)
     return manifest
 
@@ -115,7 +136,7 @@ def _runtime(value: object) -> str:
     return value
 
 
-def _model_file(value: object) -> str:
+def _file_name(name: str, value: object) -> str:
     # The runtime joins this name to the artifact folder, so only a plain file name is safe.
     if (
         not isinstance(value, str)
@@ -126,7 +147,7 @@ def _model_file(value: object) -> str:
         or value == "."
         or not value.isprintable()
     ):
-        raise _field_error("model_file", "a plain file name (no '/', '\\' or '..')")
+        raise _field_error(name, "a plain file name (no '/', '\\' or '..')")
     return value
 
 
@@ -161,3 +182,68 @@ def _metadata(value: object) -> dict[str, str]:
     ):
         raise _field_error("metadata", "an object of string values")
     return dict(value)
+
+
+def _preprocess(value: object) -> TextPreprocess | None:
+    if value is None:
+        return None
+    fields = _step("preprocess", value, _PREPROCESS_FIELDS)
+    defaults = TextPreprocess()
+    max_length = fields.get("max_length", defaults.max_length)
+    if not _is_int(max_length) or not 1 <= max_length <= MAX_TOKENS:
+        raise _field_error("preprocess.max_length", f"a whole number from 1 to {MAX_TOKENS}")
+    return TextPreprocess(
+        tokenizer_file=_file_name(
+            "preprocess.tokenizer_file", fields.get("tokenizer_file", defaults.tokenizer_file)
+        ),
+        max_length=max_length,
+        text_input=_tensor_name(
+            "preprocess.text_input", fields.get("text_input", defaults.text_input)
+        ),
+    )
+
+
+def _postprocess(value: object) -> TopKPostprocess | None:
+    if value is None:
+        return None
+    fields = _step("postprocess", value, _POSTPROCESS_FIELDS)
+    if "scores_output" not in fields:
+        raise _field_error("postprocess.scores_output", "given (the output holding the scores)")
+    step = TopKPostprocess(
+        scores_output=_tensor_name("postprocess.scores_output", fields["scores_output"])
+    )
+    if "top_k" not in fields:
+        return step
+    top_k = fields["top_k"]
+    if not _is_int(top_k) or top_k < 1:
+        raise _field_error("postprocess.top_k", "a whole number of at least 1")
+    return dataclasses.replace(step, top_k=top_k)
+
+
+def _step(name: str, value: object, known: frozenset[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _field_error(name, "a JSON object")
+    unknown = sorted(str(key) for key in value if key not in known)
+    if unknown:
+        raise LoadFailed(
+            f"{MANIFEST_NAME} field {name!r} has unknown key(s): {', '.join(unknown[:5])}"
+        )
+    return value
+
+
+def _tensor_name(name: str, value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_TENSOR_NAME_CHARS
+        or not value.isprintable()
+    ):
+        raise _field_error(
+            name, f"a tensor name of 1 to {MAX_TENSOR_NAME_CHARS} printable characters"
+        )
+    return value
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; `true` is not a count.
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import httpx
@@ -42,6 +42,7 @@ class FakeService:
         self.accepting = True
         self.fail: Exception | None = None
         self.inputs = (TensorSpec("input", "FP32", (-1, 4)),)
+        self.ranked = False
 
     def _call(self, method: str, model_id: ModelId) -> None:
         self.calls.append((method, model_id.value))
@@ -58,9 +59,25 @@ class FakeService:
         self, model_id: ModelId, tensors: Tensors, *, outputs: Sequence[str] | None = None
     ) -> Tensors:
         self._call("infer", model_id)
-        x = next(iter(tensors.values()))
-        result = {"sum": np.asarray(x, dtype=np.float32).sum(axis=-1), "first": x[..., 0]}
+        result = self.model(tensors)
         return result if outputs is None else {name: result[name] for name in outputs}
+
+    async def infer_from(
+        self, model_id: ModelId, decode: Callable[[tuple[TensorSpec, ...]], Tensors]
+    ) -> Tensors:
+        self._call("infer_from", model_id)
+        return self.model(decode(self.inputs))
+
+    def model(self, tensors: Tensors) -> Tensors:
+        if self.ranked:
+            # A top-k text model: ranks two macros by the length of each ticket.
+            texts = next(iter(tensors.values())).reshape(-1)
+            longer = np.array([len(text) > 10 for text in texts])
+            macros = np.where(longer[:, None], ["refund", "card_lost"], ["card_lost", "refund"])
+            scores = np.tile(np.array([0.75, 0.25], np.float32), (len(texts), 1))
+            return {"label": macros[:, 0], "macros": macros.astype(object), "scores": scores}
+        x = next(iter(tensors.values()))
+        return {"sum": np.asarray(x, dtype=np.float32).sum(axis=-1), "first": x[..., 0]}
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         self._call("metadata", model_id)
@@ -426,7 +443,8 @@ async def test_invocations(
     assert response.json() == {
         "predictions": [{"sum": 10.0, "first": 1.0}, {"sum": 1.0, "first": 0.0}]
     }
-    assert ("infer", "acme/macros") in service.calls
+    # One call, one lease: the body is decoded against the signature of the leased model.
+    assert service.calls == [("infer_from", "acme/macros")]
     labels = {"protocol": "sagemaker", "code": "200"}
     assert _count(metrics, "tenantserve_invocations_total", labels) == 1
 
@@ -443,6 +461,61 @@ async def test_invocation_with_csv_in_and_out(client: httpx.AsyncClient) -> None
         },
     )
     assert response.json() == {"predictions": [{"sum": 10.0, "first": 1.0}]}
+
+
+RANKED = {
+    "predictions": [
+        {"macros": [{"macro": "refund", "score": 0.75}, {"macro": "card_lost", "score": 0.25}]},
+        {"macros": [{"macro": "card_lost", "score": 0.75}, {"macro": "refund", "score": 0.25}]},
+    ]
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"instances": ["I lost my card yesterday", "refund"]}'),
+        ("application/json", b'{"instances": [["I lost my card yesterday"], ["refund"]]}'),
+        ("text/plain", b"I lost my card yesterday\n\n  \nrefund\n"),
+        ("text/csv", b'"I lost my card yesterday"\nrefund\n'),
+    ],
+)
+async def test_tickets_get_their_macros(
+    client: httpx.AsyncClient, service: FakeService, content_type: str, body: bytes
+) -> None:
+    service.ranked = True
+    service.inputs = (TensorSpec("text", "BYTES", (-1, 1)),)
+    response = await client.post(
+        "/invocations",
+        content=body,
+        headers={"X-Amzn-SageMaker-Target-Model": "acme/macros", "content-type": content_type},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == RANKED
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("content_type", "body", "needle"),
+    [
+        ("text/plain", b"\n \n", "input 'text': the body has no text"),
+        ("text/plain", b"caf\xe9\n", "request body is not UTF-8 text"),
+        ("application/json", b'["caf\xe9"]', "request body is not UTF-8 text"),
+    ],
+)
+async def test_tickets_without_text_are_400(
+    client: httpx.AsyncClient, service: FakeService, content_type: str, body: bytes, needle: str
+) -> None:
+    service.ranked = True
+    service.inputs = (TensorSpec("text", "BYTES", (-1, 1)),)
+    response = await client.post(
+        "/invocations",
+        content=body,
+        headers={"X-Amzn-SageMaker-Target-Model": "acme/macros", "content-type": content_type},
+    )
+    assert response.status_code == 400
+    assert needle in response.json()["message"]
 
 
 @pytest.mark.anyio

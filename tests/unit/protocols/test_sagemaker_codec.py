@@ -139,6 +139,49 @@ def test_text_lines_are_instances_of_a_string_input() -> None:
     assert tensors["text"].tolist() == [["hello"], ["what is my balance?"]]
 
 
+def test_blank_text_lines_are_skipped() -> None:
+    body = b"\r\nmy card is lost\r\n   \r\n\r\nrefund, please\r\n\n"
+    tensors = decode_invocation(body, "text/plain; charset=utf-8", TEXT)
+    assert tensors["text"].tolist() == [["my card is lost"], ["refund, please"]]
+
+
+@pytest.mark.parametrize("body", [b"", b"\n", b" \r\n\t\n"])
+def test_a_text_body_without_text_names_the_input(body: bytes) -> None:
+    with pytest.raises(InvalidInput, match="input 'text': the body has no text"):
+        decode_invocation(body, "text/plain", TEXT)
+
+
+def test_a_flat_list_of_tickets_fills_a_text_input_of_either_shape() -> None:
+    body = b'{"instances": ["my card is lost", "refund, please"]}'
+    as_column = decode_invocation(body, JSON, TEXT)
+    assert as_column["text"].tolist() == [["my card is lost"], ["refund, please"]]
+    flat = decode_invocation(body, JSON, (TensorSpec("text", "BYTES", (-1,)),))
+    assert flat["text"].tolist() == ["my card is lost", "refund, please"]
+    nested = decode_invocation(b'[["my card is lost"], ["refund"]]', JSON, TEXT)
+    assert nested["text"].shape == (2, 1)
+
+
+def test_single_column_csv_fills_a_text_input() -> None:
+    body = b'my card is lost\n"refund, please"\n\n'
+    assert decode_invocation(body, CSV, TEXT)["text"].tolist() == [
+        ["my card is lost"],
+        ["refund, please"],
+    ]
+    flat = decode_invocation(body, CSV, (TensorSpec("text", "BYTES", (-1,)),))
+    assert flat["text"].tolist() == ["my card is lost", "refund, please"]
+
+
+def test_csv_text_with_an_unquoted_comma_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="'text' takes one text per row; CSV row 1 has 2"):
+        decode_invocation(b"refund, please\n", CSV, TEXT)
+
+
+@pytest.mark.parametrize("content_type", [JSON, "text/plain", CSV])
+def test_a_body_that_is_not_utf8_says_so(content_type: str) -> None:
+    with pytest.raises(InvalidRequest, match="request body is not UTF-8 text"):
+        decode_invocation(b'{"instances": ["caf\xe9"]}', content_type, TEXT)
+
+
 def test_json_strings_fill_a_string_input() -> None:
     tensors = decode_invocation(b'{"instances": ["a", "b\\u0000c"]}', JSON, TEXT)
     assert tensors["text"].tolist() == [["a"], ["b\x00c"]]
@@ -198,6 +241,30 @@ def test_csv_answers_one_output() -> None:
     assert encode_predictions({"y": np.array([b"a", "b,c"], dtype=object)}, CSV) == b'a\n"b,c"\n'
     with pytest.raises(InvalidRequest, match="one output"):
         encode_predictions({"a": np.zeros(2), "b": np.zeros(2)}, CSV)
+
+
+def _ranked_outputs() -> dict[str, np.ndarray[Any, Any]]:
+    return {
+        "label": np.array(["refund", "card_lost"], dtype=object),
+        "probabilities": np.array([[0.1, 0.9], [0.7, 0.3]], dtype=np.float32),
+        "macros": np.array([["refund", "card_lost"], ["card_lost", "refund"]], dtype=object),
+        "scores": np.array([[0.93, 0.07], [0.7, 0.3]], dtype=np.float32),
+    }
+
+
+def test_top_k_outputs_answer_in_macros() -> None:
+    assert orjson.loads(encode_predictions(_ranked_outputs(), JSON)) == {
+        "predictions": [
+            {"macros": [{"macro": "refund", "score": 0.93}, {"macro": "card_lost", "score": 0.07}]},
+            {"macros": [{"macro": "card_lost", "score": 0.7}, {"macro": "refund", "score": 0.3}]},
+        ]
+    }
+
+
+def test_top_k_outputs_as_csv_pair_each_macro_with_its_score() -> None:
+    assert encode_predictions(_ranked_outputs(), CSV) == (
+        b"refund,0.93,card_lost,0.07\ncard_lost,0.7,refund,0.3\n"
+    )
 
 
 @pytest.mark.parametrize(

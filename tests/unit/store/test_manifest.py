@@ -15,7 +15,7 @@ from tenantserve.store.manifest import (
     read_manifest,
     verify_sha256,
 )
-from tenantserve.types import ModelManifest
+from tenantserve.types import ModelManifest, TextPreprocess, TopKPostprocess
 
 
 def _raw(**fields: object) -> bytes:
@@ -36,6 +36,8 @@ def test_every_field_is_parsed() -> None:
             memory_hint_bytes=1024,
             sha256=digest.upper(),
             metadata={"owner": "acme"},
+            preprocess={"tokenizer_file": "vocab.json", "max_length": 256, "text_input": "ticket"},
+            postprocess={"top_k": 3, "scores_output": "logits"},
         )
     )
     assert manifest.model_file == "net.onnx"
@@ -43,6 +45,52 @@ def test_every_field_is_parsed() -> None:
     assert manifest.memory_hint_bytes == 1024
     assert manifest.sha256 == digest
     assert dict(manifest.metadata) == {"owner": "acme"}
+    assert manifest.preprocess == TextPreprocess("vocab.json", 256, "ticket")
+    assert manifest.postprocess == TopKPostprocess(scores_output="logits", top_k=3)
+
+
+def test_steps_take_their_defaults() -> None:
+    manifest = parse_manifest(
+        _raw(labels=["a", "b"], preprocess={}, postprocess={"scores_output": "probabilities"})
+    )
+    assert manifest.preprocess == TextPreprocess()
+    assert manifest.postprocess == TopKPostprocess(scores_output="probabilities")
+    assert parse_manifest(_raw(preprocess=None, postprocess=None)) == ModelManifest()
+
+
+@pytest.mark.parametrize("labels", [None, []])
+def test_postprocess_needs_labels(labels: list[str] | None) -> None:
+    with pytest.raises(LoadFailed, match="'postprocess' must be declared with 'labels'"):
+        parse_manifest(_raw(labels=labels, postprocess={"scores_output": "probabilities"}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("preprocess", "tokenizer.json", "'preprocess'"),
+        ("preprocess", {"tokenizer": "t.json"}, "'preprocess' has unknown key"),
+        ("preprocess", {"max_length": 0}, "preprocess.max_length"),
+        ("preprocess", {"max_length": 8193}, "preprocess.max_length"),
+        ("preprocess", {"max_length": 12.5}, "preprocess.max_length"),
+        ("preprocess", {"max_length": True}, "preprocess.max_length"),
+        ("preprocess", {"tokenizer_file": "../t.json"}, "preprocess.tokenizer_file"),
+        ("preprocess", {"tokenizer_file": "sub/t.json"}, "preprocess.tokenizer_file"),
+        ("preprocess", {"tokenizer_file": 3}, "preprocess.tokenizer_file"),
+        ("preprocess", {"text_input": ""}, "preprocess.text_input"),
+        ("preprocess", {"text_input": "a\nb"}, "preprocess.text_input"),
+        ("postprocess", ["probabilities"], "'postprocess'"),
+        ("postprocess", {"top_k": 3}, "postprocess.scores_output"),
+        ("postprocess", {"scores_output": "p", "k": 3}, "'postprocess' has unknown key"),
+        ("postprocess", {"scores_output": "p", "top_k": 0}, "postprocess.top_k"),
+        ("postprocess", {"scores_output": "p", "top_k": "3"}, "postprocess.top_k"),
+        ("postprocess", {"scores_output": "p", "top_k": False}, "postprocess.top_k"),
+        ("postprocess", {"scores_output": 7}, "postprocess.scores_output"),
+    ],
+)
+def test_wrong_steps_name_the_field(field: str, value: object, named: str) -> None:
+    with pytest.raises(LoadFailed) as caught:
+        parse_manifest(_raw(labels=["a", "b"], **{field: value}))
+    assert named in str(caught.value)
 
 
 def test_unknown_key_is_named() -> None:
@@ -126,5 +174,32 @@ def test_checked_manifest_refuses_a_model_file_linked_out(tmp_path: Path) -> Non
     secret.write_bytes(b"not yours")
     (folder / "model.onnx").symlink_to(secret)
     with pytest.raises(LoadFailed, match="outside") as info:
+        checked_manifest(folder, "model acme/m", root=root.resolve())
+    assert str(tmp_path) not in str(info.value)
+
+
+def _with_tokenizer(folder: Path) -> None:
+    (folder / "model.json").write_text(json.dumps({"preprocess": {"tokenizer_file": "vocab.json"}}))
+    (folder / "model.onnx").write_bytes(b"w")
+
+
+def test_checked_manifest_requires_the_tokenizer_file(tmp_path: Path) -> None:
+    _with_tokenizer(tmp_path)
+    with pytest.raises(LoadFailed, match="tokenizer file that is missing"):
+        checked_manifest(tmp_path, "model acme/x")
+    (tmp_path / "vocab.json").write_text("{}")
+    manifest = checked_manifest(tmp_path, "model acme/x")
+    assert manifest.preprocess == TextPreprocess(tokenizer_file="vocab.json")
+
+
+def test_checked_manifest_refuses_a_tokenizer_file_linked_out(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    folder = root / "acme" / "m"
+    folder.mkdir(parents=True)
+    _with_tokenizer(folder)
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    (folder / "vocab.json").symlink_to(secret)
+    with pytest.raises(LoadFailed, match="tokenizer file resolves outside") as info:
         checked_manifest(folder, "model acme/m", root=root.resolve())
     assert str(tmp_path) not in str(info.value)

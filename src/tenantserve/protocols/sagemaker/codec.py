@@ -10,8 +10,12 @@ Requests (``Content-Type``; none means JSON):
     row — the way to call a model with several inputs;
   - ``{"inputs": {"<input name>": [...rows]}}`` (columns) feeds the named inputs directly.
 
-* ``text/csv`` — one row per line, no header, into the model's only input as a 2-D array.
-* ``text/plain`` — one instance per line, for a model whose only input is a string (BYTES).
+* ``text/csv`` — one row per line, no header, into the model's only input as a 2-D array;
+  for a string (BYTES) input of one column per row, one quoted text per line.
+* ``text/plain`` — one instance per non-blank line, for a model whose only input is a string
+  (BYTES): one support ticket per line.
+
+A body that is not UTF-8 is refused with a 400 that says so.
 
 Values are converted to each input's declared datatype without loss (see
 :func:`~tenantserve.protocols.arrays.to_array`). An input declared ``[-1, 1]`` also takes a
@@ -21,8 +25,10 @@ Responses (``Accept``; none, ``*/*`` or JSON mean JSON):
 
 * ``application/json`` — ``{"predictions": [...]}``, one entry per row: the row's value when
   the model has one output, else ``{"<output name>": value, ...}``. Outputs that do not share
-  a batch dimension come back whole: ``{"predictions": {"<output name>": value}}``.
-* ``text/csv`` — one output, one line per row.
+  a batch dimension come back whole: ``{"predictions": {"<output name>": value}}``. A model
+  with a declared top-k step (outputs ``macros`` and ``scores``) answers in product terms:
+  ``{"predictions": [{"macros": [{"macro": "refund", "score": 0.93}, ...]}, ...]}``.
+* ``text/csv`` — one output, one line per row; for top-k models ``macro,score,macro,score…``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ from tenantserve.types import DATATYPE_TO_DTYPE, Tensors, TensorSpec
 JSON = "application/json"
 CSV = "text/csv"
 TEXT = "text/plain"
+
+# The outputs a manifest's top-k step adds (TopKPostprocess): label names and their scores.
+MACROS = "macros"
+SCORES = "scores"
 
 _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
@@ -91,15 +101,17 @@ def decode_invocation(
             raise InvalidRequest(
                 f"{TEXT} feeds string inputs; input {spec.name!r} is {spec.datatype}"
             )
-        lines = text.splitlines()
+        lines = [line for line in text.splitlines() if line.strip()]
         if not lines:
-            raise InvalidInput(f"input {spec.name!r}: the body has no lines")
+            raise InvalidInput(f"input {spec.name!r}: the body has no text")
         return {spec.name: _fit(spec, to_array(spec.name, "BYTES", lines))}
     return {spec.name: _fit(spec, _from_csv(text, spec))}
 
 
 def encode_predictions(outputs: Tensors, kind: str) -> bytes:
     """The response body for ``outputs`` in ``kind`` (from :func:`response_type`)."""
+    if MACROS in outputs and SCORES in outputs:
+        return _ranked(outputs[MACROS], outputs[SCORES], kind)
     if kind == CSV:
         return _to_csv(outputs)
     plain = {name: _plain(array) for name, array in outputs.items()}
@@ -119,6 +131,7 @@ def _from_json(body: bytes, inputs: Sequence[TensorSpec]) -> dict[str, npt.NDArr
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        _text(body)  # a body that is not UTF-8 at all is told so, not sent to JSON's message
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if isinstance(doc, dict) and ("instances" in doc or "inputs" in doc):
         instances = doc["instances"] if "instances" in doc else doc["inputs"]
@@ -184,6 +197,11 @@ def _from_csv(text: str, spec: TensorSpec) -> npt.NDArray[Any]:
                 f"input {spec.name!r}: CSV row {number} has {len(row)} values, row 1 has {width}"
             )
     if spec.datatype == "BYTES":
+        if width != 1 and (len(spec.shape) == 1 or spec.shape[-1] == 1):
+            raise InvalidInput(
+                f"input {spec.name!r} takes one text per row; CSV row 1 has {width} values "
+                "(quote a text that holds commas)"
+            )
         return to_array(spec.name, "BYTES", rows)
     parse = _cell_parser(DATATYPE_TO_DTYPE[spec.datatype].kind)
     try:
@@ -213,6 +231,9 @@ def _fit(spec: TensorSpec, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     # models) gets its trailing axis, rather than failing a shape check in the runtime.
     if spec.shape and spec.shape[-1] == 1 and array.ndim == len(spec.shape) - 1:
         return array[..., np.newaxis]
+    # And a one-column CSV body for a 1-D input loses its column axis.
+    if len(spec.shape) == 1 and array.ndim == 2 and array.shape[1] == 1:
+        return array[:, 0]
     return array
 
 
@@ -245,3 +266,24 @@ def _to_csv(outputs: Tensors) -> bytes:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(table.tolist())
     return out.getvalue().encode("utf-8")
+
+
+def _ranked(macros: npt.NDArray[Any], scores: npt.NDArray[Any], kind: str) -> bytes:
+    """Top-k answers: each row's macros, best first, with their scores."""
+    names = [[_text_of(name) for name in row] for row in macros.tolist()]
+    # float32 scalars print at their own precision (0.93, not 0.9300000071525574).
+    values = [list(row) for row in np.asarray(scores, dtype=np.float32)]
+    rows = [
+        list(zip(row, row_values, strict=True))
+        for row, row_values in zip(names, values, strict=True)
+    ]
+    if kind == CSV:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(
+            [cell for name, score in row for cell in (name, str(score))] for row in rows
+        )
+        return out.getvalue().encode("utf-8")
+    predictions = [
+        {MACROS: [{"macro": name, "score": score} for name, score in row]} for row in rows
+    ]
+    return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)

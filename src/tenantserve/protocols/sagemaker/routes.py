@@ -93,10 +93,12 @@ class _SageMakerApi:
     async def _invoke(self, request: Request, model_id: ModelId) -> Response:
         kind = response_type(request.headers.get("accept"))
         body = await read_body(request, self._max_body_bytes)
-        # The signature says which input(s) the body feeds and with what datatype.
-        metadata = await self._service.metadata(model_id)
-        tensors = decode_invocation(body, request.headers.get("content-type"), metadata.inputs)
-        outputs = await self._service.infer(model_id, tensors)
+        content_type = request.headers.get("content-type")
+        # The model's signature says which input(s) the body feeds and with what datatype;
+        # decoding under the inference's own lease reads it without a second lease.
+        outputs = await self._service.infer_from(
+            model_id, lambda inputs: decode_invocation(body, content_type, inputs)
+        )
         return Response(encode_predictions(outputs, kind), media_type=kind)
 
     async def load_model(self, request: Request) -> Response:

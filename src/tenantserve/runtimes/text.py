@@ -1,0 +1,202 @@
+"""Declared text pre-processing: ticket text in, token tensors made by the artifact's tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Encoding, Tokenizer
+
+from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
+from tenantserve.runtimes.base import LoadedModel
+from tenantserve.types import Tensors, TensorSpec, TextPreprocess
+
+# What a BERT-style graph (all-MiniLM and kin) takes, and which Encoding field fills each.
+_TOKEN_FIELDS: dict[str, Callable[[Encoding], list[int]]] = {
+    "input_ids": lambda encoding: encoding.ids,
+    "attention_mask": lambda encoding: encoding.attention_mask,
+    "token_type_ids": lambda encoding: encoding.type_ids,
+}
+_INT_DTYPES: dict[str, np.dtype[Any]] = {"INT64": np.dtype(np.int64), "INT32": np.dtype(np.int32)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Padding:
+    """How a batch is padded to one length: the tokenizer's own pad ids, the graph's length."""
+
+    pad_id: int
+    pad_type_id: int
+    left: bool
+    fixed_length: int | None  # the graph's sequence length when it declares one
+
+
+def with_tokenizer(model: LoadedModel, folder: Path, step: TextPreprocess) -> TextInputModel:
+    """``model``, which takes token tensors, behind one BYTES input ``step.text_input``.
+
+    Raises:
+        LoadFailed: the tokenizer file is not a tokenizer, or the graph takes inputs that are
+            not token tensors (``input_ids``, ``attention_mask``, ``token_type_ids``).
+    """
+    feeds = _token_inputs(model.inputs, step)
+    tokenizer, padding = _read_tokenizer(folder / step.tokenizer_file, step)
+    return TextInputModel(
+        model, tokenizer, step.text_input, feeds, _with_graph_length(padding, feeds)
+    )
+
+
+class TextInputModel:
+    """A LoadedModel whose callers send text; the graph gets the tokens it declares, no more."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        tokenizer: Tokenizer,
+        text_input: str,
+        feeds: tuple[TensorSpec, ...],
+        padding: _Padding,
+    ) -> None:
+        self._model = model
+        self._tokenizer: Tokenizer | None = tokenizer
+        self._text_input = text_input
+        self._feeds = feeds
+        self._padding = padding
+        # [-1, 1] as the TF-IDF tenants declare, so one client request fits both kinds.
+        self._inputs = (TensorSpec(text_input, "BYTES", (-1, 1)),)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._model.outputs
+
+    @property
+    def platform(self) -> str:
+        return self._model.platform
+
+    def predict(self, tensors: Tensors) -> Tensors:
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            raise PredictFailed("model was unloaded")
+        extra = sorted(set(tensors) - {self._text_input})
+        if extra:
+            raise InvalidInput(
+                f"unexpected input {extra[0]!r}; the model takes: {self._text_input}"
+            )
+        texts = _texts(self._text_input, tensors.get(self._text_input))
+        encodings = [tokenizer.encode(text) for text in texts]
+        return self._model.predict(_token_tensors(encodings, self._feeds, self._padding))
+
+    def close(self) -> None:
+        # Drop the tokenizer now: the cache trims the heap right after close.
+        self._tokenizer = None
+        self._model.close()
+
+
+def _token_inputs(inputs: tuple[TensorSpec, ...], step: TextPreprocess) -> tuple[TensorSpec, ...]:
+    names = [spec.name for spec in inputs]
+    if "input_ids" not in names:
+        raise LoadFailed(f"preprocess needs a graph that takes 'input_ids'; it takes {names}")
+    for spec in inputs:
+        if spec.name not in _TOKEN_FIELDS:
+            raise LoadFailed(
+                f"preprocess feeds {sorted(_TOKEN_FIELDS)}; the graph also takes {spec.name!r}"
+            )
+        if spec.datatype not in _INT_DTYPES or len(spec.shape) != 2:
+            raise LoadFailed(
+                f"graph input {spec.name!r} is {spec.datatype} {list(spec.shape)}; "
+                "token inputs must be INT64 or INT32 [batch, tokens]"
+            )
+        if spec.shape[1] != -1 and spec.shape[1] < step.max_length:
+            raise LoadFailed(
+                f"graph input {spec.name!r} holds {spec.shape[1]} tokens, fewer than "
+                f"preprocess.max_length {step.max_length}"
+            )
+    return inputs
+
+
+def _with_graph_length(padding: _Padding, feeds: tuple[TensorSpec, ...]) -> _Padding:
+    # A graph exported with a fixed sequence length takes only that length.
+    fixed = {spec.shape[1] for spec in feeds if spec.shape[1] != -1}
+    if len(fixed) > 1:
+        raise LoadFailed(f"graph token inputs declare different lengths {sorted(fixed)}")
+    length = fixed.pop() if fixed else None
+    return _Padding(padding.pad_id, padding.pad_type_id, padding.left, length)
+
+
+def _read_tokenizer(path: Path, step: TextPreprocess) -> tuple[Tokenizer, _Padding]:
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises bare Exceptions for unreadable or bad JSON
+        reason = str(exc).replace(str(path), step.tokenizer_file).splitlines()
+        shown = reason[0][:200] if reason else type(exc).__name__
+        raise LoadFailed(
+            f"tokenizer file {step.tokenizer_file!r} cannot be loaded: {shown}"
+        ) from exc
+    configured = tokenizer.padding
+    if configured is not None:
+        padding = _Padding(
+            configured["pad_id"], configured["pad_type_id"], configured["direction"] == "left", None
+        )
+    else:
+        pad_id = tokenizer.token_to_id("[PAD]")
+        padding = _Padding(0 if pad_id is None else pad_id, 0, False, None)
+    # Padding is done here per batch, to the longest text, rather than by the tokenizer:
+    # a tokenizer.json may pad every text to a fixed 128 (all-MiniLM does), and its batch
+    # encoder runs on a thread pool of its own, which the fixed thread budget forbids.
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=step.max_length)
+    return tokenizer, padding
+
+
+def _texts(name: str, array: npt.NDArray[Any] | None) -> list[str]:
+    if array is None:
+        raise InvalidInput(f"missing input {name!r}")
+    if array.dtype.kind not in ("O", "U", "S"):
+        raise InvalidInput(f"input {name!r} must be BYTES (text), not {array.dtype}")
+    if not (array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1)):
+        raise InvalidInput(
+            f"input {name!r} has shape {list(array.shape)}; the model takes [N] or [N, 1] texts"
+        )
+    if array.size == 0:
+        raise InvalidInput(f"input {name!r} holds no texts")
+    texts: list[str] = []
+    for i, item in enumerate(array.reshape(-1).tolist()):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input {name!r} element {i} is not valid UTF-8") from None
+        if not isinstance(item, str):
+            raise InvalidInput(f"input {name!r} element {i} is not text")
+        if not item.strip():
+            raise InvalidInput(f"input {name!r} element {i} is empty")
+        texts.append(item)
+    return texts
+
+
+def _token_tensors(
+    encodings: list[Encoding], feeds: tuple[TensorSpec, ...], padding: _Padding
+) -> dict[str, npt.NDArray[Any]]:
+    width = padding.fixed_length or max(len(encoding.ids) for encoding in encodings)
+    tensors: dict[str, npt.NDArray[Any]] = {}
+    for spec in feeds:
+        field = _TOKEN_FIELDS[spec.name]
+        # attention_mask pads with 0, which is what masks the padding out.
+        fill = {"input_ids": padding.pad_id, "token_type_ids": padding.pad_type_id}.get(
+            spec.name, 0
+        )
+        array = np.full((len(encodings), width), fill, dtype=_INT_DTYPES[spec.datatype])
+        for row, encoding in enumerate(encodings):
+            values = field(encoding)
+            if padding.left:
+                array[row, width - len(values) :] = values
+            else:
+                array[row, : len(values)] = values
+        tensors[spec.name] = array
+    return tensors

@@ -1,0 +1,97 @@
+"""Declared top-k post-processing: a [N, labels] score output → the best labels and their scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tenantserve.errors import LoadFailed, PredictFailed
+from tenantserve.runtimes.base import LoadedModel
+from tenantserve.types import Tensors, TensorSpec, TopKPostprocess
+
+MACROS = "macros"
+"""The added output of label names, BYTES [N, k], best first."""
+SCORES = "scores"
+"""The added output of their scores, FP32 [N, k]."""
+
+_FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+
+
+def with_top_k(model: LoadedModel, labels: Sequence[str], step: TopKPostprocess) -> TopKModel:
+    """``model`` with ``macros`` and ``scores`` outputs ranked from ``step.scores_output``.
+
+    Raises:
+        LoadFailed: the graph has no such float [N, L] output, L is not ``len(labels)``, or the
+            graph already has an output named ``macros`` or ``scores``.
+    """
+    names = [spec.name for spec in model.outputs]
+    spec = next((spec for spec in model.outputs if spec.name == step.scores_output), None)
+    if spec is None:
+        raise LoadFailed(
+            f"postprocess.scores_output {step.scores_output!r} is not an output of the model "
+            f"(outputs: {names})"
+        )
+    if spec.datatype not in _FLOAT_TYPES or len(spec.shape) != 2:
+        raise LoadFailed(
+            f"output {spec.name!r} is {spec.datatype} {list(spec.shape)}; "
+            "top-k needs float scores [batch, labels]"
+        )
+    if spec.shape[1] not in (-1, len(labels)):
+        raise LoadFailed(
+            f"output {spec.name!r} holds {spec.shape[1]} scores per row but the manifest "
+            f"has {len(labels)} labels"
+        )
+    clash = sorted({MACROS, SCORES} & set(names))
+    if clash:
+        raise LoadFailed(f"postprocess adds output {clash[0]!r}, which the model already has")
+    return TopKModel(model, labels, step, batch=spec.shape[0])
+
+
+class TopKModel:
+    """A LoadedModel that keeps its outputs and adds the top-k labels with their scores."""
+
+    def __init__(
+        self, model: LoadedModel, labels: Sequence[str], step: TopKPostprocess, *, batch: int
+    ) -> None:
+        self._model = model
+        self._labels: npt.NDArray[Any] = np.array(list(labels), dtype=object)
+        self._scores_output = step.scores_output
+        self._k = min(step.top_k, len(labels))
+        self._outputs = (
+            *model.outputs,
+            TensorSpec(MACROS, "BYTES", (batch, self._k)),
+            TensorSpec(SCORES, "FP32", (batch, self._k)),
+        )
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._model.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    @property
+    def platform(self) -> str:
+        return self._model.platform
+
+    def predict(self, tensors: Tensors) -> Tensors:
+        result = dict(self._model.predict(tensors))
+        scores = result.get(self._scores_output)
+        if scores is None or scores.ndim != 2 or scores.shape[1] != len(self._labels):
+            shape = None if scores is None else list(scores.shape)
+            raise PredictFailed(
+                f"output {self._scores_output!r} came back as {shape}; "
+                f"expected [batch, {len(self._labels)}] for the manifest's labels"
+            )
+        # Stable, so tied scores keep the manifest's label order; NaN sorts last.
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : self._k]
+        result[MACROS] = self._labels[order]
+        result[SCORES] = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+        return result
+
+    def close(self) -> None:
+        self._model.close()
