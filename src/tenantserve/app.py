@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
-from tenantserve.cache import LRU, MemoryBudget, ModelCache
+from tenantserve.cache import LRU, CostAware, MemoryBudget, ModelCache
 from tenantserve.config import Settings
 from tenantserve.errors import StoreUnavailable
 from tenantserve.metrics import Metrics
@@ -44,7 +44,11 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         metrics=metrics,
         io_executor=executor.io,
         load_executor=executor.load,
-        policy=LRU(),
+        policy=(
+            CostAware(min_residency_s=settings.min_residency_s)
+            if settings.eviction == "cost"
+            else LRU()
+        ),
         max_concurrent_loads=settings.max_concurrent_loads,
         load_wait_s=settings.load_wait_s,
         failed_load_ttl_s=settings.failed_load_ttl_s,

@@ -90,6 +90,21 @@ def serve(
     max_concurrent_loads: Annotated[
         int, typer.Option(envvar=f"{_ENV}MAX_CONCURRENT_LOADS", help="Model loads at once.")
     ] = 2,
+    eviction: Annotated[
+        str,
+        typer.Option(
+            envvar=f"{_ENV}EVICTION",
+            help="Which model leaves when memory is full: 'lru' (least recently used) or "
+            "'cost' (cheapest to reload per byte and least used; GDSF).",
+        ),
+    ] = "lru",
+    min_residency: Annotated[
+        float,
+        typer.Option(
+            envvar=f"{_ENV}MIN_RESIDENCY_S",
+            help="With --eviction cost: seconds a new model is protected from eviction.",
+        ),
+    ] = 5.0,
     max_body: Annotated[
         str, typer.Option(envvar=f"{_ENV}MAX_BODY", help="Largest request body accepted.")
     ] = "6MiB",
@@ -115,6 +130,8 @@ def serve(
         "pin": tuple(pin or ()),
         "disk_cache_bytes": disk_cache,
         "max_concurrent_loads": max_concurrent_loads,
+        "eviction": eviction,
+        "min_residency_s": min_residency,
         "max_body_bytes": max_body,
         "log_level": log_level,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,11 @@ class Settings(BaseSettings):
     """Bytes the local disk copy may take before least-recently-used copies are removed."""
     store_retry_deadline_s: float = Field(default=20.0, gt=0)
     """How long a store read retries transient errors (5xx, resets, SlowDown) before failing."""
+    eviction: Literal["lru", "cost"] = "lru"
+    """Victim choice when the budget is full: least recently used, or cost-aware (GDSF:
+    reload cost per byte and frequency)."""
+    min_residency_s: float = Field(default=5.0, ge=0)
+    """Cost-aware eviction offers models younger than this last, against thrash."""
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     """Threads that run predictions: a fixed budget, whatever the number of models."""
     max_concurrent_loads: int = Field(default=2, gt=0)

@@ -124,3 +124,18 @@ def test_unreachable_s3_store_is_503_with_cause(
     assert response.status_code == 503
     assert "test-secret-never-shown" not in response.text
     assert response.json()["error"]
+
+
+def test_cache_header_says_miss_then_hit(server: ThreadServer) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        first = infer(client, "acme/later")
+        second = infer(client, "acme/later")
+        sagemaker = client.post(
+            "/invocations",
+            headers={"X-Amzn-SageMaker-Target-Model": "acme/later", "Content-Type": "text/csv"},
+            content=b",".join([b"0.5"] * 16),
+        )
+    assert first.headers["X-Tenantserve-Cache"] == "miss"
+    assert second.headers["X-Tenantserve-Cache"] == "hit"
+    assert sagemaker.status_code == 200, sagemaker.text
+    assert sagemaker.headers["X-Tenantserve-Cache"] == "hit"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tenantserve.cache.budget import MemoryBudget
-from tenantserve.cache.eviction import LRU, EvictionPolicy
+from tenantserve.cache.eviction import LRU, CostAware, EvictionPolicy
 from tenantserve.cache.model_cache import ModelCache
 
-__all__ = ["LRU", "EvictionPolicy", "MemoryBudget", "ModelCache"]
+__all__ = ["LRU", "CostAware", "EvictionPolicy", "MemoryBudget", "ModelCache"]

@@ -66,6 +66,7 @@ class ModelCache:
         max_concurrent_loads: int = 2,
         load_wait_s: float = 60.0,
         failed_load_ttl_s: float = 30.0,
+        measure_memory: bool = True,
     ) -> None:
         self._store = store
         self._runtimes = dict(runtimes)
@@ -77,6 +78,7 @@ class ModelCache:
         self._max_concurrent_loads = max_concurrent_loads
         self._load_wait_s = load_wait_s
         self._failed_load_ttl_s = failed_load_ttl_s
+        self._measure_memory = measure_memory
         self._entries: dict[ModelId, _Entry] = {}
         self._draining: set[_Entry] = set()
         self._flights: SingleFlight[ModelId, _Entry] = SingleFlight()
@@ -230,7 +232,7 @@ class ModelCache:
         self._failures.pop(model_id, None)
         entry = _Entry(model_id, model, measured, artifact.manifest.labels, load_seconds)
         self._entries[model_id] = entry
-        self._policy.add(model_id)
+        self._policy.add(model_id, nbytes=measured, load_seconds=load_seconds)
         # The measured size may beat the estimate: shed others now, not on the next load.
         for victim in self._evict(0, protect=model_id):
             task = asyncio.get_running_loop().create_task(self._close(victim))
@@ -249,6 +251,9 @@ class ModelCache:
 
     def _load_measured(self, runtime: Runtime, artifact: LocalArtifact) -> tuple[LoadedModel, int]:
         """Load in a worker thread and measure what the model really holds (RSS delta)."""
+        if not self._measure_memory:  # offline replay: sizes are given, nothing is resident
+            model = runtime.load(artifact.path, artifact.manifest)
+            return model, artifact.manifest.memory_hint_bytes or artifact.nbytes
         with self._measure_lock:
             memory.trim()
             before = memory.rss_bytes()
@@ -314,15 +319,15 @@ class ModelCache:
                 continue
             self._metrics.evictions.inc()
             log.info("evicting %s (%d bytes)", victim, entry.nbytes)
-            self._detach(entry)
+            self._detach(entry, evicted=True)
             victims.append(entry)
             freeing += entry.nbytes
         return victims
 
-    def _detach(self, entry: _Entry) -> None:
+    def _detach(self, entry: _Entry, *, evicted: bool = False) -> None:
         """Take a model out of the index; its bytes stay counted until it is closed."""
         del self._entries[entry.model_id]
-        self._policy.remove(entry.model_id)
+        self._policy.remove(entry.model_id, evicted=evicted)
         entry.draining = True
         self._draining.add(entry)
 

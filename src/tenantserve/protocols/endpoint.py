@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from tenantserve.metrics import Metrics
 from tenantserve.protocols.errors import CLIENT_CLOSED, ProtocolName, error_response
+from tenantserve.types import ModelId
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -45,3 +47,17 @@ def invocation(handler: Handler, protocol: ProtocolName, metrics: Metrics) -> Ha
         return response
 
     return endpoint
+
+
+CACHE_HEADER = "X-Tenantserve-Cache"
+"""Response header on inferences: ``hit`` when the model was resident as the request arrived,
+``miss`` when the request waited for (or started) its load — for load generators and
+debugging; clients may ignore it."""
+
+
+class _Residency(Protocol):
+    def is_resident(self, model_id: ModelId) -> bool: ...
+
+
+def cache_state(service: _Residency, model_id: ModelId) -> str:
+    return "hit" if service.is_resident(model_id) else "miss"

@@ -85,7 +85,7 @@ class FakeService:
         return ModelMetadata(model_id.value, "onnxruntime_onnx", self.inputs, outputs)
 
     def is_resident(self, model_id: ModelId) -> bool:
-        self.calls.append(("is_resident", model_id.value))
+        # A read with no effect: not recorded, so call lists show only what acts.
         return model_id.value in self.resident_ids
 
     async def load(self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True) -> None:

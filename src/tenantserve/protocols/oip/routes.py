@@ -20,7 +20,13 @@ from starlette.routing import BaseRoute, Route
 
 from tenantserve.errors import InvalidRequest, ModelNotFound
 from tenantserve.protocols.body import read_body
-from tenantserve.protocols.endpoint import Handler, guarded, invocation
+from tenantserve.protocols.endpoint import (
+    CACHE_HEADER,
+    Handler,
+    cache_state,
+    guarded,
+    invocation,
+)
 from tenantserve.protocols.errors import json_response, retry_after
 from tenantserve.protocols.oip.codec import HEADER_LENGTH, decode_request, encode_response
 from tenantserve.types import ModelId, ModelMetadata, TensorSpec
@@ -128,15 +134,13 @@ class _OipApi:
         _check_content_type(request)
         body = await read_body(request, self._max_body_bytes)
         decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
+        headers = {CACHE_HEADER: cache_state(self._service, model_id)}
         outputs = await self._service.infer(model_id, decoded.inputs, outputs=decoded.outputs)
         payload, header_length = encode_response(model_id.value, decoded, outputs)
         if header_length is None:
-            return Response(payload, media_type="application/json")
-        return Response(
-            payload,
-            media_type="application/octet-stream",
-            headers={HEADER_LENGTH: str(header_length)},
-        )
+            return Response(payload, media_type="application/json", headers=headers)
+        headers[HEADER_LENGTH] = str(header_length)
+        return Response(payload, media_type="application/octet-stream", headers=headers)
 
     async def index(self, request: Request) -> Response:
         body = await read_body(request, self._max_body_bytes)

@@ -19,7 +19,13 @@ from starlette.routing import BaseRoute, Route
 
 from tenantserve.errors import InvalidModelId, InvalidRequest, ModelNotFound
 from tenantserve.protocols.body import read_body
-from tenantserve.protocols.endpoint import Handler, guarded, invocation
+from tenantserve.protocols.endpoint import (
+    CACHE_HEADER,
+    Handler,
+    cache_state,
+    guarded,
+    invocation,
+)
 from tenantserve.protocols.errors import json_response, retry_after
 from tenantserve.protocols.sagemaker.codec import (
     decode_invocation,
@@ -96,10 +102,11 @@ class _SageMakerApi:
         content_type = request.headers.get("content-type")
         # The model's signature says which input(s) the body feeds and with what datatype;
         # decoding under the inference's own lease reads it without a second lease.
+        headers = {CACHE_HEADER: cache_state(self._service, model_id)}
         outputs = await self._service.infer_from(
             model_id, lambda inputs: decode_invocation(body, content_type, inputs)
         )
-        return Response(encode_predictions(outputs, kind), media_type=kind)
+        return Response(encode_predictions(outputs, kind), media_type=kind, headers=headers)
 
     async def load_model(self, request: Request) -> Response:
         doc = orjson_object(await read_body(request, self._max_body_bytes))
