@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from tenantserve import __version__
+from tenantserve.fleet.cli import fleet_app
 
 app = typer.Typer(
     help="tenantserve: thousands of per-tenant models behind one endpoint, loaded on first "
@@ -15,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(fleet_app, name="fleet")
 
 _ENV = "TENANTSERVE_"
 
