@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from tenantserve import __version__
+from tenantserve.bench.plan_cli import plan_command, replay_command
 from tenantserve.fleet.cli import fleet_app
 
 app = typer.Typer(
@@ -15,8 +16,11 @@ app = typer.Typer(
     "call and kept within a memory budget.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstrings wrap to the terminal, not to the source's lines
 )
 app.add_typer(fleet_app, name="fleet")
+app.command("plan")(plan_command)
+app.command("replay")(replay_command)
 
 _ENV = "TENANTSERVE_"
 

@@ -35,6 +35,8 @@ class ReplayResult:
     bytes_loaded: int
     evictions: int
     refused: int
+    hit_flags: tuple[bool, ...] = ()
+    """Per request, whether its model was resident on arrival (with ``record_hits``)."""
 
     @property
     def hit_ratio(self) -> float:
@@ -150,6 +152,7 @@ def replay(
     policy: str,
     load_seconds: Mapping[str, float] | None = None,
     min_residency_s: float = 0.0,
+    record_hits: bool = False,
 ) -> ReplayResult:
     """Run ``trace`` (``(t_s, model_id)`` in time order) through a ModelCache under ``policy``.
 
@@ -159,8 +162,11 @@ def replay(
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     return asyncio.run(
-        _replay(trace, sizes, budget_bytes, policy, dict(load_seconds or {}), min_residency_s)
-    )
+        _replay(
+            trace, sizes, budget_bytes, policy, dict(load_seconds or {}), min_residency_s,
+            record_hits,
+        )
+    )  # fmt: skip
 
 
 async def _replay(
@@ -170,6 +176,7 @@ async def _replay(
     policy_name: str,
     load_seconds: dict[str, float],
     min_residency_s: float,
+    record_hits: bool,
 ) -> ReplayResult:
     now = [0.0]
     belady = Belady([model_id for _, model_id in trace]) if policy_name == "belady" else None
@@ -190,13 +197,17 @@ async def _replay(
         load_wait_s=1.0, failed_load_ttl_s=0.0, measure_memory=False,
     )  # fmt: skip
     hits = loads = bytes_loaded = refused = 0
+    flags: list[bool] = []
     ids: dict[str, ModelId] = {}
     for position, (t_s, raw) in enumerate(trace):
         now[0] = t_s
         if belady is not None:
             belady.position = position
         model_id = ids.get(raw) or ids.setdefault(raw, ModelId.parse(raw))
-        if cache.is_resident(model_id):
+        resident = cache.is_resident(model_id)
+        if record_hits:
+            flags.append(resident)
+        if resident:
             hits += 1
         else:
             loads += 1
@@ -208,7 +219,9 @@ async def _replay(
             refused += 1
     evictions = int(_counter(metrics, "tenantserve_model_evictions_total"))
     await cache.close()
-    return ReplayResult(policy_name, len(trace), hits, loads, bytes_loaded, evictions, refused)
+    return ReplayResult(
+        policy_name, len(trace), hits, loads, bytes_loaded, evictions, refused, tuple(flags)
+    )
 
 
 def _counter(metrics: Metrics, name: str) -> float:

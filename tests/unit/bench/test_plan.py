@@ -1,0 +1,99 @@
+"""Capacity planning: profiles measured for real, predictions that move the right way."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tenantserve.bench.plan import (
+    FleetProfile,
+    InstanceType,
+    ModelCost,
+    plan,
+    profile_store,
+    simulate,
+)
+from tenantserve.cli import app
+from tenantserve.fleet.synth import write_fleet
+
+MB = 1_000_000
+
+
+def small_fleet(n: int = 40, size: int = 10 * MB) -> FleetProfile:
+    return FleetProfile({f"t{i:02d}/m": ModelCost(size, 0.05, 0.001) for i in range(n)}, 0)
+
+
+def zipf_requests(ids: list[str], k: int, rate: float, seed: int = 0) -> list[tuple[float, str]]:
+    rng = random.Random(seed)
+    weights = [1 / (r + 1) ** 1.1 for r in range(len(ids))]
+    return [(i / rate, m) for i, m in enumerate(rng.choices(ids, weights=weights, k=k))]
+
+
+def test_profile_measures_a_sample_and_scales_the_rest(tmp_path: Path) -> None:
+    write_fleet(tmp_path / "store", models=6, size_bytes=2 * MB, seed=0)
+    profile = profile_store(str(tmp_path / "store"), sample=3, cache_dir=tmp_path / "cache")
+    assert profile.measured == 3
+    assert len(profile.models) == 6
+    for cost in profile.models.values():
+        assert cost.resident_bytes >= 2 * MB  # a session holds at least its weights
+        assert cost.load_s > 0
+        assert cost.inference_s > 0
+    profile.save(tmp_path / "profile.json")
+    assert FleetProfile.load(tmp_path / "profile.json") == profile
+
+
+def test_more_memory_means_more_hits_and_fewer_cold_starts() -> None:
+    fleet = small_fleet()
+    trace = zipf_requests(sorted(fleet.models), 5000, rate=200)
+    small = simulate(trace, fleet, InstanceType(150 * MB, 2, "small"), overhead_bytes=0)
+    large = simulate(trace, fleet, InstanceType(300 * MB, 2, "large"), overhead_bytes=0)
+    whole = simulate(trace, fleet, InstanceType(10_000 * MB, 2, "whole"), overhead_bytes=0)
+    assert small.hit_ratio < large.hit_ratio < whole.hit_ratio
+    assert small.cold_starts_per_min > large.cold_starts_per_min
+    assert whole.hit_ratio == 1 - 40 / 5000  # only first calls miss
+    assert small.p99_s >= whole.p99_s
+
+
+def test_splitting_by_model_spreads_residency() -> None:
+    fleet = small_fleet()
+    trace = zipf_requests(sorted(fleet.models), 5000, rate=200)
+    kind = InstanceType(150 * MB, 2, "small")
+    one = simulate(trace, fleet, kind, overhead_bytes=0)
+    four = simulate(trace, fleet, kind, instances=4, overhead_bytes=0)
+    assert four.hit_ratio > one.hit_ratio
+
+
+def test_overloaded_cores_blow_the_p99_and_plan_adds_instances() -> None:
+    fleet = FleetProfile({f"t{i}/m": ModelCost(MB, 0.01, 0.02) for i in range(8)}, 0)
+    trace = zipf_requests(sorted(fleet.models), 4000, rate=150)  # 150/s x 21 ms > 2 cores
+    kind = InstanceType(1000 * MB, 2, "2 cores")
+    rows = plan(trace, fleet, [kind], p99_target_s=0.2, overhead_bytes=0)
+    assert rows[0].meets_target
+    assert rows[0].instances >= 2
+    alone = simulate(trace, fleet, kind, overhead_bytes=0)
+    assert alone.p99_s > 0.2
+
+
+def test_plan_and_replay_commands(tmp_path: Path) -> None:
+    fleet = small_fleet(10)
+    fleet.save(tmp_path / "profile.json")
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        ["plan", "--profile", str(tmp_path / "profile.json"), "--rate", "50",
+         "--duration-s", "60", "--instance", "1GiB:2", "--overhead", "0", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert '"instance":"1GiB:2"' in result.output
+    result = runner.invoke(
+        app,
+        ["replay", "--profile", str(tmp_path / "profile.json"), "--budget", "30MB",
+         "--rate", "50", "--duration-s", "60"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "belady" in result.output
+    result = runner.invoke(app, ["plan", "--instance", "8GiB:2"])
+    assert result.exit_code != 0
+    assert "--store" in result.output
