@@ -5,17 +5,21 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tenantserve.bench.plan import FleetProfile, InstanceType, plan, profile_store
-from tenantserve.bench.replay import POLICIES, replay
-from tenantserve.bench.traces import KINDS, generate, load_trace
 from tenantserve.config import parse_size
+
+if TYPE_CHECKING:
+    from tenantserve.bench.plan import FleetProfile, InstanceType
+
+# Imported when a command runs: `tenantserve serve` must not pay for (or need) the runtimes,
+# tokenizers and numpy work that planning uses.
+KINDS = ("zipf", "uniform", "bursts", "diurnal", "flood")
 
 DEFAULT_INSTANCES = ("4GiB:2", "8GiB:2", "8GiB:4", "16GiB:4", "32GiB:8")
 
@@ -36,6 +40,8 @@ SeedOpt = Annotated[int, typer.Option(help="Generated trace: random seed.")]
 
 def parse_instance(text: str) -> InstanceType:
     """``8GiB:2`` → 8 GiB of memory and 2 cores."""
+    from tenantserve.bench.plan import InstanceType
+
     memory, _, cores = text.partition(":")
     try:
         return InstanceType(parse_size(memory), int(cores or "1"), text)
@@ -44,6 +50,8 @@ def parse_instance(text: str) -> InstanceType:
 
 
 def _profile(store: str | None, profile: Path | None, save: Path | None) -> FleetProfile:
+    from tenantserve.bench.plan import FleetProfile, profile_store
+
     if profile is not None:
         return FleetProfile.load(profile)
     if store is None:
@@ -58,6 +66,8 @@ def _profile(store: str | None, profile: Path | None, save: Path | None) -> Flee
 def _trace(
     trace: Path | None, kind: str, ids: list[str], rate: float, duration_s: float, seed: int
 ) -> list[tuple[float, str]]:
+    from tenantserve.bench.traces import generate, load_trace
+
     made = (
         load_trace(trace)
         if trace is not None
@@ -99,6 +109,8 @@ def plan_command(
     share queued on the instance's cores. Compare horizontal (more instances) and vertical
     (bigger instances) options in one table.
     """
+    from tenantserve.bench.plan import plan
+
     fleet = _profile(store, profile, save_profile)
     requests = _trace(trace, kind, sorted(fleet.models), rate, duration_s, seed)
     unknown = {m for _, m in requests} - set(fleet.models)
@@ -145,6 +157,8 @@ def replay_command(
     min_residency_s: Annotated[float, typer.Option(help="Cost policy's protection age.")] = 5.0,
 ) -> None:
     """Replay a trace through the real cache under each policy and Belady's clairvoyant one."""
+    from tenantserve.bench.replay import POLICIES, replay
+
     fleet = _profile(store, profile, None)
     requests = _trace(trace, kind, sorted(fleet.models), rate, duration_s, seed)
     sizes = {m: c.resident_bytes for m, c in fleet.models.items()}

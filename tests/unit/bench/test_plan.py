@@ -97,3 +97,9 @@ def test_plan_and_replay_commands(tmp_path: Path) -> None:
     result = runner.invoke(app, ["plan", "--instance", "8GiB:2"])
     assert result.exit_code != 0
     assert "--store" in result.output
+
+
+def test_cli_lists_the_trace_kinds_the_generator_knows() -> None:
+    from tenantserve.bench import plan_cli, traces
+
+    assert plan_cli.KINDS == traces.KINDS
