@@ -1,10 +1,12 @@
-"""The tenantserve demo: 20 support-desk tenants, each with its own ticket classifier, one server.
+"""The tenantserve demo: support-desk tenants, each with its own ticket classifier, one server.
 
-Builds a Banking77 TF-IDF classifier per tenant into ./demo-store (once), starts
-``tenantserve serve`` on it, routes real tickets to several tenants through both the KServe OIP
-v2 and the SageMaker protocol, shows each tenant's suggested macro, cold or warm, then the cache
-metrics and curl commands to try. The server keeps running until Ctrl-C (``--no-wait`` stops it
-right away).
+Builds a Banking77 classifier per tenant with the fleet builder (``tenantserve fleet build``'s
+own code) into ./demo-store (once): 20 TF-IDF tenants by default, or with ``--kind minilm`` 5
+MiniLM tenants (23 MB each, about a minute to build, the server tokenises) into
+./demo-store-minilm. Then starts ``tenantserve serve`` on it, routes real tickets to several
+tenants through both the KServe OIP v2 and the SageMaker protocol, shows each tenant's top
+suggested macros with their scores, cold or warm, then the cache metrics and curl commands to
+try. The server keeps running until Ctrl-C (``--no-wait`` stops it right away).
 """
 
 from __future__ import annotations
@@ -20,18 +22,42 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from rich import get_console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TimeElapsedColumn
 from rich.table import Table
 
-from tenantserve.fleet.text import Example, build_text_fleet, load_banking77, tenant_names
+from tenantserve.fleet.build import build_fleet
+from tenantserve.fleet.publish import open_publisher
+from tenantserve.fleet.sources import plan_banking77
+from tenantserve.fleet.text import Example, load_banking77
 
 MODEL = "macros"
 TENANTS_SHOWN = 4
 TICKETS = 10
+MACROS_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class KindDefaults:
+    """What the demo builds and serves for one kind of tenant model."""
+
+    tenants: int
+    store: Path
+    memory_budget: str
+    note: str
+
+
+KINDS = {
+    "tfidf": KindDefaults(20, Path("demo-store"), "256MiB", "a few seconds"),
+    # A MiniLM encoder session holds about 93 MB: room for five even where each tenant holds
+    # its own rather than sharing one.
+    "minilm": KindDefaults(5, Path("demo-store-minilm"), "768MiB", "about a minute"),
+}
 
 
 def find_datasets(explicit: Path | None) -> Path:
@@ -47,18 +73,57 @@ def find_datasets(explicit: Path | None) -> Path:
     sys.exit("Banking77 not found: pass --datasets DIR or set TENANTSERVE_DATASETS")
 
 
-def ensure_fleet(datasets: Path, store: Path, *, tenants: int, seed: int) -> list[str]:
+class _Bars:
+    """The fleet builder's progress stages as rich progress bars."""
+
+    def __init__(self, bar: Progress) -> None:
+        self._bar = bar
+        self._tasks: dict[str, TaskID] = {}
+
+    def begin(self, stage: str, total: int) -> None:
+        self._tasks[stage] = self._bar.add_task(stage, total=total)
+
+    def advance(self, stage: str, steps: int = 1) -> None:
+        self._bar.advance(self._tasks[stage], steps)
+
+
+def _built_as(folder: Path, kind: str) -> bool:
+    # Reuse only artifacts of this kind that declare top-k macros: a store from an older demo
+    # (no postprocess) or of the other kind is rebuilt.
+    path = folder / "model.json"
+    if not path.is_file():
+        return False
+    manifest = json.loads(path.read_text())
+    built_kind = str(manifest.get("metadata", {}).get("kind", ""))
+    return "postprocess" in manifest and built_kind.startswith(kind)
+
+
+def ensure_fleet(datasets: Path, store: Path, *, kind: str, tenants: int, seed: int) -> list[str]:
     """Build the tenants' classifiers unless every one is already in ``store``."""
     console = get_console()
-    names = tenant_names(tenants, seed=seed)
-    if all((store / name / MODEL / "model.json").is_file() for name in names):
-        console.print(f"[dim]{store} already holds {tenants} tenant classifiers; reusing them[/]")
+    plans = plan_banking77(datasets, tenants=tenants, seed=seed)
+    names = [plan.tenant for plan in plans]
+    if all(_built_as(store / plan.model_id, kind) for plan in plans):
+        console.print(
+            f"[dim]{store} already holds {tenants} {kind} tenant classifiers; reusing them[/]"
+        )
         return names
+    console.print(f"building {tenants} {kind} tenant classifiers ({KINDS[kind].note})")
     started = time.perf_counter()
-    reports = build_text_fleet(datasets, store, tenants=tenants, seed=seed, progress=True)
-    mean = sum(r.holdout_accuracy for r in reports) / len(reports)
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with bar:
+        results = build_fleet(
+            plans, kind=kind, publisher=open_publisher(str(store)), seed=seed, progress=_Bars(bar)
+        )
+    mean = sum(r.holdout_accuracy for r in results) / len(results)
     console.print(
-        f"built {len(reports)} classifiers in {time.perf_counter() - started:.1f} s; "
+        f"built {len(results)} classifiers in {time.perf_counter() - started:.1f} s; "
         f"mean held-out accuracy {mean:.1%} (Banking77 test rows of each tenant's intents)"
     )
     return names
@@ -101,26 +166,26 @@ def serve(store: Path, *, port: int, budget: str, log: Path) -> Iterator[str]:
 
 
 def build_request(protocol: str, model_id: str, text: str) -> tuple[str, dict[str, str], Any]:
-    """Path, headers and JSON body asking ``model_id`` to classify one ticket."""
+    """Path, headers and JSON body asking ``model_id`` for one ticket's top macros."""
     if protocol == "OIP":
-        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [text]}]}
+        body = {
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [text]}],
+            # The top-k outputs the manifest's postprocess step adds, not the raw probabilities.
+            "outputs": [{"name": "macros"}, {"name": "scores"}],
+        }
         return f"/v2/models/{model_id}/infer", {}, body
     headers = {"X-Amzn-SageMaker-Target-Model": model_id, "Content-Type": "application/json"}
-    return "/invocations", headers, {"instances": [[text]]}
+    return "/invocations", headers, {"instances": [text]}
 
 
-def parse_response(protocol: str, doc: Any, labels: list[str]) -> tuple[str, float]:
-    """The top label and its probability from either protocol's answer."""
+def parse_response(protocol: str, doc: Any) -> list[tuple[str, float]]:
+    """The ticket's ranked macros with their scores, best first, from either protocol."""
     if protocol == "OIP":
         outputs = {out["name"]: out["data"] for out in doc["outputs"]}
-        probabilities = [float(p) for p in outputs["probabilities"]]
-        label = outputs.get("label", [None])[0]
-    else:
-        row = doc["predictions"][0]
-        probabilities = [float(p) for p in row["probabilities"]]
-        label = row.get("label")
-    best = max(range(len(probabilities)), key=probabilities.__getitem__)
-    return str(label or labels[best]), probabilities[best]
+        return [
+            (str(m), float(s)) for m, s in zip(outputs["macros"], outputs["scores"], strict=True)
+        ]
+    return [(str(m["macro"]), float(m["score"])) for m in doc["predictions"][0]["macros"]]
 
 
 def cache_counters(client: httpx.Client) -> dict[str, float]:
@@ -161,12 +226,15 @@ def run_demo(url: str, store: Path, names: list[str], datasets: Path, seed: int)
     table.add_column("ticket", min_width=30, max_width=50)
     table.add_column("suggested macro", no_wrap=True)
     table.add_column("ok", max_width=24, overflow="ellipsis", no_wrap=True)
-    for column in ("score", "ms", "cache"):
+    table.add_column("score", justify="right", no_wrap=True)
+    # Wraps (one macro a line) rather than pushing the timing columns off a narrow terminal.
+    table.add_column("then", max_width=36, overflow="ellipsis")
+    for column in ("ms", "cache"):
         table.add_column(column, justify="right", no_wrap=True)
     right = 0
     plan = pick_tickets(test, store, names, seed)
     with httpx.Client(base_url=url, timeout=60) as client:
-        for i, (tenant, labels, ticket) in enumerate(plan):
+        for i, (tenant, _labels, ticket) in enumerate(plan):
             protocol = "OIP" if i % 2 == 0 else "SageMaker"
             path, headers, body = build_request(protocol, f"{tenant}/{MODEL}", ticket.text)
             misses = cache_counters(client).get("tenantserve_model_cache_misses_total")
@@ -174,10 +242,13 @@ def run_demo(url: str, store: Path, names: list[str], datasets: Path, seed: int)
             response = client.post(path, headers=headers, json=body)
             elapsed_ms = (time.perf_counter() - started) * 1000
             if response.status_code != 200:
-                table.add_row(tenant, protocol, ticket.text, f"[red]{response.text[:80]}[/]",
-                              "", str(response.status_code), f"{elapsed_ms:.1f}", "")  # fmt: skip
+                error = f"[red]{response.text[:80]}[/]"
+                table.add_row(tenant, protocol, _short(ticket.text), error, "",
+                              str(response.status_code), "", f"{elapsed_ms:.1f}", "")  # fmt: skip
                 continue
-            label, score = parse_response(protocol, response.json(), labels)
+            ranked = parse_response(protocol, response.json())
+            label, score = ranked[0]
+            others = "\n".join(f"{m} {s:.2f}" for m, s in ranked[1:MACROS_SHOWN])
             after = cache_counters(client).get("tenantserve_model_cache_misses_total")
             # The miss counter says whether this call loaded the model; without it, first seen.
             cold = tenant not in seen if misses is None or after is None else after > misses
@@ -185,7 +256,7 @@ def run_demo(url: str, store: Path, names: list[str], datasets: Path, seed: int)
             right += label == ticket.intent
             mark = "[green]✓[/]" if label == ticket.intent else f"[red]✗ {ticket.intent}[/]"
             table.add_row(tenant, protocol, _short(ticket.text), label, mark,
-                          f"{score:.2f}", f"{elapsed_ms:.1f}",
+                          f"{score:.2f}", others, f"{elapsed_ms:.1f}",
                           "[yellow]cold[/]" if cold else "[green]warm[/]")  # fmt: skip
         console.print(table)
         console.print(f"{right}/{len(plan)} suggestions match the ticket's true intent\n")
@@ -238,22 +309,32 @@ def print_curls(url: str, model_id: str, text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, default=Path("demo-store"))
+    parser.add_argument(
+        "--kind",
+        choices=sorted(KINDS),
+        default="tfidf",
+        help="tfidf (default; builds in seconds) or minilm (5 MiniLM tenants, about a minute)",
+    )
+    parser.add_argument("--store", type=Path, help="default: demo-store[-minilm]")
     parser.add_argument("--datasets", type=Path, help="folder holding banking77/")
-    parser.add_argument("--tenants", type=int, default=20)
+    parser.add_argument("--tenants", type=int, help="default: 20 tfidf or 5 minilm")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--memory-budget", default="256MiB")
+    parser.add_argument("--memory-budget", help="default: 256MiB tfidf or 768MiB minilm")
     parser.add_argument("--no-wait", action="store_true", help="stop the server when done")
     args = parser.parse_args()
     # A SIGTERM (e.g. from a test harness) unwinds like Ctrl-C, so the server is stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
+    defaults = KINDS[args.kind]
     datasets = find_datasets(args.datasets)
-    store = args.store.resolve()
-    names = ensure_fleet(datasets, store, tenants=args.tenants, seed=args.seed)
+    store = (args.store or defaults.store).resolve()
+    names = ensure_fleet(
+        datasets, store, kind=args.kind, tenants=args.tenants or defaults.tenants, seed=args.seed
+    )
     log = store.parent / f"{store.name}-server.log"
-    with serve(store, port=args.port, budget=args.memory_budget, log=log) as url:
+    budget = args.memory_budget or defaults.memory_budget
+    with serve(store, port=args.port, budget=budget, log=log) as url:
         tenant, _labels, ticket = run_demo(url, store, names, datasets, args.seed)
         print_curls(url, f"{tenant}/{MODEL}", " ".join(ticket.text.split()))
         if not args.no_wait:

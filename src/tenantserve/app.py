@@ -9,14 +9,19 @@ from contextlib import asynccontextmanager
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
+from tenantserve.activity import Activity
 from tenantserve.cache import LRU, CostAware, MemoryBudget, ModelCache
 from tenantserve.config import Settings
 from tenantserve.errors import StoreUnavailable
 from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes
+from tenantserve.protocols.auth import Access
+from tenantserve.protocols.keys import KeyRing
 from tenantserve.runtimes import default_runtimes
 from tenantserve.scheduling.admission import Admission
 from tenantserve.scheduling.executor import BoundedExecutor
+from tenantserve.scheduling.fair import FairExecutor
+from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.service import InferenceService
 from tenantserve.store import open_store
 
@@ -24,8 +29,15 @@ log = logging.getLogger("tenantserve")
 
 
 def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> Starlette:
-    """The ASGI app for ``settings``. Nothing starts until the app's lifespan runs."""
-    metrics = Metrics(registry)
+    """The ASGI app for ``settings``. Nothing starts until the app's lifespan runs.
+
+    Raises:
+        ValueError: an API key or tenant limits file that cannot be read or is malformed.
+    """
+    keys = _keys(settings)
+    limits = _limits(settings)
+    metrics = Metrics(registry, top_tenants=settings.top_tenants)
+    activity = Activity(registry=metrics.registry, model_label_top_k=settings.top_models)
     store = open_store(
         settings.store,
         cache_dir=settings.cache_dir,
@@ -40,7 +52,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     cache = ModelCache(
         store=store,
         runtimes=default_runtimes(),
-        budget=MemoryBudget(settings.memory_budget_bytes),
+        budget=_budget(settings, limits),
         metrics=metrics,
         io_executor=executor.io,
         load_executor=executor.load,
@@ -50,8 +62,11 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             else LRU()
         ),
         max_concurrent_loads=settings.max_concurrent_loads,
+        max_queued_loads=settings.max_queued_loads,
+        max_loads_per_s=settings.max_loads_per_s,
         load_wait_s=settings.load_wait_s,
         failed_load_ttl_s=settings.failed_load_ttl_s,
+        events=activity.cache_event,
     )
     metrics.watch_cache(cache.snapshot)
     admission = Admission(
@@ -61,8 +76,16 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         metrics=metrics,
     )
     service = InferenceService(
-        cache=cache, store=store, admission=admission, executor=executor, metrics=metrics
+        cache=cache,
+        store=store,
+        admission=admission,
+        executor=executor,
+        metrics=metrics,
+        predictor=FairExecutor(executor.compute, workers=settings.threads, metrics=metrics),
+        quotas=TenantQuotas(limits, metrics=metrics),
+        activity=activity,
     )
+    metrics.watch_scheduling(service.scheduling)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -75,6 +98,11 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         await service.preload(settings.pin, pin=True)
         await service.preload(settings.preload)
         service.start()
+        if keys is None:
+            log.warning(
+                "authentication is OFF: anyone who can reach %s:%d may call and manage every "
+                "model; give --api-keys FILE to require keys", settings.host, settings.port,
+            )  # fmt: skip
         log.info(
             "serving store %s with a %d-byte memory budget", store.url,
             settings.memory_budget_bytes,
@@ -88,10 +116,45 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
 
     app = Starlette(
         routes=routes(
-            service, metrics, max_body_bytes=settings.max_body_bytes, store_url=store.url
+            service,
+            metrics,
+            max_body_bytes=settings.max_body_bytes,
+            store_url=store.url,
+            access=Access(keys, max_body_bytes=settings.max_body_bytes),
+            protect_metrics=settings.protect_metrics,
         ),
         lifespan=lifespan,
     )
     app.state.service = service
     app.state.metrics = metrics
     return app
+
+
+def _keys(settings: Settings) -> KeyRing | None:
+    """The configured API keys, or ``None`` when authentication is off."""
+    if settings.api_keys is not None:
+        return KeyRing.load(settings.api_keys)
+    if settings.api_keys_json is not None:
+        secret = settings.api_keys_json.get_secret_value()
+        return KeyRing.from_json(secret, where="TENANTSERVE_API_KEYS_JSON")
+    return None
+
+
+def _limits(settings: Settings) -> TenantLimits:
+    """Per-tenant quotas: the flags give the defaults; a limits file may override them."""
+    default = TenantLimit(
+        rate_per_s=settings.tenant_rate_per_s,
+        burst=settings.tenant_burst,
+        max_concurrent=settings.tenant_max_concurrent,
+        max_memory_fraction=settings.max_tenant_memory_fraction,
+    )
+    if settings.tenant_limits is None:
+        return TenantLimits(default)
+    return TenantLimits.load(settings.tenant_limits, default=default)
+
+
+def _budget(settings: Settings, limits: TenantLimits) -> MemoryBudget:
+    default_cap, caps = limits.memory_caps(settings.memory_budget_bytes)
+    return MemoryBudget(
+        settings.memory_budget_bytes, tenant_cap_bytes=default_cap, tenant_caps=caps
+    )

@@ -8,8 +8,11 @@ from typing import Annotated
 import typer
 
 from tenantserve import __version__
+from tenantserve.bench.cli import bench_app
 from tenantserve.bench.plan_cli import plan_command, replay_command
 from tenantserve.fleet.cli import fleet_app
+from tenantserve.integrations.ray_cli import ray_app  # imports Ray only when run
+from tenantserve.remote.cli import models_app, status_command
 
 app = typer.Typer(
     help="tenantserve: thousands of per-tenant models behind one endpoint, loaded on first "
@@ -19,8 +22,12 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # docstrings wrap to the terminal, not to the source's lines
 )
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(ray_app, name="ray")
+app.add_typer(bench_app, name="bench")
 app.command("plan")(plan_command)
 app.command("replay")(replay_command)
+app.command("status")(status_command)
+app.add_typer(models_app, name="models")
 
 _ENV = "TENANTSERVE_"
 
@@ -117,6 +124,116 @@ def serve(
     log_level: Annotated[
         str, typer.Option(envvar=f"{_ENV}LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
+    api_keys: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=f"{_ENV}API_KEYS",
+            help="JSON or TOML file of API keys, each scoped to model-id prefixes ('acme/*') "
+            "and roles (invoke, manage, metrics); see docs/isolation.md. Clients send "
+            "'Authorization: Bearer <key>' or 'X-Api-Key'; boto3 signs with the key's AWS "
+            "pair. Required unless bound to loopback. Inline JSON: TENANTSERVE_API_KEYS_JSON.",
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            envvar=f"{_ENV}INSECURE_NO_AUTH",
+            help="Serve a non-loopback address without keys: anyone who reaches the port may "
+            "call and manage every model.",
+        ),
+    ] = False,
+    protect_metrics: Annotated[
+        bool,
+        typer.Option(
+            envvar=f"{_ENV}PROTECT_METRICS",
+            help="/metrics needs a key with the 'metrics' role (open by default).",
+        ),
+    ] = False,
+    tenant_limits: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=f"{_ENV}TENANT_LIMITS",
+            help="JSON or TOML file of per-tenant quotas: [default] and [tenants.<name>] "
+            "tables of rate_per_s, burst, max_concurrent, max_memory_fraction, "
+            "max_memory_bytes. Over a quota a tenant gets 429 with Retry-After.",
+        ),
+    ] = None,
+    tenant_rate: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}TENANT_RATE_PER_S",
+            help="Default requests per second per tenant (token bucket; 0: no limit).",
+        ),
+    ] = None,
+    tenant_burst: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}TENANT_BURST",
+            help="Default requests a tenant may send at once above its rate (bucket size).",
+        ),
+    ] = None,
+    tenant_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            envvar=f"{_ENV}TENANT_MAX_CONCURRENT",
+            help="Default requests one tenant may have in flight (0: no cap of its own).",
+        ),
+    ] = None,
+    tenant_memory_fraction: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}MAX_TENANT_MEMORY_FRACTION",
+            help="Share of the memory budget one tenant's models may hold (default 1: all); "
+            "a tenant at its share evicts its own models first.",
+        ),
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            envvar=f"{_ENV}MAX_IN_FLIGHT",
+            help="Requests admitted at once (default 256); the rest queue, served in fair "
+            "turns between tenants.",
+        ),
+    ] = None,
+    queue_timeout: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}QUEUE_TIMEOUT_S",
+            help="Seconds a request may wait in queues in all (default 5); past it it is "
+            "dropped before it runs, with 503 and Retry-After.",
+        ),
+    ] = None,
+    max_queued_loads: Annotated[
+        int | None,
+        typer.Option(
+            envvar=f"{_ENV}MAX_QUEUED_LOADS",
+            help="Distinct models that may wait to load (default 32); first calls past it get "
+            "a fast 503 (OIP) or 429 (SageMaker) with Retry-After.",
+        ),
+    ] = None,
+    max_loads_per_s: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}MAX_LOADS_PER_S",
+            help="Model loads started per second at most (default 0: no pacing), so a storm of "
+            "first calls cannot take the CPU that warm traffic needs.",
+        ),
+    ] = None,
+    top_tenants: Annotated[
+        int | None,
+        typer.Option(
+            envvar=f"{_ENV}TOP_TENANTS",
+            help="Tenants by traffic named in metric labels (default 10); the rest are 'other'.",
+        ),
+    ] = None,
+    top_models: Annotated[
+        int | None,
+        typer.Option(
+            envvar=f"{_ENV}TOP_MODELS",
+            help="Models by traffic named in per-model metric labels (default 10); the rest "
+            "are 'other'.",
+        ),
+    ] = None,
 ) -> None:
     """Start the server. Models load on their first request; Ctrl-C stops it cleanly."""
     import prometheus_client
@@ -145,18 +262,34 @@ def serve(
         values["cache_dir"] = cache_dir
     if threads is not None:
         values["threads"] = threads
+    values["insecure_no_auth"] = insecure_no_auth
+    values["protect_metrics"] = protect_metrics
+    optional = {
+        "api_keys": api_keys, "tenant_limits": tenant_limits, "tenant_rate_per_s": tenant_rate,
+        "tenant_burst": tenant_burst, "tenant_max_concurrent": tenant_concurrency,
+        "max_tenant_memory_fraction": tenant_memory_fraction, "max_in_flight": max_in_flight,
+        "queue_timeout_s": queue_timeout, "max_queued_loads": max_queued_loads,
+        "max_loads_per_s": max_loads_per_s, "top_tenants": top_tenants, "top_models": top_models,
+    }  # fmt: skip
+    values.update({name: value for name, value in optional.items() if value is not None})
     try:
         settings = Settings(**values)  # type: ignore[arg-type]
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
-            typer.echo(f"error: {field}: {error['msg']}", err=True)
+            message = error["msg"].removeprefix("Value error, ")
+            typer.echo(f"error: {field}: {message}" if field else f"error: {message}", err=True)
         raise typer.Exit(2) from None
     configure(settings.log_level)
     # One process, one server: `_created` series double every counter's scrape for no use here.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    try:
+        served = build_app(settings)
+    except ValueError as exc:  # an unreadable or malformed key or limits file
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     uvicorn.run(
-        build_app(settings),
+        served,
         host=settings.host,
         port=settings.port,
         loop="uvloop",

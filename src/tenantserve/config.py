@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -70,6 +71,63 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
     """Largest request body accepted (SageMaker's limit is 6 MiB)."""
     log_level: str = "info"
+    top_models: int = Field(default=10, ge=0)
+    """Models by traffic that get their own ``model`` label on per-model metrics; the rest
+    are ``other``, so series stay bounded however many models there are."""
+
+    # -- tenant isolation (docs/isolation.md) -----------------------------------------------
+    api_keys: Path | None = None
+    """JSON or TOML file of API keys: each key's scopes (``acme/*``), roles (``invoke``,
+    ``manage``, ``metrics``) and optional AWS access key pair for SigV4 (boto3) clients."""
+    api_keys_json: SecretStr | None = None
+    """The same document as ``api_keys``, inline as JSON (for secrets passed as environment)."""
+    insecure_no_auth: bool = False
+    """Serve without authentication on a non-loopback address (loopback never needs this)."""
+    protect_metrics: bool = False
+    """``/metrics`` needs a key with the ``metrics`` role (it is open otherwise)."""
+    tenant_limits: Path | None = None
+    """JSON or TOML file of per-tenant quotas: a ``default`` table and ``tenants.<name>``
+    overrides of ``rate_per_s``, ``burst``, ``max_concurrent``, ``max_memory_fraction``,
+    ``max_memory_bytes``."""
+    tenant_rate_per_s: float = Field(default=0.0, ge=0)
+    """Default requests per second per tenant (token bucket); 0 for no rate limit."""
+    tenant_burst: float | None = Field(default=None, gt=0)
+    """Default bucket size: requests a tenant may send at once above its rate."""
+    tenant_max_concurrent: int = Field(default=0, ge=0)
+    """Default requests one tenant may have in flight; 0 for no cap of its own."""
+    max_tenant_memory_fraction: float = Field(default=1.0, gt=0, le=1)
+    """Share of the memory budget one tenant's models may hold (1 = the whole budget)."""
+    max_queued_loads: int = Field(default=32, ge=0)
+    """Distinct models that may wait for a load slot; first calls past it are refused at once
+    (SageMaker 429, OIP 503, with Retry-After) so a load storm cannot pile up."""
+    max_loads_per_s: float = Field(default=0.0, ge=0)
+    """Model loads started per second at most (0: as fast as load slots free up); keeps a
+    storm of first calls from taking the CPU warm traffic needs."""
+    top_tenants: int = Field(default=10, ge=0)
+    """Tenants by traffic that get their own ``tenant`` label on metrics; the rest are
+    ``other``."""
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``host`` is reachable from this machine only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @model_validator(mode="after")
+    def _auth_or_loopback(self) -> Settings:
+        if self.loopback or self.insecure_no_auth:
+            return self
+        if self.api_keys is None and self.api_keys_json is None:
+            raise ValueError(
+                f"refusing to serve on {self.host} without authentication: give API keys with "
+                "--api-keys FILE (or TENANTSERVE_API_KEYS), or pass --insecure-no-auth to "
+                "let anyone who can reach the port use and manage every model"
+            )
+        return self
 
     @field_validator("memory_budget_bytes", "disk_cache_bytes", "max_body_bytes", mode="before")
     @classmethod

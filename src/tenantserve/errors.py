@@ -7,11 +7,14 @@
     │   ├── InvalidModelId        a model id that is not a safe relative path
     │   ├── InvalidInput          tensors that do not match the model (name, shape, dtype)
     │   └── PayloadTooLarge       a body over the configured size
+    ├── Unauthenticated           no API key, or one the server does not know (401)
+    ├── Forbidden                 a known key used outside its model scope or roles (403)
     ├── ModelNotFound             no artifact under that id in the store
     ├── ModelAlreadyLoaded        explicit load of a resident model (SageMaker 409)
     ├── ModelNotReady             still loading past the caller's wait limit
     ├── InsufficientMemory        cannot fit within the byte budget (SageMaker 507)
     ├── Overloaded                admission queue full or deadline passed (503 + Retry-After)
+    │   └── TenantLimitExceeded   a tenant over its rate or concurrency quota (429 + Retry-After)
     ├── LoadFailed                the artifact could not be fetched or turned into a model
     │   └── StoreUnavailable      the store could not be reached
     └── PredictFailed             the model raised while predicting
@@ -38,6 +41,14 @@ class InvalidInput(InvalidRequest):
 
 class PayloadTooLarge(InvalidRequest):
     """A request body over the configured maximum."""
+
+
+class Unauthenticated(TenantServeError):
+    """No credentials, or credentials the server does not recognise (never echoed back)."""
+
+
+class Forbidden(TenantServeError):
+    """Known credentials used for a model outside their scope, or without the needed role."""
 
 
 class ModelNotFound(TenantServeError):
@@ -78,3 +89,7 @@ class StoreUnavailable(LoadFailed):
 
 class PredictFailed(TenantServeError):
     """The model raised while running a request."""
+
+
+class TenantLimitExceeded(Overloaded):
+    """One tenant is over its own rate or concurrency quota; other tenants are unaffected."""

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from tenantserve.activity import Activity, ActivitySnapshot
 from tenantserve.cache.model_cache import ModelCache
 from tenantserve.errors import InvalidInput, ModelNotFound
-from tenantserve.metrics import Metrics
+from tenantserve.metrics import CacheSnapshot, Metrics, SchedulingSnapshot
 from tenantserve.runtimes import LoadedModel
-from tenantserve.scheduling.admission import Admission
+from tenantserve.scheduling.admission import Admission, Ticket
 from tenantserve.scheduling.executor import BoundedExecutor
+from tenantserve.scheduling.fair import FairExecutor
+from tenantserve.scheduling.tenant_limits import TenantLimits, TenantQuotas
 from tenantserve.store.base import ModelStore
 from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors, TensorSpec
 
@@ -26,6 +30,16 @@ class RepositoryEntry:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ServerStatus:
+    """What ``/v1/status`` and ``/ui`` show: memory, resident models, recent activity."""
+
+    ready: bool
+    memory: CacheSnapshot
+    models: list[ModelStatus]
+    activity: ActivitySnapshot
+
+
 class InferenceService:
     """The protocol-neutral core: every protocol's routes call these methods and nothing else."""
 
@@ -37,12 +51,20 @@ class InferenceService:
         admission: Admission,
         executor: BoundedExecutor,
         metrics: Metrics,
+        predictor: FairExecutor,
+        quotas: TenantQuotas | None = None,
+        activity: Activity | None = None,
     ) -> None:
+        """``predictor`` runs predictions in fair turns between tenants on ``executor``'s
+        compute pool; ``quotas`` holds tenants to their limits (none when ``None``)."""
         self._cache = cache
         self._store = store
         self._admission = admission
         self._executor = executor
         self._metrics = metrics
+        self._predictor = predictor
+        self._quotas = quotas or TenantQuotas(TenantLimits(), metrics=metrics)
+        self._activity = activity if activity is not None else Activity()
         self._accepting = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -71,10 +93,11 @@ class InferenceService:
         Args:
             outputs: names of outputs to return; all when ``None``.
         Raises:
-            Overloaded, ModelNotFound, InsufficientMemory, LoadFailed, InvalidInput, PredictFailed.
+            TenantLimitExceeded, Overloaded, ModelNotFound, ModelNotReady, InsufficientMemory,
+            LoadFailed, InvalidInput, PredictFailed.
         """
-        async with self._admission.admit(), self._cache.lease(model_id) as model:
-            result = await self._predict(model, tensors)
+        async with self._admitted(model_id) as ticket, self._cache.lease(model_id) as model:
+            result = await self._predict(model_id, model, tensors, ticket)
         if outputs is None:
             return result
         unknown = [name for name in outputs if name not in result]
@@ -92,14 +115,46 @@ class InferenceService:
         For bodies that name no inputs (SageMaker's): one admission and one lease, where
         reading :meth:`metadata` first would lease twice and load outside admission.
         """
-        async with self._admission.admit(), self._cache.lease(model_id) as model:
-            return await self._predict(model, decode(model.inputs))
+        async with self._admitted(model_id) as ticket, self._cache.lease(model_id) as model:
+            return await self._predict(model_id, model, decode(model.inputs), ticket)
 
-    async def _predict(self, model: LoadedModel, tensors: Tensors) -> Tensors:
-        started = time.perf_counter()
-        result = await self._executor.run(model.predict, tensors)
-        self._metrics.inference.observe(time.perf_counter() - started)
-        return result
+    @asynccontextmanager
+    async def _admitted(self, model_id: ModelId) -> AsyncIterator[Ticket]:
+        """The tenant's own quotas first (429), then a slot in the server's admission (503).
+
+        The whole request, lease and predict included, is timed and counted in the activity.
+        """
+        tenant = model_id.tenant
+        self._metrics.tenants.observe(tenant)  # traffic decides which tenants metrics name
+        hit = self._cache.is_resident(model_id)  # as it arrived, as X-Tenantserve-Cache says
+        with self._activity.request(model_id, hit=hit), self._quotas.hold(tenant):
+            async with self._admission.admit(tenant) as ticket:
+                yield ticket
+
+    async def _predict(
+        self, model_id: ModelId, model: LoadedModel, tensors: Tensors, ticket: Ticket
+    ) -> Tensors:
+        """Run on a predict thread in the tenant's fair turn; dropped if its queue time ran out."""
+
+        def timed() -> Tensors:
+            started = time.perf_counter()
+            try:
+                return model.predict(tensors)
+            finally:
+                self._metrics.inference.observe(time.perf_counter() - started)
+
+        return await self._predictor.run_until(ticket.deadline(), model_id.tenant, timed)
+
+    def scheduling(self) -> SchedulingSnapshot:
+        """Queue depths and per-tenant requests in flight, for the metrics scrape."""
+        queued = {
+            "admission": self._admission.queued,
+            "predict": self._predictor.queued,
+            "load": self._cache.snapshot().queued_loads,
+        }
+        return SchedulingSnapshot(
+            queued=queued, in_flight_by_tenant=self._admission.in_flight_by_tenant()
+        )
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         """Signature of a model (loads it if needed: the signature is read from the graph)."""
@@ -148,6 +203,11 @@ class InferenceService:
 
     def resident(self) -> list[ModelStatus]:
         return self._cache.status()
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            self.ready(), self._cache.snapshot(), self._cache.status(), self._activity.snapshot()
+        )
 
     def status_of(self, model_id: ModelId) -> ModelStatus:
         for status in self._cache.status():

@@ -126,6 +126,21 @@ class TopKPostprocess:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedBase:
+    """A declared shared part: a base graph (e.g. a sentence encoder) identified by digest.
+
+    The runtime holds one session per ``sha256`` whatever the number of models declaring it,
+    runs it first, and feeds its outputs (plus any request input the head also takes) to the
+    model's own ``model_file`` — the per-tenant head. The digest is checked against the file
+    when that session is first created, so no artifact can pass a different graph off under
+    another's digest.
+    """
+
+    model_file: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class ModelManifest:
     """What ``model.json`` beside an artifact may declare; every field is optional.
 
@@ -138,6 +153,7 @@ class ModelManifest:
         metadata: free-form facts shown in model metadata (never interpreted).
         preprocess: text → tokens, done by the runtime (see :class:`TextPreprocess`).
         postprocess: scores → top-k labels, done by the runtime (see :class:`TopKPostprocess`).
+        base: a shared base graph held once for every model that declares it.
     """
 
     runtime: str = "onnx"
@@ -148,6 +164,7 @@ class ModelManifest:
     metadata: Mapping[str, str] = field(default_factory=dict)
     preprocess: TextPreprocess | None = None
     postprocess: TopKPostprocess | None = None
+    base: SharedBase | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tenantserve import memory
 from tenantserve.bench.replay import replay
-from tenantserve.cache import memory
 from tenantserve.runtimes import default_runtimes, runtime_for
 from tenantserve.store import open_store
 from tenantserve.types import DATATYPE_TO_DTYPE, ModelId, TensorSpec

@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 from tenantserve.cache import LRU, CostAware, EvictionPolicy, MemoryBudget, ModelCache
 from tenantserve.errors import InsufficientMemory
 from tenantserve.metrics import Metrics
-from tenantserve.runtimes import Runtime
+from tenantserve.runtimes import Runtime, SharedUsage
 from tenantserve.runtimes.base import LoadedModel
 from tenantserve.store.base import LocalArtifact
 from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
@@ -72,6 +72,12 @@ class _SimRuntime:
 
     def warm_up(self) -> None:
         return None
+
+    def shared_usage(self) -> SharedUsage:
+        return SharedUsage()
+
+    def shared_estimate(self, manifest: ModelManifest, artifact_path: Path) -> int:
+        return 0
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
         return _SimModel()

@@ -7,12 +7,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from tenantserve.cache import memory
+from tenantserve import memory
+from tenantserve.activity import CacheEvent
 from tenantserve.cache.budget import MemoryBudget
 from tenantserve.cache.eviction import LRU, EvictionPolicy
 from tenantserve.cache.single_flight import SingleFlight
@@ -64,9 +65,12 @@ class ModelCache:
         load_executor: Executor,
         policy: EvictionPolicy[ModelId] | None = None,
         max_concurrent_loads: int = 2,
+        max_queued_loads: int | None = None,
+        max_loads_per_s: float = 0.0,
         load_wait_s: float = 60.0,
         failed_load_ttl_s: float = 30.0,
         measure_memory: bool = True,
+        events: Callable[[CacheEvent], None] | None = None,
     ) -> None:
         self._store = store
         self._runtimes = dict(runtimes)
@@ -76,9 +80,16 @@ class ModelCache:
         self._load_executor = load_executor
         self._policy: EvictionPolicy[ModelId] = policy if policy is not None else LRU()
         self._max_concurrent_loads = max_concurrent_loads
+        self._max_queued_loads = max_queued_loads
+        self._max_loads_per_s = max_loads_per_s  # 0: loads start as soon as a slot is free
+        self._next_load_at = 0.0
+        self._load_s_ewma: float | None = None  # a load's seconds, for Retry-After when full
+        self._told_to_retry = 0.0  # refused first calls expected back, draining at the load rate
+        self._told_at = 0.0
         self._load_wait_s = load_wait_s
         self._failed_load_ttl_s = failed_load_ttl_s
         self._measure_memory = measure_memory
+        self._events = events  # loads, evictions, unloads, failures: for /v1/status
         self._entries: dict[ModelId, _Entry] = {}
         self._draining: set[_Entry] = set()
         self._flights: SingleFlight[ModelId, _Entry] = SingleFlight()
@@ -90,6 +101,7 @@ class ModelCache:
         # RSS deltas are only meaningful when one runtime load runs at a time.
         self._measure_lock = threading.Lock()
         self._rss_baseline: int | None = None
+        self._shared_bytes = 0  # what the budget holds for shared parts (counted once)
 
     async def start(self) -> None:
         """Initialise runtimes, then take the process's baseline resident size (no models)."""
@@ -140,6 +152,10 @@ class ModelCache:
             used_bytes=self._budget.used_bytes,
             budget_bytes=self._budget.capacity_bytes,
             pinned_bytes=sum(e.nbytes for e in self._entries.values() if e.pinned),
+            shared_bytes=self._shared_bytes,
+            logical_bytes=sum(e.nbytes for e in self._entries.values())
+            + sum(rt.shared_usage().logical_bytes for rt in self._runtimes.values()),
+            queued_loads=max(0, len(self._flights) - self._max_concurrent_loads),
         )
 
     # -- the data path ---------------------------------------------------------------------
@@ -176,15 +192,58 @@ class ModelCache:
                 return entry
             if not explicit:
                 self._raise_if_failed_recently(model_id)
+                self._raise_if_loads_full(model_id)
             try:
-                return await self._flights.do(
+                entry = await self._flights.do(
                     model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s
                 )
             except TimeoutError:
                 raise ModelNotReady(
                     f"model {model_id} is still loading; retry shortly", retry_after_s=1.0
                 ) from None
+            # Between the load finishing and this waiter resuming, another load may have
+            # evicted the model: a lease on a draining entry would run a closed session.
+            if not entry.draining:
+                return entry
         raise ModelNotReady(f"model {model_id} is under memory pressure; retry shortly")
+
+    def _raise_if_loads_full(self, model_id: ModelId) -> None:
+        """Refuse a new load at once when ``max_queued_loads`` loads already wait for a slot.
+
+        A storm of first calls to distinct models is then admitted at the rate loads finish;
+        the rest get a fast retryable answer instead of holding a request slot for minutes.
+        """
+        if self._max_queued_loads is None or model_id in self._flights:
+            return  # joining a load that runs costs nothing
+        pending = len(self._flights)
+        if pending < self._max_concurrent_loads + self._max_queued_loads:
+            return
+        self._metrics.reject("load_queue_full", model_id.tenant)
+        # Each refused caller is told a later time than the one before, in step with the rate
+        # loads finish, so retries come back spread out rather than as one more storm.
+        rate = self._max_loads_per_s
+        if not rate:
+            load_s = self._load_s_ewma if self._load_s_ewma is not None else 1.0  # none seen yet
+            rate = self._max_concurrent_loads / max(load_s, 1e-3)
+        now = time.monotonic()
+        drained = (now - self._told_at) * rate
+        self._told_to_retry = max(0.0, self._told_to_retry - drained) + 1.0
+        self._told_at = now
+        wait_s = (pending - self._max_concurrent_loads + self._told_to_retry) / rate
+        raise ModelNotReady(
+            f"model {model_id} is not loaded and {pending} other loads are pending; retry shortly",
+            retry_after_s=wait_s,
+        )
+
+    async def _pace(self) -> None:
+        """Start loads no faster than ``max_loads_per_s``: loads take CPU from warm traffic."""
+        if not self._max_loads_per_s:
+            return
+        now = time.monotonic()
+        start_at = max(now, self._next_load_at)
+        self._next_load_at = start_at + 1.0 / self._max_loads_per_s
+        if start_at > now:
+            await asyncio.sleep(start_at - now)
 
     def _raise_if_failed_recently(self, model_id: ModelId) -> None:
         failure = self._failures.get(model_id)
@@ -201,15 +260,19 @@ class ModelCache:
         if self._load_slots is None:
             self._load_slots = asyncio.Semaphore(self._max_concurrent_loads)
         loop = asyncio.get_running_loop()
+        tenant = model_id.tenant
         reserved = 0  # bytes this load holds in the budget, released on any failure
+        began = 0.0
         try:
             async with self._load_slots:
+                await self._pace()
+                began = time.perf_counter()  # a load's own time, not its wait for a slot
                 artifact = await loop.run_in_executor(self._io, self._store.fetch, model_id)
                 self._metrics.downloading.observe(artifact.download_seconds)
                 runtime = runtime_for(self._runtimes, artifact.manifest)
-                estimate = self._estimate(artifact)
+                estimate = self._estimate(artifact, runtime)
                 await self._make_room(model_id, estimate)
-                self._budget.reserve(estimate)
+                self._budget.reserve(estimate, tenant)
                 reserved = estimate
                 started = time.perf_counter()
                 model, measured = await loop.run_in_executor(
@@ -218,36 +281,56 @@ class ModelCache:
                 load_seconds = time.perf_counter() - started
             self._metrics.loading.observe(load_seconds)
         except TenantServeError as exc:
-            self._budget.release(reserved)
+            self._budget.release(reserved, tenant)
             self._metrics.load_failures.inc()
             self._failures[model_id] = (time.monotonic() + self._failed_load_ttl_s, exc)
             log.warning("load of %s failed: %s", model_id, exc)
+            self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
             raise
         except BaseException:
-            self._budget.release(reserved)
+            self._budget.release(reserved, tenant)
             raise
-        self._budget.release(reserved)
-        self._budget.reserve(measured)
+        self._budget.release(reserved, tenant)
+        self._budget.reserve(measured, tenant)
+        self._sync_shared()
+        took_s = time.perf_counter() - began
+        ewma = self._load_s_ewma
+        self._load_s_ewma = took_s if ewma is None else ewma + 0.2 * (took_s - ewma)
         self._remember_size(model_id, measured)
         self._failures.pop(model_id, None)
         entry = _Entry(model_id, model, measured, artifact.manifest.labels, load_seconds)
         self._entries[model_id] = entry
         self._policy.add(model_id, nbytes=measured, load_seconds=load_seconds)
         # The measured size may beat the estimate: shed others now, not on the next load.
-        for victim in self._evict(0, protect=model_id):
+        own = self._evict(0, protect=model_id, tenant=tenant)
+        freeing = sum(victim.nbytes for victim in own)
+        for victim in [*own, *self._evict(-freeing, protect=model_id)]:
             task = asyncio.get_running_loop().create_task(self._close(victim))
             self._closing.add(task)  # hold a reference until done, or the task may be collected
             task.add_done_callback(self._closing.discard)
         log.info("loaded %s (%d bytes in %.3fs)", model_id, measured, load_seconds)
+        self._emit(CacheEvent("load", model_id.value, measured, load_seconds))
         return entry
 
-    def _estimate(self, artifact: LocalArtifact) -> int:
+    def _estimate(self, artifact: LocalArtifact, runtime: Runtime) -> int:
+        """The model's own bytes (as last measured, else hinted, else guessed from its file),
+        plus whatever shared part it needs that is not resident yet."""
+        shared = runtime.shared_estimate(artifact.manifest, artifact.path)
         known = self._known_sizes.get(artifact.model_id)
         if known is not None:
-            return known
+            return known + shared
         if artifact.manifest.memory_hint_bytes:
-            return artifact.manifest.memory_hint_bytes
-        return artifact.nbytes * _FIRST_LOAD_FACTOR
+            return artifact.manifest.memory_hint_bytes + shared
+        return _own_file_bytes(artifact) * _FIRST_LOAD_FACTOR + shared
+
+    def _sync_shared(self) -> None:
+        """Count shared parts once: the budget follows the runtimes' total of shared bytes."""
+        held = sum(rt.shared_usage().held_bytes for rt in self._runtimes.values())
+        if held > self._shared_bytes:
+            self._budget.reserve(held - self._shared_bytes)
+        elif held < self._shared_bytes:
+            self._budget.release(self._shared_bytes - held)
+        self._shared_bytes = held
 
     def _load_measured(self, runtime: Runtime, artifact: LocalArtifact) -> tuple[LoadedModel, int]:
         """Load in a worker thread and measure what the model really holds (RSS delta)."""
@@ -257,10 +340,13 @@ class ModelCache:
         with self._measure_lock:
             memory.trim()
             before = memory.rss_bytes()
+            shared_before = runtime.shared_usage().held_bytes
             model = runtime.load(artifact.path, artifact.manifest)
             memory.trim()  # the parsed model file is garbage glibc would otherwise keep
             grown = memory.rss_bytes() - before
-        return model, max(grown, artifact.nbytes)
+            # A shared part created by this load is the runtime's to count, once.
+            grown -= runtime.shared_usage().held_bytes - shared_before
+        return model, max(grown, _own_file_bytes(artifact))
 
     def _remember_size(self, model_id: ModelId, nbytes: int) -> None:
         self._known_sizes[model_id] = nbytes
@@ -269,26 +355,32 @@ class ModelCache:
             self._known_sizes.popitem(last=False)
 
     async def _make_room(self, model_id: ModelId, nbytes: int) -> None:
+        tenant = model_id.tenant
         if not self._budget.can_ever_fit(nbytes):
             raise InsufficientMemory(
                 f"model {model_id} needs about {nbytes} bytes; the whole memory budget is "
                 f"{self._budget.capacity_bytes} bytes"
             )
+        if not self._budget.tenant_can_ever_fit(tenant, nbytes):
+            raise InsufficientMemory(
+                f"model {model_id} needs about {nbytes} bytes; tenant {tenant} may hold at "
+                f"most {self._budget.cap_of(tenant)} bytes"
+            )
         deadline = time.monotonic() + self._load_wait_s
         while True:
-            # Close victims before loading, so the process never holds both at once.
+            # Close victims before loading, so the process never holds both at once. A tenant
+            # at its share gives up its own models first; only then do others make room.
+            if not self._budget.tenant_fits(tenant, nbytes):
+                own = self._evict(nbytes, protect=None, tenant=tenant)
+                await asyncio.gather(*(self._close(victim) for victim in own))
             victims = self._evict(nbytes, protect=None)
             await asyncio.gather(*(self._close(victim) for victim in victims))
-            if self._budget.fits(nbytes):
+            if self._budget.fits(nbytes) and self._budget.tenant_fits(tenant, nbytes):
                 return
             # What is left is pinned, busy or loading. Busy models free up in milliseconds;
             # wait for a lease to end rather than fail the load.
-            if not self._could_free(nbytes) or time.monotonic() >= deadline:
-                raise InsufficientMemory(
-                    f"model {model_id} needs about {nbytes} bytes and only "
-                    f"{max(self._budget.free_bytes, 0)} can be freed: the rest of the budget "
-                    "is held by pinned or busy models"
-                )
+            if not self._could_free(nbytes, tenant) or time.monotonic() >= deadline:
+                raise InsufficientMemory(self._no_room(model_id, nbytes))
             if self._room_freed is None:
                 self._room_freed = asyncio.Event()
             self._room_freed.clear()
@@ -297,25 +389,58 @@ class ModelCache:
             except TimeoutError:
                 continue
 
-    def _could_free(self, nbytes: int) -> bool:
+    def _could_free(self, nbytes: int, tenant: str) -> bool:
         """Would ``nbytes`` fit once every lease and load in flight ended? Only pins stay."""
-        pinned = sum(e.nbytes for e in self._entries.values() if e.pinned)
-        return pinned + nbytes <= self._budget.capacity_bytes
+        pinned = [e for e in self._entries.values() if e.pinned]
+        if sum(e.nbytes for e in pinned) + nbytes > self._budget.capacity_bytes:
+            return False
+        cap = self._budget.cap_of(tenant)
+        own = sum(e.nbytes for e in pinned if e.model_id.tenant == tenant)
+        return cap is None or own + nbytes <= cap
+
+    def _no_room(self, model_id: ModelId, nbytes: int) -> str:
+        tenant = model_id.tenant
+        if not self._budget.tenant_fits(tenant, nbytes):
+            return (
+                f"model {model_id} needs about {nbytes} bytes and tenant {tenant} already "
+                f"holds {self._budget.used_by(tenant)} of its {self._budget.cap_of(tenant)}-byte "
+                "share in pinned or busy models"
+            )
+        return (
+            f"model {model_id} needs about {nbytes} bytes and only "
+            f"{max(self._budget.free_bytes, 0)} can be freed: the rest of the budget "
+            "is held by pinned or busy models"
+        )
 
     def _signal_room(self) -> None:
         if self._room_freed is not None:
             self._room_freed.set()
 
-    def _evict(self, nbytes: int, *, protect: ModelId | None) -> list[_Entry]:
-        """Detach idle, unpinned victims until ``nbytes`` more would fit once they close."""
+    def _evict(
+        self, nbytes: int, *, protect: ModelId | None, tenant: str | None = None
+    ) -> list[_Entry]:
+        """Detach idle, unpinned victims until ``nbytes`` more would fit once they close.
+
+        With ``tenant``, only that tenant's models go, until it fits within its own share;
+        the policy's order is kept, filtered to the tenant.
+        """
         victims: list[_Entry] = []
         freeing = 0
-        need = self._budget.used_bytes + self._overhead_bytes() + nbytes
+        if tenant is None:
+            need = self._budget.used_bytes + self._overhead_bytes() + nbytes
+            limit = self._budget.capacity_bytes
+        else:
+            cap = self._budget.cap_of(tenant)
+            if cap is None:
+                return victims
+            need, limit = self._budget.used_by(tenant) + nbytes, cap
         for victim in self._policy.candidates():
-            if need - freeing <= self._budget.capacity_bytes:
+            if need - freeing <= limit:
                 break
             entry = self._entries.get(victim)
             if entry is None or entry.pinned or entry.leases > 0 or victim == protect:
+                continue
+            if tenant is not None and victim.tenant != tenant:
                 continue
             self._metrics.evictions.inc()
             log.info("evicting %s (%d bytes)", victim, entry.nbytes)
@@ -330,6 +455,11 @@ class ModelCache:
         self._policy.remove(entry.model_id, evicted=evicted)
         entry.draining = True
         self._draining.add(entry)
+        self._emit(CacheEvent("evict" if evicted else "unload", entry.model_id.value, entry.nbytes))
+
+    def _emit(self, event: CacheEvent) -> None:
+        if self._events is not None:
+            self._events(event)
 
     async def _close(self, entry: _Entry) -> None:
         if entry not in self._draining:
@@ -337,7 +467,8 @@ class ModelCache:
         self._draining.discard(entry)
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(self._load_executor, self._release, entry)
-        self._budget.release(entry.nbytes)
+        self._budget.release(entry.nbytes, entry.model_id.tenant)
+        self._sync_shared()  # the last user of a shared part frees it
         self._metrics.unloading.observe(time.perf_counter() - started)
         self._signal_room()
 
@@ -384,3 +515,11 @@ class ModelCache:
         with self._measure_lock:
             entry.model.close()
             memory.trim()
+
+
+def _own_file_bytes(artifact: LocalArtifact) -> int:
+    """The model file's size: a floor for what its session holds (a shared base excluded)."""
+    try:
+        return (artifact.path / artifact.manifest.model_file).stat().st_size
+    except OSError:
+        return artifact.nbytes

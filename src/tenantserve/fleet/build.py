@@ -23,11 +23,12 @@ from tenantserve.fleet.text import INPUT_NAME, build_tenant_tfidf
 KINDS = ("tfidf", "minilm")
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+ENCODER_FILE = "encoder.onnx"
 TOP_K = 5
 # Measured with onnxruntime 1.31: a TF-IDF session grows RSS by about 3x its file; the int8
 # MiniLM file is dequantised to float32 when its session is made (93 MB for a 23 MB file).
 _TFIDF_MEMORY_FACTOR = 4
-_MINILM_MEMORY_FACTOR = 4.5
+_MINILM_MEMORY_FACTOR = 8.0  # the head alone: its weights plus activation buffers
 
 
 class FleetBuildError(RuntimeError):
@@ -171,6 +172,10 @@ class _MinilmBuilder:
         self._encoder = encoder
         self._encoder_model = encoder_model
         self._tokenizer = tokenizer
+        # Every tenant ships the same encoder bytes, so the server holds it once (by digest).
+        self._encoder_bytes = minilm.encoder_path().read_bytes()
+        self._encoder_sha256 = hashlib.sha256(self._encoder_bytes).hexdigest()
+        self._encoder_session = minilm.session(self._encoder_bytes)
 
     @classmethod
     def start(cls, plans: Sequence[TenantPlan], progress: FleetProgress | None) -> _MinilmBuilder:
@@ -192,14 +197,15 @@ class _MinilmBuilder:
         holdout = self._encoder.embed(holdout_texts)
         predicted = np.asarray(head.labels)[head.probabilities(holdout).argmax(axis=1)]
         accuracy = float(np.mean(predicted == np.asarray([r.intent for r in plan.holdout])))
-        merged = minilm.merge_head(self._encoder_model, head)
+        head_bytes = minilm.head_model(self._encoder_model, head)
         checked = holdout_texts[: minilm.VERIFY_TEXTS]
-        worst = minilm.verify_merged(
-            merged, head, self._tokenizer, checked, holdout[: len(checked)]
-        )
+        worst = minilm.verify_split(
+            self._encoder_session, head_bytes, head, self._tokenizer, checked,
+            holdout[: len(checked)],
+        )  # fmt: skip
         manifest = _manifest(
             plan,
-            merged,
+            head_bytes,
             head.labels,
             memory_factor=_MINILM_MEMORY_FACTOR,
             metadata={
@@ -214,8 +220,14 @@ class _MinilmBuilder:
             "max_length": minilm.MAX_TOKENS,
             "text_input": INPUT_NAME,
         }
+        manifest["base"] = {"model_file": ENCODER_FILE, "sha256": self._encoder_sha256}
         tokenizer_json = self._tokenizer.to_str().encode("utf-8")
-        _write(folder, {MODEL_FILE: merged, TOKENIZER_FILE: tokenizer_json}, manifest)
+        files = {
+            MODEL_FILE: head_bytes,
+            ENCODER_FILE: self._encoder_bytes,
+            TOKENIZER_FILE: tokenizer_json,
+        }
+        _write(folder, files, manifest)
         return accuracy
 
 

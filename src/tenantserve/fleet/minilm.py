@@ -170,19 +170,9 @@ def fit_head(embeddings: Floats, labels: Sequence[str], *, seed: int) -> Head:
     return Head(np.ascontiguousarray(coef.T), intercept, labels_out)
 
 
-def merge_head(encoder_model: Any, head: Head) -> bytes:
-    """The encoder graph with pooling, L2 norm, the head and softmax appended, serialized.
-
-    Inputs stay the encoder's (int64 ``input_ids``/``attention_mask``/``token_type_ids``);
-    the one output is ``probabilities`` (float ``[N, len(head.labels)]``).
-    """
-    import onnx
+def _head_parts(hidden: str, head: Head) -> tuple[list[Any], list[Any]]:
+    """Initializers and nodes for mean pooling, L2 norm, the linear head and softmax."""
     from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.ModelProto()
-    model.CopyFrom(encoder_model)
-    graph = model.graph
-    (hidden,) = (output.name for output in graph.output)
 
     def n(name: str) -> str:
         return _PREFIX + name
@@ -195,25 +185,42 @@ def merge_head(encoder_model: Any, head: Head) -> bytes:
         "weights": head.weights.astype(np.float32),
         "bias": head.bias.astype(np.float32),
     }
-    graph.initializer.extend(numpy_helper.from_array(v, n(k)) for k, v in constants.items())
-    graph.node.extend(
-        [
-            helper.make_node("Cast", ["attention_mask"], [n("mask")], to=TensorProto.FLOAT),
-            helper.make_node("Unsqueeze", [n("mask"), n("axis2")], [n("mask3")]),
-            helper.make_node("Mul", [hidden, n("mask3")], [n("masked")]),
-            helper.make_node("ReduceSum", [n("masked"), n("axis1")], [n("sum")], keepdims=0),
-            helper.make_node("ReduceSum", [n("mask3"), n("axis1")], [n("count")], keepdims=0),
-            helper.make_node("Max", [n("count"), n("tiny_count")], [n("count_safe")]),
-            helper.make_node("Div", [n("sum"), n("count_safe")], [n("mean")]),
-            helper.make_node("Mul", [n("mean"), n("mean")], [n("squares")]),
-            helper.make_node("ReduceSum", [n("squares"), n("axis1")], [n("sumsq")], keepdims=1),
-            helper.make_node("Sqrt", [n("sumsq")], [n("norm")]),
-            helper.make_node("Max", [n("norm"), n("tiny_norm")], [n("norm_safe")]),
-            helper.make_node("Div", [n("mean"), n("norm_safe")], [n("unit")]),
-            helper.make_node("Gemm", [n("unit"), n("weights"), n("bias")], [n("logits")]),
-            helper.make_node("Softmax", [n("logits")], [OUTPUT_NAME], axis=1),
-        ]
-    )
+    initializers = [numpy_helper.from_array(v, n(k)) for k, v in constants.items()]
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], [n("mask")], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", [n("mask"), n("axis2")], [n("mask3")]),
+        helper.make_node("Mul", [hidden, n("mask3")], [n("masked")]),
+        helper.make_node("ReduceSum", [n("masked"), n("axis1")], [n("sum")], keepdims=0),
+        helper.make_node("ReduceSum", [n("mask3"), n("axis1")], [n("count")], keepdims=0),
+        helper.make_node("Max", [n("count"), n("tiny_count")], [n("count_safe")]),
+        helper.make_node("Div", [n("sum"), n("count_safe")], [n("mean")]),
+        helper.make_node("Mul", [n("mean"), n("mean")], [n("squares")]),
+        helper.make_node("ReduceSum", [n("squares"), n("axis1")], [n("sumsq")], keepdims=1),
+        helper.make_node("Sqrt", [n("sumsq")], [n("norm")]),
+        helper.make_node("Max", [n("norm"), n("tiny_norm")], [n("norm_safe")]),
+        helper.make_node("Div", [n("mean"), n("norm_safe")], [n("unit")]),
+        helper.make_node("Gemm", [n("unit"), n("weights"), n("bias")], [n("logits")]),
+        helper.make_node("Softmax", [n("logits")], [OUTPUT_NAME], axis=1),
+    ]
+    return initializers, nodes
+
+
+def merge_head(encoder_model: Any, head: Head) -> bytes:
+    """The encoder graph with pooling, L2 norm, the head and softmax appended, serialized.
+
+    Inputs stay the encoder's (int64 ``input_ids``/``attention_mask``/``token_type_ids``);
+    the one output is ``probabilities`` (float ``[N, len(head.labels)]``).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(encoder_model)
+    graph = model.graph
+    (hidden,) = (output.name for output in graph.output)
+    initializers, nodes = _head_parts(hidden, head)
+    graph.initializer.extend(initializers)
+    graph.node.extend(nodes)
     del graph.output[:]
     graph.output.append(
         helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", len(head.labels)])
@@ -221,6 +228,62 @@ def merge_head(encoder_model: Any, head: Head) -> bytes:
     onnx.checker.check_model(model)
     data: bytes = model.SerializeToString()
     return data
+
+
+def head_model(encoder_model: Any, head: Head) -> bytes:
+    """The head alone, to run on a shared encoder: (hidden states, attention_mask) → probabilities.
+
+    Its inputs are named as the encoder's output and mask, so the runtime feeds the shared
+    encoder's output straight in (the artifact declares the encoder as its ``base``).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    (hidden,) = (output.name for output in encoder_model.graph.output)
+    width = encoder_model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or None
+    initializers, nodes = _head_parts(hidden, head)
+    graph = helper.make_graph(
+        nodes,
+        "tenant_head",
+        [
+            helper.make_tensor_value_info(hidden, TensorProto.FLOAT, ["batch", "tokens", width]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
+        [
+            helper.make_tensor_value_info(
+                OUTPUT_NAME, TensorProto.FLOAT, ["batch", len(head.labels)]
+            )
+        ],
+        initializers,
+    )
+    opsets = [op for op in encoder_model.opset_import if op.domain in ("", "ai.onnx")]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=encoder_model.ir_version)
+    onnx.checker.check_model(model)
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def verify_split(
+    encoder: Any,
+    head_bytes: bytes,
+    head: Head,
+    tokenizer: Any,
+    texts: Sequence[str],
+    embeddings: Floats,
+) -> float:
+    """Largest |encoder session → head - numpy head| over ``texts``; raise :class:`HeadMismatch`."""
+    tokens = encode(tokenizer, texts)
+    (hidden,) = encoder.run(None, tokens)
+    hidden_name = encoder.get_outputs()[0].name
+    feed = {hidden_name: hidden, "attention_mask": tokens["attention_mask"]}
+    (got,) = session(head_bytes).run([OUTPUT_NAME], feed)
+    expected = head.probabilities(embeddings)
+    worst = float(np.max(np.abs(got - expected))) if len(texts) else 0.0
+    if not worst <= TOLERANCE:
+        raise HeadMismatch(
+            f"encoder + head differ from the numpy head by {worst:.2e} (> {TOLERANCE})"
+        )
+    return worst
 
 
 def verify_merged(

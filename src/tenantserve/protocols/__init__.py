@@ -12,6 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from tenantserve.protocols.auth import Access
+from tenantserve.protocols.endpoint import Handler, guarded
+from tenantserve.protocols.keys import Role
+from tenantserve.protocols.management import management_routes
 from tenantserve.protocols.oip.routes import oip_routes
 from tenantserve.protocols.openapi import openapi_document
 from tenantserve.protocols.sagemaker.routes import sagemaker_routes
@@ -29,6 +33,8 @@ def routes(
     *,
     max_body_bytes: int,
     store_url: str = "",
+    access: Access | None = None,
+    protect_metrics: bool = False,
 ) -> list[BaseRoute]:
     """Every HTTP route of the server: OIP v2, SageMaker, ``/metrics`` and ``/openapi.json``.
 
@@ -38,7 +44,10 @@ def routes(
         max_body_bytes: the largest request body read; larger ones get 413.
         store_url: the configured store's URL; SageMaker ``POST /models`` accepts
             ``<store_url>/<id>`` as well as the bare id.
+        access: API-key authentication and scopes; ``None`` serves everyone (loopback only).
+        protect_metrics: ``/metrics`` needs a key with the ``metrics`` role.
     """
+    access = access or Access(None, max_body_bytes=max_body_bytes)
     version = _version()
     openapi = orjson.dumps(openapi_document(version))
 
@@ -50,11 +59,19 @@ def routes(
     async def openapi_json(request: Request) -> Response:
         return Response(openapi, media_type="application/json")
 
+    metrics_route: Handler = metrics_text
+    if protect_metrics:
+        metrics_route = guarded(access.protect(metrics_text, Role.METRICS), "oip")
     return [
-        *oip_routes(service, metrics, max_body_bytes=max_body_bytes, version=version),
-        *sagemaker_routes(service, metrics, max_body_bytes=max_body_bytes, store_url=store_url),
-        Route("/metrics", metrics_text, methods=["GET"]),
+        *oip_routes(
+            service, metrics, max_body_bytes=max_body_bytes, version=version, access=access
+        ),
+        *sagemaker_routes(
+            service, metrics, max_body_bytes=max_body_bytes, store_url=store_url, access=access
+        ),
+        Route("/metrics", metrics_route, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        *management_routes(service, version=version, access=access),
     ]
 
 

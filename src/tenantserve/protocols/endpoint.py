@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from tenantserve.metrics import Metrics
 from tenantserve.protocols.errors import CLIENT_CLOSED, ProtocolName, error_response
 from tenantserve.types import ModelId
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 def guarded(handler: Handler, protocol: ProtocolName) -> Handler:
@@ -61,3 +64,33 @@ class _Residency(Protocol):
 
 def cache_state(service: _Residency, model_id: ModelId) -> str:
     return "hit" if service.is_resident(model_id) else "miss"
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first.
+
+    Call it once the body has been read. uvicorn does not cancel a handler whose client went
+    away; without this a closed connection would keep its admission slot, its place in the
+    predict queue and its tenant's quota until the model answered for nobody.
+
+    Raises:
+        ClientDisconnect: the client went away; ``work`` was cancelled and has unwound.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request.receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # On our own cancellation too (server shutdown): neither may outlive the request.
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass  # a late body chunk; only the disconnect matters here

@@ -11,6 +11,7 @@ import orjson
 from starlette.responses import Response
 
 from tenantserve.errors import (
+    Forbidden,
     InsufficientMemory,
     InvalidRequest,
     LoadFailed,
@@ -21,7 +22,9 @@ from tenantserve.errors import (
     PayloadTooLarge,
     PredictFailed,
     StoreUnavailable,
+    TenantLimitExceeded,
     TenantServeError,
+    Unauthenticated,
 )
 
 ProtocolName = Literal["oip", "sagemaker"]
@@ -47,12 +50,19 @@ class _Rule:
 _RULES: dict[type[TenantServeError], _Rule] = {
     InvalidRequest: _Rule(400, 400, "ValidationError"),  # incl. InvalidModelId, InvalidInput
     PayloadTooLarge: _Rule(413, 413, "ValidationError"),
+    # AWS answers both with 403; we keep 401 (who are you?) apart from 403 (not yours), and
+    # the codes are the ones AWS services use, so boto3 raises a ClientError it names.
+    Unauthenticated: _Rule(401, 401, "UnrecognizedClientException"),
+    Forbidden: _Rule(403, 403, "AccessDeniedException"),
     ModelNotFound: _Rule(404, 404, "ValidationError"),
     ModelAlreadyLoaded: _Rule(409, 409, "ValidationError"),
     # SageMaker's "model is still loading" is 429 ModelNotReadyException (boto3 retries it);
     # OIP clients expect 503 for a temporarily unavailable model.
     ModelNotReady: _Rule(503, 429, "ModelNotReadyException"),
     Overloaded: _Rule(503, 503, "ServiceUnavailable"),
+    # 429 on both: the tenant, not the server, is over its share. botocore's standard and
+    # adaptive retry modes back off on ThrottlingException.
+    TenantLimitExceeded: _Rule(429, 429, "ThrottlingException"),
     InsufficientMemory: _Rule(507, 507, "InsufficientMemory"),
     LoadFailed: _Rule(500, 500, "InternalFailure"),
     StoreUnavailable: _Rule(503, 503, "ServiceUnavailable"),
@@ -84,6 +94,8 @@ def error_response(exc: Exception, protocol: ProtocolName) -> Response:
             body["OriginalMessage"] = message
     if status in (429, 503):
         headers["Retry-After"] = retry_after(getattr(exc, "retry_after_s", _DEFAULT_RETRY_AFTER_S))
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="tenantserve"'
     if status == 413:
         # The rest of an oversized body is never read; the connection cannot be reused.
         headers["Connection"] = "close"

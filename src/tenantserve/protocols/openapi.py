@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tenantserve.protocols.status_schema import management_paths, status_schemas
+
 _SEGMENT = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
               "FP16", "FP32", "FP64", "BYTES"]  # fmt: skip
@@ -289,6 +291,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             **_sagemaker_paths(),
             "/metrics": {"get": _op("Prometheus metrics", {"200": metrics})},
             "/openapi.json": {"get": _op("This document", _responses(_json({"type": "object"})))},
+            **management_paths(),
         },
-        "components": {"schemas": _schemas()},
+        "components": {"schemas": {**_schemas(), **status_schemas()}},
     }

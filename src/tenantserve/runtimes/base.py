@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from tenantserve.types import ModelManifest, Tensors, TensorSpec
+
+
+@dataclass(frozen=True, slots=True)
+class SharedUsage:
+    """Shared parts' bytes: ``held`` once each; ``logical`` = held times models using them."""
+
+    held_bytes: int = 0
+    logical_bytes: int = 0
 
 
 class LoadedModel(Protocol):
@@ -40,4 +49,12 @@ class Runtime(Protocol):
 
     def warm_up(self) -> None:
         """Pay the runtime's one-time set-up now, so the first model is not charged for it."""
+        ...
+
+    def shared_usage(self) -> SharedUsage:
+        """Bytes held by parts shared between models (counted once, not per model)."""
+        ...
+
+    def shared_estimate(self, manifest: ModelManifest, artifact_path: Path) -> int:
+        """Bytes loading this model would add in shared parts not held yet (0 if none)."""
         ...

@@ -13,6 +13,7 @@ from tokenizers import Encoding, Tokenizer
 
 from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
 from tenantserve.runtimes.base import LoadedModel
+from tenantserve.runtimes.shared import SharedBlocks, file_digest, measured
 from tenantserve.types import Tensors, TensorSpec, TextPreprocess
 
 # What a BERT-style graph (all-MiniLM and kin) takes, and which Encoding field fills each.
@@ -34,7 +35,14 @@ class _Padding:
     fixed_length: int | None  # the graph's sequence length when it declares one
 
 
-def with_tokenizer(model: LoadedModel, folder: Path, step: TextPreprocess) -> TextInputModel:
+SharedTokenizers = SharedBlocks[tuple[Tokenizer, "_Padding"]]
+"""Tokenizers by (file digest, max length): a parsed MiniLM vocabulary holds ~6 MB, and a
+thousand tenants on one encoder ship the same tokenizer.json."""
+
+
+def with_tokenizer(
+    model: LoadedModel, folder: Path, step: TextPreprocess, shared: SharedTokenizers
+) -> TextInputModel:
     """``model``, which takes token tensors, behind one BYTES input ``step.text_input``.
 
     Raises:
@@ -42,9 +50,14 @@ def with_tokenizer(model: LoadedModel, folder: Path, step: TextPreprocess) -> Te
             not token tensors (``input_ids``, ``attention_mask``, ``token_type_ids``).
     """
     feeds = _token_inputs(model.inputs, step)
-    tokenizer, padding = _read_tokenizer(folder / step.tokenizer_file, step)
+    path = folder / step.tokenizer_file
+    # Settings are part of the key: one Tokenizer object is configured for one max length.
+    key = f"{file_digest(path)}:{step.max_length}"
+    (tokenizer, padding), release = shared.acquire(
+        key, lambda: measured(lambda: _read_tokenizer(path, step), path.stat().st_size)
+    )
     return TextInputModel(
-        model, tokenizer, step.text_input, feeds, _with_graph_length(padding, feeds)
+        model, tokenizer, step.text_input, feeds, _with_graph_length(padding, feeds), release
     )
 
 
@@ -58,8 +71,10 @@ class TextInputModel:
         text_input: str,
         feeds: tuple[TensorSpec, ...],
         padding: _Padding,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         self._model = model
+        self._release = release
         self._tokenizer: Tokenizer | None = tokenizer
         self._text_input = text_input
         self._feeds = feeds
@@ -95,6 +110,7 @@ class TextInputModel:
     def close(self) -> None:
         # Drop the tokenizer now: the cache trims the heap right after close.
         self._tokenizer = None
+        self._release()
         self._model.close()
 
 
@@ -165,6 +181,16 @@ def _texts(name: str, array: npt.NDArray[Any] | None) -> list[str]:
         )
     if array.size == 0:
         raise InvalidInput(f"input {name!r} holds no texts")
+    return check_texts(name, array)
+
+
+def check_texts(name: str, array: npt.NDArray[Any]) -> list[str]:
+    """The texts of input ``name`` as ``str``: each must be UTF-8 and not blank.
+
+    Raises:
+        InvalidInput: an element is not text, not UTF-8, or empty or whitespace only; the
+            message names the input and the element.
+    """
     texts: list[str] = []
     for i, item in enumerate(array.reshape(-1).tolist()):
         if isinstance(item, bytes):

@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from tenantserve.errors import LoadFailed, PredictFailed
 from tenantserve.runtimes.base import LoadedModel
+from tenantserve.runtimes.text import check_texts
 from tenantserve.types import Tensors, TensorSpec, TopKPostprocess
 
 MACROS = "macros"
@@ -51,7 +52,11 @@ def with_top_k(model: LoadedModel, labels: Sequence[str], step: TopKPostprocess)
 
 
 class TopKModel:
-    """A LoadedModel that keeps its outputs and adds the top-k labels with their scores."""
+    """A LoadedModel that keeps its outputs and adds the top-k labels with their scores.
+
+    A classifier ranks every text it is given, a blank one too (a TF-IDF graph scores "" as
+    the label prior); its text inputs therefore refuse empty or whitespace-only elements.
+    """
 
     def __init__(
         self, model: LoadedModel, labels: Sequence[str], step: TopKPostprocess, *, batch: int
@@ -60,6 +65,7 @@ class TopKModel:
         self._labels: npt.NDArray[Any] = np.array(list(labels), dtype=object)
         self._scores_output = step.scores_output
         self._k = min(step.top_k, len(labels))
+        self._text_inputs = tuple(s.name for s in model.inputs if s.datatype == "BYTES")
         self._outputs = (
             *model.outputs,
             TensorSpec(MACROS, "BYTES", (batch, self._k)),
@@ -79,6 +85,11 @@ class TopKModel:
         return self._model.platform
 
     def predict(self, tensors: Tensors) -> Tensors:
+        for name in self._text_inputs:
+            array = tensors.get(name)
+            # Other dtypes and missing inputs are the wrapped model's to refuse, in its words.
+            if array is not None and array.dtype.kind in ("O", "U", "S"):
+                check_texts(name, array)
         result = dict(self._model.predict(tensors))
         scores = result.get(self._scores_output)
         if scores is None or scores.ndim != 2 or scores.shape[1] != len(self._labels):

@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from tenantserve.errors import Overloaded
 from tenantserve.metrics import Metrics
+from tenantserve.scheduling.fair import FairQueue
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """An admitted request and the queue time it has left (``queue_timeout_s`` in all)."""
+
+    waited_s: float  # time spent waiting for admission
+    queue_timeout_s: float
+
+    def deadline(self) -> float:
+        """Monotonic time past which the request, queued from now on, must not start.
+
+        Called when the request joins its next queue, so time spent waiting for its model
+        to load is not counted as queue time (the load has its own limit).
+        """
+        return time.monotonic() + max(0.0, self.queue_timeout_s - self.waited_s)
 
 
 class Admission:
     """Caps requests in flight; the rest wait up to ``queue_timeout_s`` in a bounded queue.
 
     Shedding early with Retry-After keeps latency of admitted requests bounded instead of
-    letting every request slow down together (a brown-out).
+    letting every request slow down together (a brown-out). Waiters are per tenant and a freed
+    slot goes to the next tenant in deficit-round-robin order, so a flooding tenant's queue does
+    not stand in front of everyone else's. When the queue is full, the newest waiter of the
+    longest queue is shed, not the newcomer of a tenant with less queued (longest queue drop).
     """
 
     def __init__(
@@ -24,37 +46,93 @@ class Admission:
         self._max_queued = max_queued
         self._queue_timeout_s = queue_timeout_s
         self._metrics = metrics
-        self._slots: asyncio.Semaphore | None = None
-        self._queued = 0
+        self._in_flight = 0
+        self._by_tenant: dict[str, int] = {}
+        self._waiting: FairQueue[asyncio.Future[None]] = FairQueue()
 
     @property
     def queued(self) -> int:
-        return self._queued
+        return len(self._waiting)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def in_flight_by_tenant(self) -> dict[str, int]:
+        return dict(self._by_tenant)
 
     @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        if self._slots is None:  # created on the serving loop, not at construction
-            self._slots = asyncio.Semaphore(self._max_in_flight)
-        slots = self._slots
-        if slots.locked():
-            if self._queued >= self._max_queued:
-                self._metrics.rejected.labels("queue_full").inc()
-                raise Overloaded("server is at capacity; retry shortly", retry_after_s=1.0)
-            self._queued += 1
-            try:
-                await asyncio.wait_for(slots.acquire(), self._queue_timeout_s)
-            except TimeoutError:
-                self._metrics.rejected.labels("timeout").inc()
-                raise Overloaded(
-                    "request waited too long for capacity; retry shortly", retry_after_s=1.0
-                ) from None
-            finally:
-                self._queued -= 1
+    async def admit(self, tenant: str) -> AsyncIterator[Ticket]:
+        """Hold one of the slots for ``tenant``'s request until the block exits.
+
+        Raises:
+            Overloaded: the queue is full, or the wait passed ``queue_timeout_s``.
+        """
+        arrived = time.monotonic()
+        if self._in_flight < self._max_in_flight and not self._waiting:
+            self._in_flight += 1
         else:
-            await slots.acquire()
+            await self._wait(tenant)  # on success the releasing request handed its slot over
+        self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
         self._metrics.in_flight.inc()
         try:
-            yield
+            yield Ticket(time.monotonic() - arrived, self._queue_timeout_s)
         finally:
             self._metrics.in_flight.dec()
-            slots.release()
+            left = self._by_tenant[tenant] - 1
+            if left:
+                self._by_tenant[tenant] = left
+            else:
+                del self._by_tenant[tenant]
+            self._release()
+
+    async def _wait(self, tenant: str) -> None:
+        if len(self._waiting) >= self._max_queued:
+            self._shed_for(tenant)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiting.push(tenant, waiter)
+        timer = loop.call_later(self._queue_timeout_s, self._expire, tenant, waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            # The caller went away (client disconnect). If a slot was handed over just before,
+            # pass it on; otherwise leave the queue.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release()
+            else:
+                self._waiting.remove(tenant, waiter)
+            raise
+        finally:
+            timer.cancel()
+
+    def _shed_for(self, tenant: str) -> None:
+        longest = self._waiting.longest()
+        if longest is not None and longest[1] > self._waiting.len_of(tenant) + 1:
+            victim = longest[0]
+            shed = self._waiting.pop_newest(victim)
+            self._metrics.reject("queue_full", victim)
+            shed.set_exception(_full())
+            return
+        self._metrics.reject("queue_full", tenant)
+        raise _full()
+
+    def _expire(self, tenant: str, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() or not self._waiting.remove(tenant, waiter):
+            return
+        self._metrics.reject("timeout", tenant)
+        waiter.set_exception(
+            Overloaded("request waited too long for capacity; retry shortly", retry_after_s=1.0)
+        )
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, waiter = self._waiting.pop()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to it; in_flight stays the same
+                return
+        self._in_flight -= 1
+
+
+def _full() -> Overloaded:
+    return Overloaded("server is at capacity; retry shortly", retry_after_s=1.0)

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from tenantserve.errors import LoadFailed, ModelNotFound
-from tenantserve.types import ModelManifest, TextPreprocess, TopKPostprocess
+from tenantserve.types import ModelManifest, SharedBase, TextPreprocess, TopKPostprocess
 
 MANIFEST_NAME = "model.json"
 DEFAULT_MODEL_FILE = ModelManifest().model_file
 MAX_MANIFEST_BYTES = 1024 * 1024
 _FIELDS = frozenset(
     {"runtime", "model_file", "labels", "memory_hint_bytes", "sha256", "metadata",
-     "preprocess", "postprocess"}
+     "preprocess", "postprocess", "base"}
 )  # fmt: skip
 _PREPROCESS_FIELDS = frozenset({"tokenizer_file", "max_length", "text_input"})
 _POSTPROCESS_FIELDS = frozenset({"top_k", "scores_output"})
@@ -58,6 +58,7 @@ def parse_manifest(raw: bytes) -> ModelManifest:
         sha256=_sha256(data.get("sha256")),
         metadata=_metadata(data.get("metadata", {})),
         preprocess=_preprocess(data.get("preprocess")),
+        base=_base(data.get("base")),
         postprocess=postprocess,
     )
 
@@ -103,6 +104,14 @@ def checked_manifest(folder: Path, label: str, *, root: Path | None = None) -> M
             raise LoadFailed(f"{label}: {MANIFEST_NAME} names a tokenizer file that is missing")
         if root is not None and not tokenizer_path.resolve().is_relative_to(root):
             raise LoadFailed(f"{label}: the tokenizer file resolves outside the model store")
+    if manifest.base is not None:
+        # Its digest is verified by the runtime when the shared session is first created;
+        # hashing it here too would cost every load of every tenant a pass over the base.
+        base_path = folder / manifest.base.model_file
+        if not base_path.is_file():
+            raise LoadFailed(f"{label}: {MANIFEST_NAME} names a base model file that is missing")
+        if root is not None and not base_path.resolve().is_relative_to(root):
+            raise LoadFailed(f"{label}: the base model file resolves outside the model store")
     verify_sha256(model_path, manifest)
     return manifest
 
@@ -201,6 +210,18 @@ def _preprocess(value: object) -> TextPreprocess | None:
             "preprocess.text_input", fields.get("text_input", defaults.text_input)
         ),
     )
+
+
+def _base(value: object) -> SharedBase | None:
+    if value is None:
+        return None
+    fields = _step("base", value, frozenset({"model_file", "sha256"}))
+    if "model_file" not in fields or "sha256" not in fields:
+        raise _field_error("base", "an object with 'model_file' and 'sha256'")
+    digest = fields["sha256"]
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
+        raise _field_error("base.sha256", "64 hexadecimal digits")
+    return SharedBase(_file_name("base.model_file", fields["model_file"]), digest.lower())
 
 
 def _postprocess(value: object) -> TopKPostprocess | None:

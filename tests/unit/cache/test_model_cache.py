@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from tenantserve.errors import (
     ModelNotReady,
 )
 from tenantserve.metrics import Metrics
-from tenantserve.runtimes import LoadedModel, Runtime
+from tenantserve.runtimes import LoadedModel, Runtime, SharedUsage
 from tenantserve.store.base import LocalArtifact
 from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
 
@@ -79,6 +80,12 @@ class FakeRuntime:
 
     def warm_up(self) -> None:
         return None
+
+    def shared_usage(self) -> SharedUsage:
+        return SharedUsage()
+
+    def shared_estimate(self, manifest: ModelManifest, artifact_path: Path) -> int:
+        return 0
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
         model = FakeModel(str(manifest.memory_hint_bytes))
@@ -294,3 +301,26 @@ async def test_management_errors(cache: ModelCache) -> None:
         await cache.load(size_id("a", 1), exist_ok=False)
     with pytest.raises(ModelNotFound):
         await cache.load(mid("a/missing"))
+
+
+@pytest.mark.anyio
+async def test_a_lease_never_hands_out_a_closed_model_under_churn(
+    cache: ModelCache, runtime: FakeRuntime
+) -> None:
+    # Three 40 MB models in a 100 MB budget, called at once in a random order: loads evict
+    # models whose waiters have not resumed yet; no lease may get one of those.
+    rng = random.Random(5)
+    order = [size_id(t, 40) for t in "abc"] * 30
+    rng.shuffle(order)
+    handed_closed = 0
+
+    async def call(model_id: ModelId) -> None:
+        nonlocal handed_closed
+        async with cache.lease(model_id) as model:
+            assert isinstance(model, FakeModel)
+            handed_closed += model.closed
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(call(m) for m in order), return_exceptions=True)
+    assert handed_closed == 0
+    assert cache.snapshot().used_bytes <= 100 * MB

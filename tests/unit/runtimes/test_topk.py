@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tenantserve.errors import LoadFailed, PredictFailed
+from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
 from tenantserve.runtimes import LoadedModel, default_runtimes, runtime_for, wrap
 from tenantserve.types import ModelManifest, Tensors, TensorSpec, TopKPostprocess
 
@@ -149,3 +149,48 @@ def test_a_manifest_without_steps_leaves_the_model_as_loaded(tmp_path: Path) -> 
     plain = load(folder, ModelManifest())
     assert [spec.name for spec in plain.outputs] == ["probabilities"]
     assert runtime_for(default_runtimes(), ModelManifest()).name == "onnx"
+
+
+class _TextClassifier:
+    """A LoadedModel over ticket text (as a TF-IDF graph is) that scores whatever it is given."""
+
+    platform = "fake"
+    inputs = (TensorSpec("text", "BYTES", (-1, 1)),)
+    outputs = (TensorSpec("probabilities", "FP32", (-1, 4)),)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, tensors: Tensors) -> Tensors:
+        self.calls += 1
+        return {"probabilities": np.tile(SCORES[:1], (len(tensors["text"]), 1))}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ([""], "input 'text' element 0 is empty"),
+        (["card lost", " \t\n"], "input 'text' element 1 is empty"),
+        ([b"card lost", b""], "input 'text' element 1 is empty"),
+        (["card lost", b"caf\xe9"], "input 'text' element 1 is not valid UTF-8"),
+    ],
+)
+def test_a_classifier_refuses_blank_or_undecodable_text_naming_the_input(
+    texts: list[object], message: str
+) -> None:
+    inner = _TextClassifier()
+    model = wrap(inner, manifest(), Path("."))
+    with pytest.raises(InvalidInput, match=message):
+        model.predict({"text": np.array(texts, dtype=object).reshape(-1, 1)})
+    assert inner.calls == 0
+
+
+def test_a_classifier_ranks_real_text_given_as_str_or_utf8_bytes() -> None:
+    inner = _TextClassifier()
+    model = wrap(inner, manifest(top_k=1), Path("."))
+    out = model.predict({"text": np.array([["card lost"], ["caf\xe9".encode()]], dtype=object)})
+    assert out["macros"].tolist() == [["refund"], ["refund"]]
+    assert inner.calls == 1

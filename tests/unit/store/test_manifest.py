@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,20 @@ def test_checked_manifest_refuses_a_tokenizer_file_linked_out(tmp_path: Path) ->
     with pytest.raises(LoadFailed, match="tokenizer file resolves outside") as info:
         checked_manifest(folder, "model acme/m", root=root.resolve())
     assert str(tmp_path) not in str(info.value)
+
+
+def test_base_is_parsed_and_checked() -> None:
+    digest = "ab" * 32
+    manifest = parse_manifest(
+        json.dumps({"base": {"model_file": "encoder.onnx", "sha256": digest.upper()}}).encode()
+    )
+    assert manifest.base is not None
+    assert manifest.base.sha256 == digest
+    for bad, field in [
+        ({"model_file": "encoder.onnx"}, "base"),
+        ({"model_file": "../x.onnx", "sha256": digest}, "base.model_file"),
+        ({"model_file": "e.onnx", "sha256": "short"}, "base.sha256"),
+        ({"model_file": "e.onnx", "sha256": digest, "extra": 1}, "base"),
+    ]:
+        with pytest.raises(LoadFailed, match=re.escape(field)):
+            parse_manifest(json.dumps({"base": bad}).encode())

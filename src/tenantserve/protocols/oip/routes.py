@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tenantserve.errors import InvalidRequest, ModelNotFound
+from tenantserve.protocols.auth import Access, authorize, covers
 from tenantserve.protocols.body import read_body
 from tenantserve.protocols.endpoint import (
     CACHE_HEADER,
@@ -26,8 +27,10 @@ from tenantserve.protocols.endpoint import (
     cache_state,
     guarded,
     invocation,
+    unless_disconnected,
 )
 from tenantserve.protocols.errors import json_response, retry_after
+from tenantserve.protocols.keys import Role
 from tenantserve.protocols.oip.codec import HEADER_LENGTH, decode_request, encode_response
 from tenantserve.types import ModelId, ModelMetadata, TensorSpec
 
@@ -71,24 +74,35 @@ def split_target(path: str, actions: tuple[str, ...]) -> tuple[ModelId, str]:
 
 
 def oip_routes(
-    service: InferenceService, metrics: Metrics, *, max_body_bytes: int, version: str
+    service: InferenceService,
+    metrics: Metrics,
+    *,
+    max_body_bytes: int,
+    version: str,
+    access: Access | None = None,
 ) -> list[BaseRoute]:
-    """The OIP v2 REST routes; ``version`` is the server version shown by ``GET /v2``."""
-    api = _OipApi(service, max_body_bytes=max_body_bytes, version=version)
+    """The OIP v2 REST routes; ``version`` is the server version shown by ``GET /v2``.
 
-    def route(path: str, handler: Handler, method: str) -> Route:
+    Health and server metadata are open; model routes need a key with the ``invoke`` role
+    and the repository extension one with ``manage`` (when ``access`` has keys).
+    """
+    api = _OipApi(service, max_body_bytes=max_body_bytes, version=version)
+    access = access or Access(None, max_body_bytes=max_body_bytes)
+
+    def route(path: str, handler: Handler, method: str, role: Role | None = None) -> Route:
+        if role is not None:
+            handler = access.protect(handler, role)
         return Route(path, guarded(handler, "oip"), methods=[method])
 
+    infer = invocation(access.protect(api.model_post, Role.INVOKE), "oip", metrics)
     return [
         route("/v2/health/live", api.live, "GET"),
         route("/v2/health/ready", api.ready, "GET"),
         route("/v2", api.server_metadata, "GET"),
-        route("/v2/models/{target:path}", api.model_get, "GET"),
-        Route(
-            "/v2/models/{target:path}", invocation(api.model_post, "oip", metrics), methods=["POST"]
-        ),
-        route("/v2/repository/index", api.index, "POST"),
-        route("/v2/repository/models/{target:path}", api.repository, "POST"),
+        route("/v2/models/{target:path}", api.model_get, "GET", Role.INVOKE),
+        Route("/v2/models/{target:path}", infer, methods=["POST"]),
+        route("/v2/repository/index", api.index, "POST", Role.MANAGE),
+        route("/v2/repository/models/{target:path}", api.repository, "POST", Role.MANAGE),
     ]
 
 
@@ -115,6 +129,7 @@ class _OipApi:
 
     async def model_get(self, request: Request) -> Response:
         model_id, action = split_target(request.path_params["target"], ("ready",))
+        authorize(request, model_id)
         if action == "ready":
             # tritonclient and KServe clients read 200 as ready and any 4xx as not ready.
             if self._service.is_resident(model_id):
@@ -129,13 +144,16 @@ class _OipApi:
 
     async def model_post(self, request: Request) -> Response:
         model_id, action = split_target(request.path_params["target"], ("infer",))
+        authorize(request, model_id)
         if action != "infer":
             return json_response({"error": "POST needs /infer"}, 405, {"Allow": "GET"})
         _check_content_type(request)
         body = await read_body(request, self._max_body_bytes)
         decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
         headers = {CACHE_HEADER: cache_state(self._service, model_id)}
-        outputs = await self._service.infer(model_id, decoded.inputs, outputs=decoded.outputs)
+        outputs = await unless_disconnected(
+            request, self._service.infer(model_id, decoded.inputs, outputs=decoded.outputs)
+        )
         payload, header_length = encode_response(model_id.value, decoded, outputs)
         if header_length is None:
             return Response(payload, media_type="application/json", headers=headers)
@@ -156,12 +174,13 @@ class _OipApi:
         entries = [
             {"name": e.model_id, "state": e.state, "reason": e.reason}
             for e in await self._service.index()
-            if not ready_only or e.state == "READY"
+            if (not ready_only or e.state == "READY") and covers(request, e.model_id)
         ]
         return json_response(entries)
 
     async def repository(self, request: Request) -> Response:
         model_id, action = split_target(request.path_params["target"], ("load", "unload"))
+        authorize(request, model_id)
         if action == "load":
             # As Triton: loading a resident model is not an error.
             await self._service.load(model_id)

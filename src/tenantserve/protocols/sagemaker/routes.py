@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tenantserve.errors import InvalidModelId, InvalidRequest, ModelNotFound
+from tenantserve.protocols.auth import Access, authorize, covers
 from tenantserve.protocols.body import read_body
 from tenantserve.protocols.endpoint import (
     CACHE_HEADER,
@@ -25,8 +26,10 @@ from tenantserve.protocols.endpoint import (
     cache_state,
     guarded,
     invocation,
+    unless_disconnected,
 )
 from tenantserve.protocols.errors import json_response, retry_after
+from tenantserve.protocols.keys import Role
 from tenantserve.protocols.sagemaker.codec import (
     decode_invocation,
     encode_predictions,
@@ -44,26 +47,38 @@ MAX_PAGE = 1000
 
 
 def sagemaker_routes(
-    service: InferenceService, metrics: Metrics, *, max_body_bytes: int, store_url: str = ""
+    service: InferenceService,
+    metrics: Metrics,
+    *,
+    max_body_bytes: int,
+    store_url: str = "",
+    access: Access | None = None,
 ) -> list[BaseRoute]:
-    """The SageMaker runtime and container routes; ``store_url`` is the configured store."""
-    api = _SageMakerApi(service, max_body_bytes=max_body_bytes, store_url=store_url)
-    invocations = invocation(api.invocations, "sagemaker", metrics)
+    """The SageMaker runtime and container routes; ``store_url`` is the configured store.
 
-    def route(path: str, handler: Handler, method: str) -> Route:
+    ``/ping`` is open; invocations need the ``invoke`` role and the container API's model
+    management (load, list, describe, unload) the ``manage`` role (when ``access`` has keys).
+    """
+    api = _SageMakerApi(service, max_body_bytes=max_body_bytes, store_url=store_url)
+    access = access or Access(None, max_body_bytes=max_body_bytes)
+    invocations = invocation(access.protect(api.invocations, Role.INVOKE), "sagemaker", metrics)
+
+    def route(path: str, handler: Handler, method: str, role: Role | None = None) -> Route:
+        if role is not None:
+            handler = access.protect(handler, role)
         return Route(path, guarded(handler, "sagemaker"), methods=[method])
 
     return [
         route("/ping", api.ping, "GET"),
         Route("/invocations", invocations, methods=["POST"]),
         Route("/endpoints/{endpoint}/invocations", invocations, methods=["POST"]),
-        route("/models", api.list_models, "GET"),
-        route("/models", api.load_model, "POST"),
-        route("/models/{target:path}", api.describe_model, "GET"),
-        route("/models/{target:path}", api.unload_model, "DELETE"),
+        route("/models", api.list_models, "GET", Role.MANAGE),
+        route("/models", api.load_model, "POST", Role.MANAGE),
+        route("/models/{target:path}", api.describe_model, "GET", Role.MANAGE),
+        route("/models/{target:path}", api.unload_model, "DELETE", Role.MANAGE),
         Route(
             "/models/{target:path}",
-            invocation(api.invoke_model, "sagemaker", metrics),
+            invocation(access.protect(api.invoke_model, Role.INVOKE), "sagemaker", metrics),
             methods=["POST"],
         ),
     ]
@@ -97,14 +112,18 @@ class _SageMakerApi:
         return await self._invoke(request, ModelId.parse(target.removesuffix("/invoke")))
 
     async def _invoke(self, request: Request, model_id: ModelId) -> Response:
+        authorize(request, model_id)
         kind = response_type(request.headers.get("accept"))
         body = await read_body(request, self._max_body_bytes)
         content_type = request.headers.get("content-type")
         # The model's signature says which input(s) the body feeds and with what datatype;
         # decoding under the inference's own lease reads it without a second lease.
         headers = {CACHE_HEADER: cache_state(self._service, model_id)}
-        outputs = await self._service.infer_from(
-            model_id, lambda inputs: decode_invocation(body, content_type, inputs)
+        outputs = await unless_disconnected(
+            request,
+            self._service.infer_from(
+                model_id, lambda inputs: decode_invocation(body, content_type, inputs)
+            ),
         )
         return Response(encode_predictions(outputs, kind), media_type=kind, headers=headers)
 
@@ -114,6 +133,7 @@ class _SageMakerApi:
         if not isinstance(name, str) or not isinstance(url, str):
             raise InvalidRequest('body must be {"model_name": "<id>", "url": "<location>"}')
         model_id = ModelId.parse(name)
+        authorize(request, model_id)
         self._check_url(url, model_id)
         await self._service.load(model_id, exist_ok=False)
         return json_response(
@@ -128,7 +148,11 @@ class _SageMakerApi:
         after = _decode_token(token) if token else ""
         # Keyset paging on the sorted ids: loads and evictions between pages skip nothing
         # that stays resident and repeat nothing.
-        ids = sorted(s.model_id for s in self._service.resident() if s.model_id > after)
+        ids = sorted(
+            s.model_id
+            for s in self._service.resident()
+            if s.model_id > after and covers(request, s.model_id)
+        )
         page = ids[:limit]
         next_token = _encode_token(page[-1]) if len(ids) > limit else None
         models = [{"modelName": i, "modelUrl": self._url_of(i)} for i in page]
@@ -136,6 +160,7 @@ class _SageMakerApi:
 
     async def describe_model(self, request: Request) -> Response:
         model_id = ModelId.parse(request.path_params["target"])
+        authorize(request, model_id)
         status = self._service.status_of(model_id)
         return json_response(
             {
@@ -149,6 +174,7 @@ class _SageMakerApi:
 
     async def unload_model(self, request: Request) -> Response:
         model_id = ModelId.parse(request.path_params["target"])
+        authorize(request, model_id)
         if not self._service.is_resident(model_id):
             raise ModelNotFound(f"model {model_id} is not loaded")
         await self._service.unload(model_id)

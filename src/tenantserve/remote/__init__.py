@@ -1,0 +1,1 @@
+"""Commands against a running server: ``tenantserve status`` and ``tenantserve models …``."""

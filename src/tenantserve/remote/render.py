@@ -1,0 +1,227 @@
+"""The status document as rich renderables: the same picture as ``/ui``, in a terminal."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+_BAR_WIDTH = 40
+_SPARKS = " ▁▂▃▄▅▆▇█"
+_KIND_STYLES = {
+    "load": "blue",
+    "evict": "yellow",
+    "unload": "dim",
+    "load_failed": "red",
+    "rejected": "magenta",
+}
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    unit = "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.0f} {unit}" if unit == "B" or value >= 100 else f"{value:.1f} {unit}"
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 0.001:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1000:.1f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_ago(now_s: float, then_s: float) -> str:
+    ago = max(0.0, now_s - then_s)
+    if ago < 1:
+        return "now"
+    if ago < 60:
+        return f"{ago:.0f} s ago"
+    if ago < 3600:
+        return f"{ago // 60:.0f} min ago"
+    return f"{ago // 3600:.0f} h ago"
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def _range(window_s: float) -> str:
+    """A hot list covers its current window and the one before: "5-10 min"."""
+    if window_s >= 60:
+        return f"{window_s / 60:.0f}-{2 * window_s / 60:.0f} min"
+    return f"{window_s:.0f}-{2 * window_s:.0f} s"
+
+
+def _pct(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio * 100:.1f}%"
+
+
+def budget_bar(memory: dict[str, Any], width: int = _BAR_WIDTH) -> Text:
+    """``█`` pinned, ``█`` unpinned, ``█`` shared, ``░`` free — in the page's colours."""
+    budget = max(1, memory["budget_bytes"])
+    used = memory["used_bytes"]
+    pinned = min(memory["pinned_bytes"], used)
+    shared = min(memory["shared_bytes"], used - pinned)
+    unpinned = max(0, used - pinned - shared)
+    cells = [round(width * n / budget) for n in (pinned, unpinned, shared)]
+    while sum(cells) > width:
+        cells[cells.index(max(cells))] -= 1
+    bar = Text()
+    for count, style in zip(cells, ("magenta", "blue", "cyan"), strict=True):
+        bar.append("█" * count, style=style)
+    bar.append("░" * (width - sum(cells)), style="dim")
+    return bar
+
+
+def sparkline(values: list[int]) -> str:
+    top = max(values, default=0)
+    if top <= 0:
+        return "·" * len(values)
+    steps = len(_SPARKS) - 1
+    return "".join(_SPARKS[round(steps * v / top)] if v else "·" for v in values)
+
+
+def status_view(doc: dict[str, Any], *, url: str, limit: int = 20) -> RenderableType:
+    """Header, memory, window summary, resident models, hottest, events."""
+    now_s = doc["time_s"]
+    memory = doc["memory"]
+    window = doc["window"]
+    totals = doc["totals"]
+    span = _span(window["seconds"])
+
+    header = Text()
+    header.append("tenantserve ", style="bold")
+    header.append(f"{doc['version']} at {url} · ")
+    header.append(
+        "ready" if doc["ready"] else "not ready", style="green" if doc["ready"] else "red"
+    )
+    header.append(f" · up {_span(now_s - doc['started_s'])}")
+
+    mem = Text("Memory   ")
+    mem.append_text(budget_bar(memory))
+    share = memory["used_bytes"] / max(1, memory["budget_bytes"])
+    mem.append(
+        f"  {fmt_bytes(memory['used_bytes'])} of {fmt_bytes(memory['budget_bytes'])} "
+        f"({share:.0%}) · pinned {fmt_bytes(memory['pinned_bytes'])} · shared "
+        f"{fmt_bytes(memory['shared_bytes'])}"
+    )
+
+    traffic = Text(f"Last {span}: ")
+    traffic.append(f"{window['requests']:,} requests", style="bold")
+    traffic.append(
+        f" · hit ratio {_pct(window['hit_ratio'])} · p50 {fmt_seconds(window['p50_s'])} · "
+        f"p95 {fmt_seconds(window['p95_s'])} · p99 {fmt_seconds(window['p99_s'])} · "
+        f"errors {window['errors']:,} · rejected {window['rejected']:,}"
+    )
+    points = doc["series"]["points"][-60:]
+    spark = Text(f"Requests {sparkline([p['requests'] for p in points])}", style="green")
+    churn = Text(
+        f"Since start: {totals['requests']:,} requests · {totals['loads']:,} loads · "
+        f"{totals['evictions']:,} evictions · {totals['unloads']:,} unloads · "
+        f"{totals['load_failures']:,} failed loads",
+        style="dim",
+    )
+    parts: list[RenderableType] = [header, mem, traffic, spark, churn, Text()]
+    parts.append(models_table(doc, limit=limit))
+    hot = Table.grid(padding=(0, 4))
+    hot.add_row(
+        _hot_table("Hottest models", doc["hot"]["models"], doc["hot"]["window_s"]),
+        _hot_table("Hottest tenants", doc["hot"]["tenants"], doc["hot"]["window_s"]),
+    )
+    parts += [Text(), hot, Text(), events_table(doc["events"], limit=10)]
+    return Group(*parts)
+
+
+def models_table(doc: dict[str, Any], *, limit: int | None = None) -> Table:
+    models = doc["models"]
+    now_s = doc["time_s"]
+    shown = models if limit is None else models[:limit]
+    title = f"Resident models ({doc['models_total']:,})"
+    if len(shown) < doc["models_total"]:
+        title += f" · {len(shown)} most recently used shown"
+    table = Table(title=title, title_justify="left", title_style="bold", expand=False)
+    table.add_column("Model", overflow="fold")
+    table.add_column("Size", justify="right")
+    table.add_column("Pinned", justify="center")
+    table.add_column("In flight", justify="right")
+    table.add_column("Hits", justify="right")
+    table.add_column("Last use", justify="right")
+    table.add_column("Load", justify="right")
+    for model in shown:
+        table.add_row(
+            model["id"],
+            fmt_bytes(model["bytes"]),
+            Text("pinned", style="magenta") if model["pinned"] else Text(""),
+            str(model["in_flight"]),
+            f"{model['hits']:,}",
+            fmt_ago(now_s, model["last_used_s"]),
+            fmt_seconds(model["load_seconds"]),
+        )
+    if not shown:
+        table.add_row(Text("no model is resident yet", style="dim"), "", "", "", "", "", "")
+    return table
+
+
+def _hot_table(title: str, entries: list[dict[str, Any]], window_s: float) -> Table:
+    table = Table(
+        title=f"{title} (last {_range(window_s)})",
+        title_justify="left",
+        title_style="bold",
+    )
+    table.add_column("Id", overflow="fold")
+    table.add_column("Requests", justify="right")
+    table.add_column("Cold", justify="right")
+    table.add_column("Rejected", justify="right")
+    for entry in entries:
+        approx = "≤" if entry["error_bound"] else ""
+        table.add_row(
+            entry["id"], f"{approx}{entry['requests']:,}", f"{entry['misses']:,}",
+            f"{entry['rejected']:,}",
+        )  # fmt: skip
+    if not entries:
+        table.add_row(Text("no traffic yet", style="dim"), "", "", "")
+    return table
+
+
+def events_table(events: list[dict[str, Any]], *, limit: int) -> Table:
+    table = Table(title="Recent events", title_justify="left", title_style="bold")
+    table.add_column("Time")
+    table.add_column("Event")
+    table.add_column("Model", overflow="fold")
+    table.add_column("Detail", overflow="fold")
+    for event in events[:limit]:
+        kind = event["kind"]
+        table.add_row(
+            time.strftime("%H:%M:%S", time.localtime(event["time_s"])),
+            Text(kind.replace("_", " "), style=_KIND_STYLES.get(kind, "")),
+            event["model"],
+            _describe(event),
+        )
+    if not events:
+        table.add_row("", Text("nothing yet", style="dim"), "", "")
+    return table
+
+
+def _describe(event: dict[str, Any]) -> str:
+    kind = event["kind"]
+    if kind == "load":
+        return f"{fmt_bytes(event['bytes'])} in {fmt_seconds(event['seconds'])}"
+    if kind == "evict":
+        return f"freed {fmt_bytes(event['bytes'])}"
+    if kind == "unload":
+        return f"released {fmt_bytes(event['bytes'])}"
+    if kind == "rejected" and event["count"] > 1:
+        return f"{event['detail']} (x{event['count']})"
+    return str(event["detail"])

@@ -1,0 +1,246 @@
+"""Fair turns between tenants: deficit round robin over per-tenant queues, and a pool fed by it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from tenantserve.errors import Overloaded
+from tenantserve.metrics import Metrics
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class FairQueue(Generic[T]):
+    """Per-tenant FIFO queues served in deficit-round-robin turns (Shreedhar & Varghese 1995).
+
+    On its turn a backlogged tenant earns ``quantum`` and takes items while its deficit covers
+    their cost; then the next tenant's turn begins. A tenant with a thousand items queued waits
+    behind itself: every other tenant with work gets a turn between any two of its items.
+    """
+
+    def __init__(self, quantum: float = 1.0) -> None:
+        self._quantum = quantum
+        self._queues: dict[str, deque[tuple[T, float]]] = {}
+        self._deficit: dict[str, float] = {}
+        self._turns: deque[str] = deque()  # backlogged tenants; the head holds the turn
+        self._credited = False  # whether the head tenant has had its quantum this turn
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def len_of(self, tenant: str) -> int:
+        queue = self._queues.get(tenant)
+        return len(queue) if queue is not None else 0
+
+    def depths(self) -> dict[str, int]:
+        """Items queued, by tenant (backlogged tenants only)."""
+        return {tenant: len(queue) for tenant, queue in self._queues.items()}
+
+    def push(self, tenant: str, item: T, cost: float = 1.0) -> None:
+        queue = self._queues.get(tenant)
+        if queue is None:
+            queue = self._queues[tenant] = deque()
+            self._deficit[tenant] = 0.0
+            self._turns.append(tenant)
+        queue.append((item, cost))
+        self._len += 1
+
+    def pop(self) -> tuple[str, T]:
+        """The next item in fair order, with its tenant.
+
+        Raises:
+            IndexError: the queue is empty.
+        """
+        if not self._len:
+            raise IndexError("pop from an empty FairQueue")
+        while True:
+            tenant = self._turns[0]
+            queue = self._queues[tenant]
+            if not self._credited:
+                self._deficit[tenant] += self._quantum
+                self._credited = True
+            item, cost = queue[0]
+            if cost <= self._deficit[tenant]:
+                queue.popleft()
+                self._len -= 1
+                self._deficit[tenant] -= cost
+                if not queue:
+                    self._retire(tenant)
+                return tenant, item
+            self._turns.rotate(-1)
+            self._credited = False
+
+    def remove(self, tenant: str, item: T) -> bool:
+        """Take ``item`` (compared by identity) out of ``tenant``'s queue; ``False`` if absent."""
+        queue = self._queues.get(tenant)
+        if queue is None:
+            return False
+        for index, (queued, _) in enumerate(queue):
+            if queued is item:
+                del queue[index]
+                self._len -= 1
+                if not queue:
+                    self._retire(tenant)
+                return True
+        return False
+
+    def longest(self) -> tuple[str, int] | None:
+        """The tenant with the most items queued, and how many; ``None`` when empty."""
+        if not self._queues:
+            return None
+        tenant = max(self._queues, key=lambda t: len(self._queues[t]))
+        return tenant, len(self._queues[tenant])
+
+    def pop_newest(self, tenant: str) -> T:
+        """Take the last item ``tenant`` queued (shed first when the queue is full).
+
+        Raises:
+            KeyError: ``tenant`` has nothing queued.
+        """
+        queue = self._queues[tenant]
+        item, _ = queue.pop()
+        self._len -= 1
+        if not queue:
+            self._retire(tenant)
+        return item
+
+    def _retire(self, tenant: str) -> None:
+        # An idle tenant leaves the rotation and forfeits its deficit, as DRR prescribes: credit
+        # saved while idle would let it burst ahead of tenants that kept waiting.
+        del self._queues[tenant]
+        del self._deficit[tenant]
+        if self._turns[0] == tenant:
+            self._turns.popleft()
+            self._credited = False
+        else:
+            self._turns.remove(tenant)
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    call: Callable[[], Any]
+    future: asyncio.Future[Any]
+    deadline: float  # time.monotonic(); a job still queued past it is dropped, never run
+
+
+class FairExecutor:
+    """Runs blocking calls on a fixed pool, taking queued calls from tenants in fair turns.
+
+    At most ``workers`` calls are handed to ``pool`` at once, so the pool never queues; what
+    waits, waits here, per tenant. A call whose deadline passes while it waits is dropped
+    before it runs (``rejected{reason="timeout"}``); a caller that goes away (task cancelled)
+    takes its call out of the queue. A call already running cannot be stopped: its thread
+    finishes and the result is dropped.
+    """
+
+    def __init__(
+        self, pool: concurrent.futures.Executor, *, workers: int, metrics: Metrics
+    ) -> None:
+        self._pool = pool
+        self._workers = workers
+        self._metrics = metrics
+        self._queue: FairQueue[_Job] = FairQueue()
+        self._running = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    async def run(
+        self,
+        tenant: str,
+        fn: Callable[P, T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` on the pool in ``tenant``'s turn; no deadline."""
+        return await self.run_until(math.inf, tenant, functools.partial(fn, *args, **kwargs))
+
+    async def run_until(self, deadline: float, tenant: str, call: Callable[[], T]) -> T:
+        """Run ``call`` in ``tenant``'s turn unless ``deadline`` (monotonic) passes first.
+
+        Raises:
+            Overloaded: the deadline passed while the call waited for a thread.
+        """
+        loop = asyncio.get_running_loop()
+        job = _Job(call, loop.create_future(), deadline)
+        self._queue.push(tenant, job)
+        self._dispatch(loop)
+        timer = None
+        if not job.future.done() and math.isfinite(deadline) and self._queue.len_of(tenant):
+            # Still queued: answer at the deadline, not when a thread next frees up.
+            delay_s = max(0.0, deadline - time.monotonic())
+            timer = loop.call_later(delay_s, self._expire, tenant, job)
+        try:
+            result: T = await job.future
+        except asyncio.CancelledError:
+            self._queue.remove(tenant, job)  # a no-op when it already runs
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return result
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._running < self._workers and self._queue:
+            tenant, job = self._queue.pop()
+            if job.future.done():  # its caller went away
+                continue
+            if time.monotonic() > job.deadline:
+                self._drop(tenant, job)
+                continue
+            self._running += 1
+            done = self._pool.submit(job.call)
+            done.add_done_callback(functools.partial(self._on_done, loop, job))
+
+    def _expire(self, tenant: str, job: _Job) -> None:
+        if not job.future.done() and self._queue.remove(tenant, job):
+            self._drop(tenant, job)
+
+    def _drop(self, tenant: str, job: _Job) -> None:
+        self._metrics.reject("timeout", tenant)
+        job.future.set_exception(
+            Overloaded("request waited too long for a predict thread; retry shortly")
+        )
+
+    def _on_done(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        job: _Job,
+        done: concurrent.futures.Future[Any],
+    ) -> None:
+        # Runs in the worker thread: hand the outcome to the loop that owns the job. When the
+        # loop has closed (shutdown) nobody awaits the result.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._settle, loop, job, done)
+
+    def _settle(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        job: _Job,
+        done: concurrent.futures.Future[Any],
+    ) -> None:
+        self._running -= 1
+        if not job.future.done():
+            if done.cancelled():
+                job.future.cancel()
+            elif (error := done.exception()) is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(done.result())
+        self._dispatch(loop)

@@ -1,0 +1,91 @@
+"""The Ray Serve pieces in-process: the router adapter and the deployment's options."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tenantserve.config import Settings
+
+ray_serve = pytest.importorskip("tenantserve.integrations.ray_serve", reason="needs the ray extra")
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID  # noqa: E402
+from ray.serve.request_router import ReplicaID  # noqa: E402
+
+from tenantserve.integrations.ray_router import ModelAffinityRouter  # noqa: E402
+
+_DEPLOYMENT = DeploymentID(name="TenantServe", app_name="tenantserve")
+
+
+def _replica(unique_id: str, stats: dict[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(
+        replica_id=ReplicaID(unique_id=unique_id, deployment_id=_DEPLOYMENT), routing_stats=stats
+    )
+
+
+def _request(model_id: str) -> SimpleNamespace:
+    return SimpleNamespace(metadata=SimpleNamespace(multiplexed_model_id=model_id))
+
+
+def _ids(ranks: list[list[Any]]) -> list[list[str]]:
+    return [sorted(r.replica_id.unique_id for r in rank) for rank in ranks]
+
+
+def test_router_ranks_holders_first_and_remembers_where_it_sent_a_model() -> None:
+    router = ModelAffinityRouter(
+        deployment_id=_DEPLOYMENT, handle_source=DeploymentHandleSource.UNKNOWN
+    )
+    router.initialize_state(placement_ttl_s=30.0)
+    replicas = [_replica("a", {"resident": ["t/m"], "free_bytes": 10}), _replica("b", {})]
+
+    async def scenario() -> None:
+        assert _ids(await router.choose_replicas(replicas, _request("t/m"))) == [["a"], ["b"]]
+        # A cold model goes to the emptiest replica, which is claimed at once.
+        assert _ids(await router.choose_replicas(replicas, _request("t/new")))[0] == ["b"]
+        assert _ids(await router.choose_replicas(replicas, _request("t/new")))[0] == ["b"]
+        # The hot model spilled to b: both now share rank 0.
+        router.on_request_routed(_request("t/m"), replicas[1].replica_id, None)
+        assert _ids(await router.choose_replicas(replicas, _request("t/m"))) == [["a", "b"]]
+        assert _ids(await router.choose_replicas(replicas, None)) == [["a", "b"]]
+
+    asyncio.run(scenario())
+
+
+def test_options_shape_the_deployment(caplog: pytest.LogCaptureFixture) -> None:
+    fixed = ray_serve.RayOptions(replicas=3)
+    assert not fixed.autoscaling
+    assert fixed.spread == 3
+    scaled = ray_serve.RayOptions(min_replicas=2, max_replicas=5, min_copies={"acme/hot": 4})
+    assert scaled.autoscaling
+    assert scaled.spread == 2
+    assert ray_serve.RayOptions(max_replicas=4).spread == 1  # scales down to its floor of 1
+    with caplog.at_level(logging.WARNING, logger="tenantserve.ray"):
+        assert ray_serve.application(Settings(), scaled) is not None
+    assert "acme/hot" in caplog.text
+    with pytest.raises(ValueError, match="unknown args"):
+        ray_serve.app_builder({"address": "ray://elsewhere:10001"})
+    assert ray_serve.app_builder({"replicas": 1, "min_copies": {"acme/hot": 1}}) is not None
+
+
+def test_kuberay_example_builds_and_names_real_settings() -> None:
+    yaml = pytest.importorskip("yaml")
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from tenantserve.integrations.ray_proxy import CALLBACK, CALLBACK_ENV
+
+    root = Path(__file__).resolve().parents[3]
+    service = yaml.safe_load((root / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    (serve_app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert serve_app["import_path"] == "tenantserve.integrations.ray_serve:app_builder"
+    built = call_user_app_builder_with_args_if_necessary(ray_serve.app_builder, serve_app["args"])
+    assert built is not None
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    env = {item["name"]: item.get("value") for item in head["containers"][0]["env"]}
+    assert env[CALLBACK_ENV] == CALLBACK
+    for name in env:
+        if name.startswith("TENANTSERVE_"):
+            assert name.removeprefix("TENANTSERVE_").lower() in Settings.model_fields, name
