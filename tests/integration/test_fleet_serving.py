@@ -319,12 +319,6 @@ def test_blank_or_undecodable_tickets_over_sagemaker_are_400s(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the SageMaker codec refuses a non-UTF-8 body as a whole ('request body is not "
-    "UTF-8 text') before it looks at the model's input (protocols/sagemaker/codec.py)",
-)
 def test_an_undecodable_sagemaker_ticket_names_the_input(
     fleet: Fleet, server: ThreadServer
 ) -> None:

@@ -95,7 +95,7 @@ def decode_invocation(
     if kind not in (CSV, TEXT):
         raise InvalidRequest(f"unsupported Content-Type {kind[:64]!r}: use {JSON}, {CSV} or {TEXT}")
     spec = _only(inputs, kind)
-    text = _text(body)
+    text = _text(body, spec.name)
     if kind == TEXT:
         if spec.datatype != "BYTES":
             raise InvalidRequest(
@@ -176,10 +176,12 @@ def _only(inputs: Sequence[TensorSpec], form: str) -> TensorSpec:
     return inputs[0]
 
 
-def _text(body: bytes) -> str:
+def _text(body: bytes, name: str | None = None) -> str:
     try:
         return body.decode("utf-8-sig")
     except UnicodeDecodeError:
+        if name is not None:  # the body is that input's text: say which input it failed
+            raise InvalidInput(f"input {name!r}: request body is not UTF-8 text") from None
         raise InvalidRequest("request body is not UTF-8 text") from None
 
 
