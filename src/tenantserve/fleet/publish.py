@@ -58,16 +58,22 @@ class LocalPublisher:
                 if path.is_file():
                     with open(path, "rb") as handle:
                         os.fsync(handle.fileno())
-            if dest.exists():
-                old = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
-                os.rename(dest, old)
-                os.rename(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, dest)
+            swap_into_place(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def swap_into_place(tmp: Path, dest: Path) -> None:
+    """Make the finished folder ``tmp`` appear as ``dest`` by renames: a reader sees the old
+    artifact or the new one, never half of either."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dest)
 
 
 class FsspecPublisher:

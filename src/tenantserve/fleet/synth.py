@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tenantserve.fleet.publish import swap_into_place
+
 # ONNX Runtime 1.31 loads opset 21; 17 is old enough for any runtime we meet.
 OPSET = 17
 IR_VERSION = 8
@@ -123,13 +125,7 @@ def write_artifact(dest: Path, model_bytes: bytes, manifest: dict[str, Any]) -> 
         for name in ("model.onnx", "model.json"):
             with open(tmp / name, "rb") as handle:
                 os.fsync(handle.fileno())
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
-            os.rename(dest, old)
-            os.rename(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dest)
+        swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
