@@ -29,4 +29,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage demo-store
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage demo-store demo-store-minilm
