@@ -20,11 +20,8 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +33,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
+from tenantserve.bench.servers import served_tenantserve
 from tenantserve.fleet.synth import write_fleet
 
 N_FEATURES = 16
@@ -86,42 +84,6 @@ def bare_warm(store: Path, ids: list[str], *, concurrency: int, requests: int) -
         started = time.perf_counter()
         seconds = list(pool.map(one, range(requests)))
     return Latencies(seconds, time.perf_counter() - started)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def served(store: Path, *, port: int, budget: str, log: Path) -> Any:
-    """Run ``tenantserve serve`` until the block ends; yield its base URL once ready."""
-    cmd = [sys.executable, "-m", "tenantserve", "serve", "--store", str(store),
-           "--host", "127.0.0.1", "--port", str(port), "--memory-budget", budget,
-           "--log-level", "warning"]  # fmt: skip
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("server not ready after 60 s")
-            time.sleep(0.05)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cold_pairs(url: str, store: Path, ids: list[str]) -> tuple[list[float], ...]:
@@ -261,7 +223,9 @@ def main() -> None:
         warm_ids = ids[: args.warm_models]
         budget = f"{max(256, int(args.models * args.size_mb * 4))}MiB"  # nothing is evicted
 
-        with served(store, port=_free_port(), budget=budget, log=Path(tmp) / "server.log") as url:
+        log = Path(tmp) / "server.log"
+        with served_tenantserve(store, budget=budget, log_path=log) as server:
+            url = server.url
             bare_c, srv_c, srv_second = cold_pairs(url, store, ids)
             loads = _metric_sums(url)
             bare_w = bare_warm(

@@ -20,9 +20,6 @@ import contextlib
 import os
 import platform
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 from prometheus_client.parser import text_string_to_metric_families
 
+from tenantserve.bench.servers import served_tenantserve
 from tenantserve.fleet.build import build_fleet
 from tenantserve.fleet.publish import open_publisher
 from tenantserve.fleet.sources import TenantPlan, plan_banking77
@@ -77,41 +75,13 @@ def _find_datasets(explicit: Path | None) -> Path:
     sys.exit("Banking77 not found: pass --datasets DIR or set TENANTSERVE_DATASETS")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _serve(store: Path, work: Path) -> Iterator[str]:
     """``tenantserve serve`` on ``store`` as a child process; its URL once ready."""
-    port = _free_port()
-    log = work / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "tenantserve", "serve", "--store", str(store),
-           "--host", "127.0.0.1", "--port", str(port), "--memory-budget", BUDGET,
-           "--cache-dir", str(work / f"cache-{port}")]  # fmt: skip
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise SystemExit(f"server not ready (exit {proc.returncode}); log:\n{tail}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with served_tenantserve(
+        store, budget=BUDGET, log_path=work / "server.log", cache_dir=work / "cache"
+    ) as server:
+        yield server.url
 
 
 def _histogram(client: httpx.Client, name: str, labels: dict[str, str]) -> tuple[float, float]:

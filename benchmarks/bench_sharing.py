@@ -21,8 +21,6 @@ import json
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import onnx
 import psutil
 from onnx import numpy_helper
 
+from tenantserve.bench.servers import served_tenantserve
 from tenantserve.fleet import minilm
 from tenantserve.runtimes import default_runtimes, runtime_for
 from tenantserve.store.manifest import checked_manifest
@@ -69,22 +68,6 @@ def merged_store(shared: Path, merged: Path) -> list[str]:
         (tmp / "model.json").write_text(json.dumps(manifest))
         tmp.rename(dst)
     return ids
-
-
-def serve(store: Path, port: int, budget: str, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "tenantserve", "serve", "--store", str(store), "--port",
-           str(port), "--memory-budget", budget, "--log-level", "warning",
-           "--cache-dir", str(log.parent / f"cache-{port}")]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server did not start; see {log}")
 
 
 def infer(client: httpx.Client, model_id: str, text: str = TICKET) -> tuple[float, Any]:
@@ -147,17 +130,17 @@ def main() -> None:
     parser.add_argument("--budget", default="2GiB")
     parser.add_argument("--sample", type=int, default=50, help="tenants checked against alone")
     parser.add_argument("--requests", type=int, default=2000, help="Zipf requests per store")
-    parser.add_argument("--port", type=int, default=18321)
     args = parser.parse_args()
     work = Path(args.store).parent / "bench-sharing"
     work.mkdir(exist_ok=True)
     ids = sorted(str(p.parent.relative_to(args.store)) for p in args.store.glob("*/*/model.json"))
-    url = f"http://127.0.0.1:{args.port}"
 
     print(f"# Shared encoder: {len(ids)} MiniLM tenants, budget {args.budget}\n")
-    proc = serve(args.store, args.port, args.budget, work / "shared.log")
-    server = psutil.Process(proc.pid)
-    try:
+    with served_tenantserve(
+        args.store, budget=args.budget, log_path=work / "shared.log", cache_dir=work / "cache"
+    ) as served_by:
+        url = served_by.url
+        server = psutil.Process(served_by.pid)
         with httpx.Client(base_url=url) as client:
             baseline = server.memory_info().rss
             first_s, _ = infer(client, ids[0])
@@ -188,18 +171,13 @@ def main() -> None:
         print(f"| same top macro as served alone | {same_top}/{args.sample} |")
         print(f"| largest score difference vs alone | {worst:.1e} |\n")
         shared_zipf = zipf_run(url, ids, args.requests, seed=1)
-    finally:
-        proc.terminate()
-        proc.wait()
 
     merged = args.merged_store or work / "merged-store"
     merged_store(args.store, merged)
-    proc = serve(merged, args.port, args.budget, work / "merged.log")
-    try:
-        merged_zipf = zipf_run(url, ids, args.requests, seed=1)
-    finally:
-        proc.terminate()
-        proc.wait()
+    with served_tenantserve(
+        merged, budget=args.budget, log_path=work / "merged.log", cache_dir=work / "cache"
+    ) as served_by:
+        merged_zipf = zipf_run(served_by.url, ids, args.requests, seed=1)
     print(f"Zipf s=1.1 over {len(ids)} tenants, {args.requests} sequential requests, same trace:\n")
     print("| store | hit ratio | loads | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|")
     for name, row in (("shared encoder", shared_zipf), ("one graph per tenant", merged_zipf)):
