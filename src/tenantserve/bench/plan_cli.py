@@ -12,14 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tenantserve.bench.traces import KINDS
 from tenantserve.config import parse_size
 
 if TYPE_CHECKING:
     from tenantserve.bench.plan import FleetProfile, InstanceType
 
-# Imported when a command runs: `tenantserve serve` must not pay for (or need) the runtimes,
-# tokenizers and numpy work that planning uses.
-KINDS = ("zipf", "uniform", "bursts", "diurnal", "flood")
+# The planning machinery is imported when a command runs: `tenantserve serve` must not pay
+# for (or need) the runtimes and tokenizers it loads. Trace kinds are a light import.
 
 DEFAULT_INSTANCES = ("4GiB:2", "8GiB:2", "8GiB:4", "16GiB:4", "32GiB:8")
 
