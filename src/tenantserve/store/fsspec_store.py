@@ -24,6 +24,7 @@ from tenantserve.store.disk_cache import DiskCache, tree_bytes
 from tenantserve.store.manifest import (
     DEFAULT_MODEL_FILE,
     MANIFEST_NAME,
+    VerifiedFiles,
     checked_manifest,
     read_manifest,
 )
@@ -72,6 +73,7 @@ class FsspecStore:
         self._local_root = local_root
         self._retry_deadline_s = retry_deadline_s
         self._max_archive_members = max_archive_members
+        self._verified = VerifiedFiles()
 
     def fetch(self, model_id: ModelId) -> LocalArtifact:
         """Make ``model_id`` available on local disk (see :class:`ModelStore`)."""
@@ -117,7 +119,9 @@ class FsspecStore:
     def _fetch_folder(self, model_id: ModelId, rpath: str, deadline: float) -> LocalArtifact:
         if self._local_root is not None:
             folder = self._inside_root(model_id.value)
-            manifest = checked_manifest(folder, f"model {model_id}", root=self._local_root)
+            manifest = checked_manifest(
+                folder, f"model {model_id}", root=self._local_root, verified=self._verified
+            )
             return LocalArtifact(model_id, folder, manifest, tree_bytes(folder))
         listing: Mapping[str, Info] = self._call(
             lambda: self._fs.find(rpath, detail=True), deadline, model_id

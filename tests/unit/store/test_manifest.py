@@ -221,3 +221,19 @@ def test_base_is_parsed_and_checked() -> None:
     ]:
         with pytest.raises(LoadFailed, match=re.escape(field)):
             parse_manifest(json.dumps({"base": bad}).encode())
+
+
+def test_verified_files_skip_rehash_but_see_a_replaced_file(tmp_path: Path) -> None:
+    from tenantserve.store.manifest import VerifiedFiles, verify_sha256
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"weights-v1")
+    manifest = ModelManifest(sha256=hashlib.sha256(b"weights-v1").hexdigest())
+    verified = VerifiedFiles()
+    verify_sha256(model, manifest, verified)
+    key = VerifiedFiles.key(model, manifest.sha256 or "")
+    assert key is not None
+    assert key in verified
+    model.write_bytes(b"weights-v2 longer")  # a new size and mtime: a new identity
+    with pytest.raises(LoadFailed, match="does not match the sha256"):
+        verify_sha256(model, manifest, verified)
