@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tenantserve.bench.traces import KINDS
+from tenantserve.bench.traces import KINDS as KINDS  # re-exported: the CLI names them
 from tenantserve.config import parse_size
 
 if TYPE_CHECKING:
