@@ -1,8 +1,8 @@
 """Ray Serve smoke test: two replicas on a local cluster, requests follow their model.
 
-One bounded scenario, kept short for a busy 2-core CI machine: the heavier ones (a simulated
-two-node cluster with a node kill, a hot model spilling, 1 vs 2 replicas) are in
-``benchmarks/bench_ray.py``.
+One bounded scenario, kept short for a busy 2-core CI machine: the simulated two-node cluster
+with a hot model spilling and a node kill is ``test_ray_cluster.py`` (``make test-heavy``);
+1 vs 2 replicas on one trace is ``benchmarks/bench_ray.py``.
 """
 
 from __future__ import annotations
