@@ -117,7 +117,7 @@ def serve(
             envvar=f"{_ENV}MIN_RESIDENCY_S",
             help="With --eviction cost: seconds a new model is protected from eviction.",
         ),
-    ] = 5.0,
+    ] = 1.0,
     max_body: Annotated[
         str, typer.Option(envvar=f"{_ENV}MAX_BODY", help="Largest request body accepted.")
     ] = "6MiB",

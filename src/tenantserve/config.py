@@ -54,8 +54,12 @@ class Settings(BaseSettings):
     eviction: Literal["lru", "cost"] = "lru"
     """Victim choice when the budget is full: least recently used, or cost-aware (GDSF:
     reload cost per byte and frequency)."""
-    min_residency_s: float = Field(default=5.0, ge=0)
-    """Cost-aware eviction offers models younger than this last, against thrash."""
+    min_residency_s: float = Field(default=1.0, ge=0)
+    """Cost-aware eviction offers models younger than this last, against thrash. Kept short: a
+    model loaded in the last ``min_residency_s`` outranks every older one as a victim's last
+    resort, so a long age hands the budget to one-hit models when loads come fast (replaying the
+    quarter-budget benchmark's trace, 5 s cut the cost policy's hit ratio from 0.786 to 0.725;
+    LRU's was 0.720)."""
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     """Threads that run predictions: a fixed budget, whatever the number of models."""
     max_concurrent_loads: int = Field(default=2, gt=0)

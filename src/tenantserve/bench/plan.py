@@ -77,14 +77,15 @@ def profile_store(store_url: str, *, sample: int = 12, cache_dir: Path) -> Fleet
     measured: dict[str, ModelCost] = {}
     held = []  # keep sessions alive so each RSS delta is that model's own
     for model_id in ids[::step][:sample]:
-        artifact = disk[model_id]
+        # Timed as the server loads: fetch, then trim / load / trim (its size measurement).
+        started = time.perf_counter()
+        artifact = store.fetch(ModelId.parse(model_id))
         runtime = runtime_for(runtimes, artifact.manifest)
         memory.trim()
         before = memory.rss_bytes()
-        started = time.perf_counter()
         model = runtime.load(artifact.path, artifact.manifest)
-        load_s = time.perf_counter() - started
         memory.trim()
+        load_s = time.perf_counter() - started
         grown = max(memory.rss_bytes() - before, artifact.nbytes)
         feed = {spec.name: _zeros(spec) for spec in model.inputs}
         model.predict(feed)  # first run allocates; time the second
@@ -92,8 +93,18 @@ def profile_store(store_url: str, *, sample: int = 12, cache_dir: Path) -> Fleet
         model.predict(feed)
         measured[model_id] = ModelCost(grown, load_s, time.perf_counter() - started)
         held.append(model)
+    # Under a full budget every load also evicts: the server closes the victim and trims.
+    releases = []
     for model in held:
+        started = time.perf_counter()
         model.close()
+        memory.trim()
+        releases.append(time.perf_counter() - started)
+    release_s = statistics.median(releases)
+    measured = {
+        m: ModelCost(c.resident_bytes, c.load_s + release_s, c.inference_s)
+        for m, c in measured.items()
+    }
     ratio = statistics.median(c.resident_bytes / disk[m].nbytes for m, c in measured.items())
     load_per_byte = statistics.median(c.load_s / disk[m].nbytes for m, c in measured.items())
     inference_s = statistics.median(c.inference_s for c in measured.values())
@@ -137,11 +148,16 @@ def simulate(
     overhead_bytes: int = 512 * 1024**2,
     policy: str = "lru",
     request_cpu_s: float = DEFAULT_REQUEST_CPU_S,
-    load_slots: int = 2,
+    load_slots: int = 1,
+    min_residency_s: float = 1.0,
     p99_target_s: float = math.inf,
 ) -> Prediction:
     """Split ``trace`` over ``instances`` by model (affinity routing), replay each share through
-    the real cache, then queue each share's requests on the instance's cores."""
+    the real cache, then queue each share's requests on the instance's cores.
+
+    ``min_residency_s`` is the server's default (``--min-residency``) for the cost policy.
+    ``load_slots`` is 1 by default: the server fetches up to two models at once, but its runtime
+    loads run one at a time (each measures its own RSS growth under one lock)."""
     budget = instance.memory_bytes - overhead_bytes
     if budget <= 0:
         raise ValueError(f"{instance.label}: the overhead leaves no memory for models")
@@ -157,7 +173,7 @@ def simulate(
             continue
         result = replay(
             share, sizes=sizes, budget_bytes=budget, policy=policy, load_seconds=loads,
-            record_hits=True,
+            min_residency_s=min_residency_s, record_hits=True,
         )  # fmt: skip
         hits += result.hits
         cold += result.loads
@@ -185,7 +201,8 @@ def _queue(
     load_slots: int,
 ) -> list[float]:
     """FIFO on ``cores``; a cold request first waits for one of ``load_slots`` (single-flight:
-    later requests for a model that is loading wait for that load)."""
+    later requests for a model that is loading wait for that load). A load holds a core for
+    its whole time too: on a small instance loads and requests take the same CPU."""
     core_free = [0.0] * cores
     slot_free = [0.0] * load_slots
     ready_at: dict[str, float] = {}
@@ -194,9 +211,11 @@ def _queue(
         cost = profile.models[model_id]
         ready = max(t_s, ready_at.get(model_id, 0.0))
         if not hit:
-            start = max(t_s, heapq.heappop(slot_free))
-            ready = start + cost.load_s
+            slot = heapq.heappop(slot_free)
+            core = heapq.heappop(core_free)
+            ready = max(t_s, slot, core) + cost.load_s
             heapq.heappush(slot_free, ready)
+            heapq.heappush(core_free, ready)
             ready_at[model_id] = ready
         start = max(ready, heapq.heappop(core_free))
         finish = start + request_cpu_s + cost.inference_s

@@ -154,7 +154,9 @@ def replay_command(
     rate: RateOpt = 100.0,
     duration_s: DurationOpt = 600.0,
     seed: SeedOpt = 0,
-    min_residency_s: Annotated[float, typer.Option(help="Cost policy's protection age.")] = 5.0,
+    min_residency_s: Annotated[
+        float, typer.Option(help="Cost policy's protection age (the server's default).")
+    ] = 1.0,
 ) -> None:
     """Replay a trace through the real cache under each policy and Belady's clairvoyant one."""
     from tenantserve.bench.replay import POLICIES, replay
