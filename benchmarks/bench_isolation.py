@@ -1,10 +1,13 @@
-"""Tenant isolation figures, as Markdown: a noisy neighbour, and a storm of first calls.
+"""Tenant isolation figures, as Markdown: a noisy neighbour, an overload, a storm of first calls.
 
 Usage: ``python benchmarks/bench_isolation.py [--duration-s 20 --storm-models 1000 ...]``
 
 (a) Noisy neighbour: tenant B sends a steady open-loop rate to its model, first alone, then
 while tenant A floods at 10x the capacity measured for A alone (open loop, its own process).
-B's errors and p50/p99 in both phases; A's answers by status. (b) Load storm: warm open-loop
+B's errors and p50/p99 in both phases; A's answers by status. (b) Overload: half capacity,
+a bounded burst at 4x capacity, half capacity again; how the burst was shed (statuses,
+Retry-After) and how soon after it every request was again served within 2x the p99 before.
+(c) Load storm: warm open-loop
 traffic to resident models, first undisturbed, then while N first calls to N distinct models
 (half OIP, half SageMaker) arrive at once and are retried after Retry-After until served.
 Warm p50/p99 in both phases; the storm's answers by status, whether each refusal carried
@@ -179,6 +182,75 @@ def noisy_neighbour(
     )
 
 
+def overload(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoolExecutor) -> None:
+    heavy_model(root / "noisy" / "m", layers=args.layers)
+    flags = ("--threads", str(args.threads), "--preload", "noisy/m",
+             "--max-in-flight", str(args.overload_in_flight),
+             "--queue-timeout", str(args.overload_queue_s))  # fmt: skip
+    with serve(root, port, *flags):
+        target = _oip(port, "noisy/m", "noisy")
+        capacity = pool.submit(
+            run_stream, "closed", target, {"concurrency": 8, "duration_s": 3}
+        ).result()
+        cap_rate = len(capacity.ok()) / capacity.wall_s
+        normal = {"rate": cap_rate / 2, "duration_s": args.recovery_window_s}
+        before = pool.submit(
+            run_stream, "open", target, {**normal, "start_at": time.time() + 0.5}
+        ).result()
+        start = time.time() + 1.0
+        burst_f = pool.submit(
+            run_stream,
+            "open",
+            target,
+            {"rate": 4 * cap_rate, "duration_s": args.burst_s, "start_at": start},
+        )
+        after_f = pool.submit(
+            run_stream, "open", target, {**normal, "start_at": start + args.burst_s}
+        )
+        burst, after = burst_f.result(), after_f.result()
+    limit_s = 2 * _pct(before.ok(), 0.99) / 1000
+    recovered_s = _recovered_after(after, limit_s)
+    refused = [r for s, r in zip(burst.statuses, burst.retry_after, strict=True) if s != 200]
+    print(
+        f"## Overload\n\nThe noisy-neighbour model, one tenant, server `--threads "
+        f"{args.threads} --max-in-flight {args.overload_in_flight} --queue-timeout "
+        f"{args.overload_queue_s:g}`. Capacity (closed loop, 8 clients, 3 s): "
+        f"**{cap_rate:.0f} req/s**. Half of it for {args.recovery_window_s:.0f} s, then a burst "
+        f"at 4x = {4 * cap_rate:.0f} req/s for {args.burst_s:.0f} s (open loop), then half "
+        f"again from the moment the burst stops sending.\n"
+    )
+    print("| stream | requests | not 200 | p50 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(_row("before (half capacity)", before))
+    print(_row("burst (4x capacity)", burst))
+    print(_row("after (half capacity)", after))
+    recovery = (
+        f"**{recovered_s:.1f} s** after the burst stopped sending"
+        if recovered_s is not None
+        else "**not within the window**"
+    )
+    print(
+        f"\nBurst answers: {_codes(burst)}; refusals with Retry-After: "
+        f"{sum(refused)} of {len(refused)}. Recovered (from then on every request 200 within "
+        f"2x the p99 before, {limit_s * 1000:.1f} ms): {recovery}. After-stream answers: "
+        f"{_codes(after)}.\n"
+    )
+
+
+def _recovered_after(outcome: Outcome, limit_s: float) -> float | None:
+    """The earliest due time from which every request was 200 within ``limit_s``."""
+    calls = sorted(zip(outcome.due_s, outcome.statuses, outcome.latencies, strict=True))
+    recovered: float | None = 0.0
+    for due, status, latency in calls:
+        if status != 200 or latency > limit_s:
+            recovered = None
+        elif recovered is None:
+            recovered = due
+    if outcome.errors:
+        return None
+    return recovered
+
+
 def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoolExecutor) -> None:
     warm_ids = [f"warm/m{i}" for i in range(4)]
     storm_ids = [f"storm/m{i:04d}" for i in range(args.storm_models)]
@@ -310,7 +382,11 @@ def main() -> None:
         help="warm traffic measured for this long, undisturbed and in the storm",
     )
     parser.add_argument("--max-loads-per-s", type=float, default=25.0)
-    parser.add_argument("--only", choices=["noisy", "storm"], default=None)
+    parser.add_argument("--burst-s", type=float, default=10.0, help="overload burst length")
+    parser.add_argument("--recovery-window-s", type=float, default=10.0)
+    parser.add_argument("--overload-in-flight", type=int, default=8)
+    parser.add_argument("--overload-queue-s", type=float, default=0.5)
+    parser.add_argument("--only", choices=["noisy", "overload", "storm"], default=None)
     args = parser.parse_args()
     print(
         f"# tenantserve isolation benchmark\n\nMachine: {os.cpu_count()} cores shared by server "
@@ -318,7 +394,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="tenantserve-iso-") as tmp, \
             ProcessPoolExecutor(4) as pool:  # fmt: skip
-        for name, scenario in (("noisy", noisy_neighbour), ("storm", load_storm)):
+        scenarios = (("noisy", noisy_neighbour), ("overload", overload), ("storm", load_storm))
+        for name, scenario in scenarios:
             if args.only in (None, name):
                 store = Path(tmp) / name
                 store.mkdir()

@@ -31,9 +31,11 @@ class Target:
 
 @dataclass
 class Outcome:
-    """Statuses, latencies (seconds) and whether each refusal carried Retry-After."""
+    """Statuses, latencies (seconds), whether each refusal carried Retry-After, and when each
+    request was due (seconds from the stream's start)."""
 
     latencies: list[float] = field(default_factory=list)
+    due_s: list[float] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     retry_after: list[bool] = field(default_factory=list)
     errors: int = 0
@@ -44,6 +46,7 @@ class Outcome:
 
     def merge(self, other: Outcome) -> None:
         self.latencies += other.latencies
+        self.due_s += other.due_s
         self.statuses += other.statuses
         self.retry_after += other.retry_after
         self.errors += other.errors
@@ -115,13 +118,14 @@ class Pool:
         self._idle.clear()
 
 
-async def _one(pool: Pool, raw: bytes, due: float, outcome: Outcome) -> None:
+async def _one(pool: Pool, raw: bytes, due: float, outcome: Outcome, began: float) -> None:
     try:
         status, retry = await asyncio.wait_for(pool.send(raw), 30)
     except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
         outcome.errors += 1
         return
     outcome.latencies.append(time.perf_counter() - due)
+    outcome.due_s.append(due - began)
     outcome.statuses.append(status)
     outcome.retry_after.append(retry is not None)
 
@@ -139,7 +143,7 @@ async def open_loop(target: Target, *, rate: float, duration_s: float, start_at:
         now = time.perf_counter()
         due_count = min(total, int((now - began) * rate) + 1)
         while sent < due_count:  # send everything due (several per wake-up at high rates)
-            task = asyncio.ensure_future(_one(pool, raw, began + sent / rate, outcome))
+            task = asyncio.ensure_future(_one(pool, raw, began + sent / rate, outcome, began))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sent += 1
@@ -158,7 +162,7 @@ async def closed_loop(target: Target, *, concurrency: int, duration_s: float) ->
 
     async def client() -> None:
         while time.perf_counter() - began < duration_s:
-            await _one(pool, raw, time.perf_counter(), outcome)
+            await _one(pool, raw, time.perf_counter(), outcome, began)
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     outcome.wall_s = time.perf_counter() - began
