@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["fixtures.models", "fixtures.macros", "fixtures.s3", "fixtures.server"]
+pytest_plugins = [
+    "fixtures.models",
+    "fixtures.macros",
+    "fixtures.s3",
+    "fixtures.faulty_s3",
+    "fixtures.server",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -15,17 +15,20 @@ from tenantserve.store.base import LocalArtifact, ModelStore
 from tenantserve.store.disk_cache import DiskCache
 from tenantserve.store.fsspec_store import DEFAULT_RETRY_DEADLINE_S, FsspecStore
 
-__all__ = ["DEFAULT_RETRY_DEADLINE_S", "LocalArtifact", "ModelStore", "open_store"]
+__all__ = [
+    "DEFAULT_READ_TIMEOUT_S",
+    "DEFAULT_RETRY_DEADLINE_S",
+    "LocalArtifact",
+    "ModelStore",
+    "open_store",
+]
 
-# Our own retry loop owns the deadline, so botocore gives up quickly instead of stacking its
-# retries under ours, and a stalled read fails in seconds rather than minutes.
-_S3_DEFAULTS: dict[str, Any] = {
-    "config_kwargs": {
-        "connect_timeout": 5,
-        "read_timeout": 30,
-        "retries": {"max_attempts": 2, "mode": "standard"},
-    },
-}
+DEFAULT_READ_TIMEOUT_S = 10.0
+# s3fs retries some errors itself (SlowDown five times, a broken body read by resuming with a
+# ranged GET) and botocore retries under it: one quick retry each, so that a fault reaches our
+# own retry loop, which owns the backoff and the deadline, in seconds and with its real cause.
+_S3_ATTEMPTS = 2
+_MAX_CONNECT_TIMEOUT_S = 5.0
 
 
 def open_store(
@@ -34,6 +37,8 @@ def open_store(
     cache_dir: Path,
     max_cache_bytes: int,
     retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    verify_etag: bool = True,
     max_archive_members: int = DEFAULT_MAX_MEMBERS,
     storage_options: Mapping[str, Any] | None = None,
 ) -> ModelStore:
@@ -44,6 +49,12 @@ def open_store(
     Credentials come from the environment as the filesystem reads them (``AWS_*`` for S3);
     ``storage_options`` are passed to fsspec as they are. Nothing is read or contacted here:
     call ``check()`` to find out whether the store answers.
+
+    Transient errors (5xx, ``SlowDown``, resets, timeouts, a copy that fails its check) are
+    retried with backoff; no new attempt starts after ``retry_deadline_s``. A stalled S3 read
+    is cut after ``read_timeout_s`` without a byte; a slow download that keeps moving is not.
+    With ``verify_etag``, a copied object whose ETag has an MD5's form (a single-part upload)
+    must hash to it; turn it off for buckets under SSE-KMS or SSE-C, whose ETags are not MD5s.
 
     Raises:
         StoreUnavailable: fsspec has no filesystem for the URL's scheme.
@@ -61,7 +72,14 @@ def open_store(
             max_archive_members=max_archive_members,
         )
     protocol = url.split("://", 1)[0]
-    options: dict[str, Any] = dict(_S3_DEFAULTS) if protocol in ("s3", "s3a") else {}
+    s3 = protocol in ("s3", "s3a")
+    options: dict[str, Any] = {}
+    if s3:
+        options["config_kwargs"] = {
+            "connect_timeout": min(read_timeout_s, _MAX_CONNECT_TIMEOUT_S),
+            "read_timeout": read_timeout_s,
+            "retries": {"max_attempts": _S3_ATTEMPTS, "mode": "standard"},
+        }
     # A fresh filesystem per store: fsspec's instance cache would otherwise share one client
     # (and its credentials) between stores, and a listing cache would hide replaced objects.
     options.update(skip_instance_cache=True, use_listings_cache=False)
@@ -70,11 +88,15 @@ def open_store(
         fs, root_path = fsspec.core.url_to_fs(url, **options)
     except (ValueError, ImportError) as exc:
         raise StoreUnavailable(f"no filesystem for store URLs starting {protocol}://") from exc
+    if s3:
+        # A class attribute s3fs reads on every call; its maintainers point to it for tuning.
+        fs.retries = _S3_ATTEMPTS
     return FsspecStore(
         url,
         fs,
         root_path,
         disk_cache=cache,
         retry_deadline_s=retry_deadline_s,
+        verify_etag=verify_etag,
         max_archive_members=max_archive_members,
     )

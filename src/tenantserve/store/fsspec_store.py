@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import os
 import posixpath
+import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -42,6 +47,8 @@ _MAX_BACKOFF_S = 5.0
 _ARCHIVE_DIR = "artifact"
 _VERSION_FIELDS = ("ETag", "etag", "mtime", "LastModified", "created", "md5")
 _MODEL_MARKERS = (MANIFEST_NAME, DEFAULT_MODEL_FILE)
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
+_HASH_CHUNK_BYTES = 1024 * 1024
 _LISTED_SUFFIXES = (*ARCHIVE_SUFFIXES, BARE_MODEL_SUFFIX)
 
 
@@ -53,6 +60,10 @@ class FsspecStore:
     copied into ``disk_cache``, keyed by its id and its size and ETag (or mtime), so a
     replaced object is fetched again. Transient store errors are retried with exponential
     backoff until ``retry_deadline_s`` has passed since the call began.
+
+    A copy is written under a temporary name and kept only once its size matches the store's
+    listing and, with ``verify_etag``, its MD5 matches an MD5-form ETag (or GCS ``md5Hash``):
+    a reset, a resumed ranged read or a corrupted body is retried, never kept.
     """
 
     def __init__(
@@ -64,6 +75,7 @@ class FsspecStore:
         disk_cache: DiskCache,
         local_root: Path | None = None,
         retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
+        verify_etag: bool = True,
         max_archive_members: int = DEFAULT_MAX_MEMBERS,
     ) -> None:
         self.url = url
@@ -72,6 +84,7 @@ class FsspecStore:
         self._cache = disk_cache
         self._local_root = local_root
         self._retry_deadline_s = retry_deadline_s
+        self._verify_etag = verify_etag
         self._max_archive_members = max_archive_members
         self._verified = VerifiedFiles()
 
@@ -120,7 +133,10 @@ class FsspecStore:
         if self._local_root is not None:
             folder = self._inside_root(model_id.value)
             manifest = checked_manifest(
-                folder, f"model {model_id}", root=self._local_root, verified=self._verified
+                folder,
+                f"model {model_id}",
+                root=self._local_root / model_id.tenant,
+                verified=self._verified,
             )
             return LocalArtifact(model_id, folder, manifest, tree_bytes(folder))
         listing: Mapping[str, Info] = self._call(
@@ -196,14 +212,17 @@ class FsspecStore:
     def _download(
         self, rpath: str, target: Path, info: Info, deadline: float, model_id: ModelId
     ) -> None:
-        expected = info.get("size")
+        size = info.get("size")
+        md5 = _listed_md5(info) if self._verify_etag else None
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
 
         def copy() -> None:
-            self._fs.get_file(rpath, str(target))
-            # A short or long copy (a reset connection, a proxy's bad ranged GET) is retried,
-            # never kept.
-            if expected is not None and target.stat().st_size != int(expected):
-                raise IncompleteDownload
+            try:
+                self._fs.get_file(rpath, str(partial))
+                _check_copy(partial, None if size is None else int(size), md5)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
 
         self._call(copy, deadline, model_id)
 
@@ -225,11 +244,14 @@ class FsspecStore:
             delay = min(delay * 2, _MAX_BACKOFF_S)
 
     def _inside_root(self, relative: str) -> Path:
-        # Defence in depth: ids are validated, but a symlink in the store could still point out.
+        # Defence in depth: ids are validated, but a symlink in the store could still point out
+        # of it, or into another tenant's folder (RELIABILITY 9): stay under the id's tenant.
         assert self._local_root is not None
         path = (self._local_root / relative).resolve()
-        if not path.is_relative_to(self._local_root):
-            raise LoadFailed("the artifact resolves to a location outside the model store")
+        if not path.is_relative_to(self._local_root / relative.split("/", 1)[0]):
+            raise LoadFailed(
+                "the artifact resolves to a location outside the model store or its tenant"
+            )
         return path
 
     def _check_fits(self, model_id: ModelId, nbytes: int) -> None:
@@ -265,6 +287,38 @@ def _relative(name: str, rpath: str) -> str:
     if any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
         raise LoadFailed("the model store listed a file with an unsafe name")
     return rel
+
+
+def _listed_md5(info: Info) -> str | None:
+    """The object's MD5 as the store listed it, when it did: S3 ETag, GCS ``md5Hash``."""
+    etag = str(info.get("ETag") or "").strip('"').lower()
+    if _MD5_HEX.fullmatch(etag):  # a multipart ETag ends in "-<parts>": not an MD5
+        return etag
+    encoded = info.get("md5Hash")
+    if isinstance(encoded, str):
+        try:
+            return base64.b64decode(encoded, validate=True).hex()
+        except (binascii.Error, ValueError):
+            return None
+    return None
+
+
+def _check_copy(path: Path, size: int | None, md5: str | None) -> None:
+    # A short or long copy (a reset connection, a proxy's bad ranged GET) or a body whose bytes
+    # changed on the way is retried, never kept.
+    if size is not None and path.stat().st_size != size:
+        raise IncompleteDownload("size differs from the listing")
+    if md5 is None:
+        return
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as file:
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    if digest.hexdigest() != md5:
+        # SSE-KMS and SSE-C objects carry ETags that are not their MD5: say how to opt out.
+        raise IncompleteDownload(
+            "MD5 differs from the ETag; for SSE-KMS or SSE-C objects use --no-store-verify-etag"
+        )
 
 
 def _version(info: Info) -> str:

@@ -116,7 +116,7 @@ def checked_manifest(
             raise LoadFailed(f"{label}: {MANIFEST_NAME} names a base model file that is missing")
         if root is not None and not base_path.resolve().is_relative_to(root):
             raise LoadFailed(f"{label}: the base model file resolves outside the model store")
-    verify_sha256(model_path, manifest, verified)
+    verify_sha256(model_path, manifest, verified, label=label)
     return manifest
 
 
@@ -152,14 +152,22 @@ class VerifiedFiles:
 
 
 def verify_sha256(
-    model_path: Path, manifest: ModelManifest, verified: VerifiedFiles | None = None
+    model_path: Path,
+    manifest: ModelManifest,
+    verified: VerifiedFiles | None = None,
+    *,
+    label: str = "",
 ) -> None:
-    """Raise :class:`LoadFailed` if the manifest names a digest that the model file lacks."""
+    """Raise :class:`LoadFailed` if the manifest names a digest that the model file lacks.
+
+    ``label`` (e.g. ``model acme/macros``) starts the message when given.
+    """
     if manifest.sha256 is None:
         return
     key = VerifiedFiles.key(model_path, manifest.sha256) if verified is not None else None
     if key is not None and verified is not None and key in verified:
         return
+    head = f"{label}: " if label else ""
     digest = hashlib.sha256()
     try:
         with model_path.open("rb") as file:
@@ -167,11 +175,11 @@ def verify_sha256(
                 digest.update(chunk)
     except OSError as exc:
         raise LoadFailed(
-            f"model file {manifest.model_file!r} could not be read ({type(exc).__name__})"
+            f"{head}model file {manifest.model_file!r} could not be read ({type(exc).__name__})"
         ) from exc
     if digest.hexdigest() != manifest.sha256:
         raise LoadFailed(
-            f"model file {manifest.model_file!r} does not match the sha256 in {MANIFEST_NAME}"
+            f"{head}model file {manifest.model_file!r} does not match the sha256 in {MANIFEST_NAME}"
         )
     if key is not None and verified is not None:
         verified.add(key)

@@ -9,8 +9,6 @@ from tenantserve.errors import LoadFailed, ModelNotFound, StoreUnavailable, Tena
 _TRANSIENT_NAMES = frozenset(
     {
         "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
         "ConnectionClosedError",
         "HTTPClientError",
         "ResponseStreamingError",
@@ -18,9 +16,11 @@ _TRANSIENT_NAMES = frozenset(
         "ClientPayloadError",
         "ClientConnectionError",
         "ServerDisconnectedError",
-        "FSTimeoutError",
     }
 )
+_TIMEOUT_NAMES = frozenset({"ConnectTimeoutError", "ReadTimeoutError", "FSTimeoutError"})
+# botocore's check of a body against the x-amz-checksum-* header the server sent with it.
+_CORRUPT_NAMES = frozenset({"FlexibleChecksumError"})
 _CREDENTIAL_NAMES = frozenset(
     {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
 )
@@ -51,7 +51,11 @@ _FOREIGN_MODULES = frozenset({"botocore", "aiobotocore", "aiohttp", "s3fs", "fss
 
 
 class IncompleteDownload(Exception):
-    """A copy came out shorter or longer than the store's listing said; retrying may help."""
+    """A copy whose size or digest differs from what the store listed; retrying may help."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def translate(
@@ -88,6 +92,11 @@ def translate(
     if kind == "transient":
         message = f"{head} could not be reached ({reason}), even after retrying"
         return StoreUnavailable(message), True
+    if kind == "failing":
+        return StoreUnavailable(f"{head} kept failing ({reason}), even after retrying"), True
+    if kind == "corrupt":
+        message = f"{head} sent a copy that failed its check ({reason}), even after retrying"
+        return StoreUnavailable(message), True
     if kind == "refused" or remote:
         return StoreUnavailable(f"{head} failed ({reason})"), False
     return LoadFailed(f"{subject or 'the store'} could not be read ({reason})"), False
@@ -104,12 +113,17 @@ def _kind(err: BaseException) -> tuple[str, str] | None:
         return "denied", code or type(err).__name__
     if code in _DENIED_CODES or status in (401, 403):
         return "denied", code or f"HTTP {status}"
-    if names & _TRANSIENT_NAMES or isinstance(
-        err, TimeoutError | ConnectionError | IncompleteDownload
-    ):
+    if isinstance(err, IncompleteDownload):
+        return "corrupt", err.reason
+    if names & _CORRUPT_NAMES:
+        return "corrupt", "checksum mismatch"
+    if names & _TIMEOUT_NAMES or isinstance(err, TimeoutError):
+        # aiohttp's read timeout reaches us as fsspec's FSTimeoutError: say what happened.
+        return "transient", "connect timed out" if "Connect" in type(err).__name__ else "timed out"
+    if names & _TRANSIENT_NAMES or isinstance(err, ConnectionError):
         return "transient", type(err).__name__
     if code in _TRANSIENT_CODES or (status or 0) >= 500:
-        return "transient", code or f"HTTP {status}"
+        return "failing", code or f"HTTP {status}"
     if code or status:
         return "refused", code or f"HTTP {status}"
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -285,3 +286,114 @@ def test_unexpected_bugs_are_not_disguised(memory_root: str, tmp_path: Path) -> 
     fs.pipe(f"{memory_root}/acme/m/model.onnx", b"x")
     with pytest.raises(TypeError, match="a bug"):
         _flaky_store(fs, memory_root, tmp_path, 30).fetch(ModelId.parse("acme/m"))
+
+
+class _ListedFS(MemoryFileSystem):  # type: ignore[misc]  # fsspec ships no types
+    """Lists objects with an S3-style ``ETag``; flips a byte in the first ``corrupt`` copies."""
+
+    def __init__(self, etag: str | None, corrupt: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.etag = etag
+        self.corrupt = corrupt
+        self.copies = 0
+
+    def _listed(self, info: dict[str, Any]) -> dict[str, Any]:
+        if info.get("type") == "file":
+            data = self.cat_file(info["name"])
+            info["ETag"] = self.etag or f'"{hashlib.md5(data).hexdigest()}"'
+        return info
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self._listed(super().info(path, **kwargs))
+
+    def find(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        found = super().find(path, *args, **kwargs)
+        if kwargs.get("detail"):
+            return {name: self._listed(dict(info)) for name, info in found.items()}
+        return found
+
+    def get_file(self, rpath: str, lpath: str, *args: Any, **kwargs: Any) -> None:
+        self.copies += 1
+        data = self.cat_file(rpath)
+        if self.copies <= self.corrupt:
+            data = data[:1] + bytes([data[1] ^ 0xFF]) + data[2:]  # same size, other bytes
+        Path(lpath).write_bytes(data)
+
+
+def _listed_store(
+    fs: _ListedFS, root: str, tmp_path: Path, *, verify_etag: bool = True
+) -> FsspecStore:
+    cache = DiskCache(tmp_path / "cache", max_bytes=MiB)
+    return FsspecStore(
+        "memory://listed", fs, root, disk_cache=cache, retry_deadline_s=0.5,
+        verify_etag=verify_etag,
+    )  # fmt: skip
+
+
+def _good_copies(tmp_path: Path) -> list[bytes]:
+    cache = tmp_path / "cache"
+    return [p.read_bytes() for p in cache.rglob("*.onnx") if ".tmp" not in p.parts]
+
+
+@pytest.mark.parametrize("model_id", ["acme/m", "acme/bare.onnx", "acme/packed.tar.gz"])
+def test_a_copy_that_differs_from_its_etag_is_retried_then_refused(
+    memory_root: str, tmp_path: Path, model_id: str
+) -> None:
+    blobs = {
+        "acme/m/model.onnx": b"folder model bytes",
+        "acme/bare.onnx": b"bare model bytes",
+        "acme/packed.tar.gz": _tar_gz({"model.onnx": b"packed model bytes"}),
+    }
+    flaky = _ListedFS(etag=None, corrupt=1, skip_instance_cache=True)
+    for name, data in blobs.items():
+        flaky.pipe(f"{memory_root}/a/{name}", data)
+    store = _listed_store(flaky, f"{memory_root}/a", tmp_path / "a")
+    artifact = store.fetch(ModelId.parse(model_id))
+    assert flaky.copies == 2  # the corrupted copy was dropped and fetched again
+    assert (artifact.path / artifact.manifest.model_file).read_bytes().endswith(b"model bytes")
+
+    broken = _ListedFS(etag=None, corrupt=10**6, skip_instance_cache=True)
+    for name, data in blobs.items():
+        broken.pipe(f"{memory_root}/b/{name}", data)
+    store = _listed_store(broken, f"{memory_root}/b", tmp_path / "b")
+    with pytest.raises(StoreUnavailable, match="MD5 differs from the ETag") as info:
+        store.fetch(ModelId.parse(model_id))
+    assert model_id in str(info.value)
+    assert str(tmp_path) not in str(info.value)
+    assert broken.copies >= 2
+    assert _good_copies(tmp_path / "b") == []  # nothing corrupted is left as a copy
+    assert list((tmp_path / "b").rglob("*.partial")) == []
+
+
+@pytest.mark.parametrize(
+    ("etag", "verify_etag"),
+    [
+        ('"0123456789abcdef0123456789abcdef-3"', True),  # multipart: not an MD5, not checked
+        ('"kms-or-other-opaque-etag"', True),
+        ('"0123456789abcdef0123456789abcdef"', False),  # SSE-KMS bucket: the operator opted out
+    ],
+)
+def test_etags_that_are_not_md5s_are_not_checked(
+    memory_root: str, tmp_path: Path, etag: str, verify_etag: bool
+) -> None:
+    fs = _ListedFS(etag=etag, corrupt=0, skip_instance_cache=True)
+    fs.pipe(f"{memory_root}/acme/m/model.onnx", b"model bytes")
+    store = _listed_store(fs, memory_root, tmp_path, verify_etag=verify_etag)
+    artifact = store.fetch(ModelId.parse("acme/m"))
+    assert (artifact.path / "model.onnx").read_bytes() == b"model bytes"
+    assert fs.copies == 1
+
+
+def test_gcs_md5_hash_is_checked(memory_root: str, tmp_path: Path) -> None:
+    class _GcsFS(_ListedFS):
+        def _listed(self, info: dict[str, Any]) -> dict[str, Any]:
+            if info.get("type") == "file":
+                digest = hashlib.md5(self.cat_file(info["name"])).digest()
+                info["md5Hash"] = base64.b64encode(digest).decode()
+            return info
+
+    fs = _GcsFS(etag=None, corrupt=1, skip_instance_cache=True)
+    fs.pipe(f"{memory_root}/acme/m/model.onnx", b"model bytes")
+    artifact = _listed_store(fs, memory_root, tmp_path).fetch(ModelId.parse("acme/m"))
+    assert (artifact.path / "model.onnx").read_bytes() == b"model bytes"
+    assert fs.copies == 2
