@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
 
+import uvicorn
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenantserve.activity import Activity
 from tenantserve.cache import LRU, CostAware, MemoryBudget, ModelCache
@@ -27,6 +39,11 @@ from tenantserve.store import open_store
 
 log = logging.getLogger("tenantserve")
 
+# Of the shutdown grace period, the part kept for unloading models after HTTP requests have
+# had theirs (at most _CLOSE_RESERVE_MAX_S).
+_CLOSE_RESERVE_FRACTION = 0.2
+_CLOSE_RESERVE_MAX_S = 5.0
+
 
 def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> Starlette:
     """The ASGI app for ``settings``. Nothing starts until the app's lifespan runs.
@@ -43,11 +60,16 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         cache_dir=settings.cache_dir,
         max_cache_bytes=settings.disk_cache_bytes,
         retry_deadline_s=settings.store_retry_deadline_s,
+        read_timeout_s=settings.store_read_timeout_s,
+        verify_etag=settings.store_verify_etag,
     )
     executor = BoundedExecutor(
         compute_threads=settings.threads,
         load_threads=settings.max_concurrent_loads,
         io_threads=settings.max_concurrent_loads * 2,
+        # As many spares as workers: predicts past their timeout whose threads have not
+        # returned yet do not take threads from other models, up to that many at once.
+        spare_compute_threads=settings.threads,
     )
     cache = ModelCache(
         store=store,
@@ -81,9 +103,16 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         admission=admission,
         executor=executor,
         metrics=metrics,
-        predictor=FairExecutor(executor.compute, workers=settings.threads, metrics=metrics),
+        predictor=FairExecutor(
+            executor.compute,
+            workers=settings.threads,
+            spare_workers=settings.threads,
+            metrics=metrics,
+        ),
         quotas=TenantQuotas(limits, metrics=metrics),
         activity=activity,
+        predict_timeout_s=settings.predict_timeout_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
     metrics.watch_scheduling(service.scheduling)
 
@@ -110,9 +139,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         try:
             yield
         finally:
-            service.stop_accepting()
-            await cache.close()
-            executor.shutdown()
+            await service.close()  # within the grace period, whatever still runs
 
     app = Starlette(
         routes=routes(
@@ -123,6 +150,8 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             access=Access(keys, max_body_bytes=settings.max_body_bytes),
             protect_metrics=settings.protect_metrics,
         ),
+        middleware=[Middleware(_ShutdownCutoff, service=service)],
+        exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.service = service
@@ -158,3 +187,92 @@ def _budget(settings: Settings, limits: TenantLimits) -> MemoryBudget:
     return MemoryBudget(
         settings.memory_budget_bytes, tenant_cap_bytes=default_cap, tenant_caps=caps
     )
+
+
+class _ShutdownCutoff:
+    """Answers 503 + Retry-After for a request still running when the grace period ends.
+
+    uvicorn cancels such requests, which would otherwise answer 500 and log a traceback; a
+    503 tells clients and balancers to retry elsewhere. Outside shutdown it only passes
+    calls through (a cancellation then is not ours to answer).
+    """
+
+    def __init__(self, app: ASGIApp, *, service: InferenceService) -> None:
+        self._app = app
+        self._service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._app(scope, receive, send)
+        except asyncio.CancelledError:
+            if scope["type"] != "http" or self._service.ready():
+                raise
+            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+            try:
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": _SHUTTING_DOWN})
+            except Exception:  # the response had started, or the client is gone
+                raise asyncio.CancelledError from None
+
+
+_SHUTTING_DOWN = b'{"error": "server is shutting down and could not finish this request; retry"}'
+
+
+def run_server(app: Starlette, *, drain_s: float = 0.0, **uvicorn_options: Any) -> None:
+    """Serve ``app`` (made by :func:`build_app`) with uvicorn until SIGTERM or SIGINT.
+
+    Shutdown, all within the app's grace period (``shutdown_grace_s``): readiness turns 503
+    at once; new connections are still taken for ``drain_s``; then the listener closes,
+    requests in flight (those waiting on a model load too) finish, and models are unloaded.
+    ``uvicorn_options`` go to ``uvicorn.Config`` (host, port, loop, http, …).
+    """
+    service: InferenceService = app.state.service
+    _DrainingServer(uvicorn.Config(app, **uvicorn_options), service, drain_s=drain_s).run()
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn with a drain before its shutdown, and its wait for requests bounded by ours.
+
+    The first SIGTERM or SIGINT turns readiness off; the listener stays open ``drain_s``
+    longer (a second signal ends the drain). uvicorn then closes it and waits for requests in
+    flight for what is left of the grace period, less a reserve for unloading models.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, service: InferenceService, *, drain_s: float
+    ) -> None:
+        super().__init__(config)
+        self._service = service
+        self._drain_s = drain_s
+        self._draining: tuple[int, float] | None = None  # the signal, and when the drain ends
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining is None and not self.should_exit:
+            self._service.stop_accepting()
+            if self._drain_s > 0:
+                log.info("shutting down: not ready; new connections close in %gs", self._drain_s)
+                self._draining = (sig, time.monotonic() + self._drain_s)
+                return
+        self._draining = None
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        draining = self._draining
+        if draining is not None and time.monotonic() >= draining[1]:
+            self._draining = None
+            super().handle_exit(draining[0], None)
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        grace_s = self._service.shutdown_grace_s
+        reserve_s = min(_CLOSE_RESERVE_MAX_S, _CLOSE_RESERVE_FRACTION * grace_s)
+        # uvicorn waits this long for requests in flight, then cancels them.
+        left_s = self._service.shutdown_left_s() - reserve_s
+        self.config.timeout_graceful_shutdown = max(0, math.floor(left_s))
+        await super().shutdown(sockets)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (405 on a known path with another method) in our JSON shape."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)

@@ -92,6 +92,31 @@ def serve(
         str,
         typer.Option(envvar=f"{_ENV}DISK_CACHE", help="Bytes the local copy may take."),
     ] = "20GiB",
+    store_retry_deadline: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}STORE_RETRY_DEADLINE_S",
+            help="Seconds a store read retries 5xx, SlowDown, resets and stalls, with backoff, "
+            "before the load fails with 503 (default 20).",
+        ),
+    ] = None,
+    store_read_timeout: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}STORE_READ_TIMEOUT_S",
+            help="Seconds an S3 read may go without a byte before it is cut and retried "
+            "(default 10).",
+        ),
+    ] = None,
+    store_verify_etag: Annotated[
+        bool | None,
+        typer.Option(
+            "--store-verify-etag/--no-store-verify-etag",
+            envvar=f"{_ENV}STORE_VERIFY_ETAG",
+            help="Refuse a downloaded object whose MD5 differs from its ETag (default on); "
+            "turn off for SSE-KMS or SSE-C buckets, whose ETags are not MD5s.",
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -234,15 +259,40 @@ def serve(
             "are 'other'.",
         ),
     ] = None,
+    predict_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}PREDICT_TIMEOUT_S",
+            help="Seconds one prediction may run (default 60); past it the caller gets 504 "
+            "(SageMaker: ModelError) and the run is stopped.",
+        ),
+    ] = None,
+    shutdown_grace_s: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}SHUTDOWN_GRACE_S",
+            help="Seconds from SIGTERM to exit at most (default 30): requests in flight "
+            "finish, then models unload. Keep it within the orchestrator's kill timeout.",
+        ),
+    ] = None,
+    shutdown_drain_s: Annotated[
+        float | None,
+        typer.Option(
+            envvar=f"{_ENV}SHUTDOWN_DRAIN_S",
+            help="Seconds after SIGTERM, within the grace period, that new connections are "
+            "still taken while readiness says 503, so a load balancer stops routing here "
+            "first (default 0).",
+        ),
+    ] = None,
 ) -> None:
     """Start the server. Models load on their first request; Ctrl-C stops it cleanly."""
     import prometheus_client
-    import uvicorn
     from pydantic import ValidationError
 
-    from tenantserve.app import build_app
+    from tenantserve.app import build_app, run_server
     from tenantserve.config import Settings
     from tenantserve.logging import configure
+    from tenantserve.protocols.http_protocol import BoundedHttpToolsProtocol
 
     values: dict[str, object] = {
         "store": store,
@@ -270,6 +320,10 @@ def serve(
         "max_tenant_memory_fraction": tenant_memory_fraction, "max_in_flight": max_in_flight,
         "queue_timeout_s": queue_timeout, "max_queued_loads": max_queued_loads,
         "max_loads_per_s": max_loads_per_s, "top_tenants": top_tenants, "top_models": top_models,
+        "predict_timeout_s": predict_timeout_s, "shutdown_grace_s": shutdown_grace_s,
+        "shutdown_drain_s": shutdown_drain_s,
+        "store_retry_deadline_s": store_retry_deadline, "store_read_timeout_s": store_read_timeout,
+        "store_verify_etag": store_verify_etag,
     }  # fmt: skip
     values.update({name: value for name, value in optional.items() if value is not None})
     try:
@@ -288,15 +342,15 @@ def serve(
     except ValueError as exc:  # an unreadable or malformed key or limits file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(
+    run_server(
         served,
+        drain_s=settings.shutdown_drain_s,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,  # httptools, with the request head bounded
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=30,
     )
 
 

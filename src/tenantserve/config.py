@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     """Bytes the local disk copy may take before least-recently-used copies are removed."""
     store_retry_deadline_s: float = Field(default=20.0, gt=0)
     """How long a store read retries transient errors (5xx, resets, SlowDown) before failing."""
+    store_read_timeout_s: float = Field(default=10.0, gt=0)
+    """Seconds an S3 read may go without a byte before it is cut and retried (a stall); a
+    slow download that keeps moving is never cut."""
+    store_verify_etag: bool = True
+    """Refuse a downloaded object whose MD5 differs from its MD5-form ETag (single-part
+    uploads); turn off for buckets under SSE-KMS or SSE-C, whose ETags are not MD5s."""
     eviction: Literal["lru", "cost"] = "lru"
     """Victim choice when the budget is full: least recently used, or cost-aware (GDSF:
     reload cost per byte and frequency)."""
@@ -72,6 +78,15 @@ class Settings(BaseSettings):
     """How long a request may wait for its model to load before a retryable error."""
     failed_load_ttl_s: float = Field(default=30.0, ge=0)
     """How long a failed load is remembered (and answered from memory) before a retry."""
+    predict_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds one prediction may run (SageMaker's invocation limit); past it the caller gets
+    504 (SageMaker: ModelError) and the run is told to stop, freeing its thread."""
+    shutdown_grace_s: float = Field(default=30.0, gt=0)
+    """Seconds from SIGTERM to exit at most: requests in flight finish, then models unload;
+    keep it at or under the orchestrator's kill timeout (Kubernetes: 30)."""
+    shutdown_drain_s: float = Field(default=0.0, ge=0)
+    """Seconds, within the grace period, that the server still takes new connections after
+    SIGTERM turns readiness to 503, so a load balancer stops routing here first."""
     max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
     """Largest request body accepted (SageMaker's limit is 6 MiB)."""
     log_level: str = "info"
@@ -130,6 +145,16 @@ class Settings(BaseSettings):
                 f"refusing to serve on {self.host} without authentication: give API keys with "
                 "--api-keys FILE (or TENANTSERVE_API_KEYS), or pass --insecure-no-auth to "
                 "let anyone who can reach the port use and manage every model"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _drain_within_grace(self) -> Settings:
+        if self.shutdown_drain_s >= self.shutdown_grace_s:
+            raise ValueError(
+                f"shutdown_drain_s ({self.shutdown_drain_s:g}) must be shorter than "
+                f"shutdown_grace_s ({self.shutdown_grace_s:g}): the drain is part of the grace "
+                "period"
             )
         return self
 

@@ -18,6 +18,7 @@
     ├── LoadFailed                the artifact could not be fetched or turned into a model
     │   └── StoreUnavailable      the store could not be reached
     └── PredictFailed             the model raised while predicting
+        └── PredictTimedOut       the model ran past the predict timeout (504)
 """
 
 from __future__ import annotations
@@ -86,9 +87,16 @@ class LoadFailed(TenantServeError):
 class StoreUnavailable(LoadFailed):
     """The store did not answer (network, credentials, server errors)."""
 
+    retry_after_s: float = 1.0
+    """What a caller is told to wait (Retry-After): until the server will try the store again."""
+
 
 class PredictFailed(TenantServeError):
     """The model raised while running a request."""
+
+
+class PredictTimedOut(PredictFailed):
+    """The model ran longer than the predict timeout; its run was told to stop."""
 
 
 class TenantLimitExceeded(Overloaded):

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fnmatch
+import logging
+import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+
+from prometheus_client import Histogram
 
 from tenantserve.activity import Activity, ActivitySnapshot
 from tenantserve.cache.model_cache import ModelCache
-from tenantserve.errors import InvalidInput, ModelNotFound
+from tenantserve.errors import InvalidInput, ModelNotFound, PredictFailed, PredictTimedOut
 from tenantserve.metrics import CacheSnapshot, Metrics, SchedulingSnapshot
 from tenantserve.runtimes import LoadedModel
+from tenantserve.runtimes.run_stop import RunStop
 from tenantserve.scheduling.admission import Admission, Ticket
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.tenant_limits import TenantLimits, TenantQuotas
 from tenantserve.store.base import ModelStore
 from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors, TensorSpec
+
+log = logging.getLogger(__name__)
+
+# Shutdown stops waiting this long before its grace period ends, so the process is gone
+# before an orchestrator's kill arrives at the end of it.
+_EXIT_MARGIN_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +68,13 @@ class InferenceService:
         predictor: FairExecutor,
         quotas: TenantQuotas | None = None,
         activity: Activity | None = None,
+        predict_timeout_s: float = math.inf,
+        shutdown_grace_s: float = 30.0,
     ) -> None:
         """``predictor`` runs predictions in fair turns between tenants on ``executor``'s
-        compute pool; ``quotas`` holds tenants to their limits (none when ``None``)."""
+        compute pool; ``quotas`` holds tenants to their limits (none when ``None``); a
+        prediction may run ``predict_timeout_s``; shutdown takes ``shutdown_grace_s`` at most,
+        counted from :meth:`stop_accepting`."""
         self._cache = cache
         self._store = store
         self._admission = admission
@@ -65,7 +83,11 @@ class InferenceService:
         self._predictor = predictor
         self._quotas = quotas or TenantQuotas(TenantLimits(), metrics=metrics)
         self._activity = activity if activity is not None else Activity()
+        self._predict_timeout_s = predict_timeout_s
+        self._shutdown_grace_s = shutdown_grace_s
         self._accepting = False
+        self._stopping_since: float | None = None
+        self._lingering: set[asyncio.Task[None]] = set()  # leases held for stopped runs
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -73,14 +95,58 @@ class InferenceService:
         self._accepting = True
 
     def stop_accepting(self) -> None:
-        """Readiness goes false first on shutdown, so balancers drain before we stop."""
+        """Readiness goes false first on shutdown, so balancers drain before we stop.
+
+        The first call starts the shutdown grace period.
+        """
+        if self._stopping_since is None:
+            self._stopping_since = time.monotonic()
         self._accepting = False
 
+    @property
+    def shutdown_grace_s(self) -> float:
+        return self._shutdown_grace_s
+
+    def shutdown_left_s(self) -> float:
+        """Seconds left of the shutdown grace period (all of it until shutdown begins)."""
+        if self._stopping_since is None:
+            return self._shutdown_grace_s
+        return self._stopping_since + self._shutdown_grace_s - time.monotonic()
+
+    async def close(self) -> None:
+        """Shut down within the grace period: wait for stopped runs to let go of their
+        models, unload every model (loads in flight first), then stop the thread pools.
+
+        What still runs when the period ends (a load ONNX Runtime cannot interrupt) is left
+        to the process exit, so shutdown never outlasts its grace period.
+        """
+        self.stop_accepting()
+        try:
+            async with asyncio.timeout(self._close_left_s()):
+                if self._lingering:
+                    await asyncio.gather(*self._lingering, return_exceptions=True)
+                await self._cache.close()
+        except TimeoutError:
+            log.warning(
+                "shutdown grace period (%gs) over with model loads or unloads still running; "
+                "exiting without waiting for them", self._shutdown_grace_s,
+            )  # fmt: skip
+        if not self._executor.shutdown(timeout_s=self._close_left_s()):
+            log.warning("exiting with a model load or prediction still running")
+
+    def _close_left_s(self) -> float:
+        return max(0.0, self.shutdown_left_s() - _EXIT_MARGIN_S)
+
     def live(self) -> bool:
+        """Live while the process serves HTTP at all: loads and failed loads never change it."""
         return True
 
     def ready(self) -> bool:
-        """Ready when accepting requests: serving does not wait for any model to be loaded."""
+        """Ready from the end of start-up (preloads done) until shutdown begins.
+
+        Serving does not wait for any model to be loaded, and a model that fails to load makes
+        only its own requests fail; per-model readiness is :meth:`is_resident`.
+        """
         return self._accepting
 
     # -- data plane ------------------------------------------------------------------------
@@ -96,8 +162,8 @@ class InferenceService:
             TenantLimitExceeded, Overloaded, ModelNotFound, ModelNotReady, InsufficientMemory,
             LoadFailed, InvalidInput, PredictFailed.
         """
-        async with self._admitted(model_id) as ticket, self._cache.lease(model_id) as model:
-            result = await self._predict(model_id, model, tensors, ticket)
+        async with self._admitted(model_id) as ticket:
+            result = await self._leased_predict(model_id, ticket, lambda model: tensors)
         if outputs is None:
             return result
         unknown = [name for name in outputs if name not in result]
@@ -115,8 +181,8 @@ class InferenceService:
         For bodies that name no inputs (SageMaker's): one admission and one lease, where
         reading :meth:`metadata` first would lease twice and load outside admission.
         """
-        async with self._admitted(model_id) as ticket, self._cache.lease(model_id) as model:
-            return await self._predict(model_id, model, decode(model.inputs), ticket)
+        async with self._admitted(model_id) as ticket:
+            return await self._leased_predict(model_id, ticket, lambda model: decode(model.inputs))
 
     @asynccontextmanager
     async def _admitted(self, model_id: ModelId) -> AsyncIterator[Ticket]:
@@ -131,19 +197,38 @@ class InferenceService:
             async with self._admission.admit(tenant) as ticket:
                 yield ticket
 
-    async def _predict(
-        self, model_id: ModelId, model: LoadedModel, tensors: Tensors, ticket: Ticket
+    async def _leased_predict(
+        self, model_id: ModelId, ticket: Ticket, inputs: Callable[[LoadedModel], Tensors]
     ) -> Tensors:
-        """Run on a predict thread in the tenant's fair turn; dropped if its queue time ran out."""
+        """Lease the model and predict on a compute thread in the tenant's fair turn.
 
-        def timed() -> Tensors:
-            started = time.perf_counter()
+        Dropped unrun if its queue time ran out. A run past ``predict_timeout_s``, or whose
+        caller left, is told to stop; while its thread still holds the model, the lease passes
+        to a task that ends it when the thread lets go, so no model is closed under a run.
+        """
+        async with AsyncExitStack() as lease:
+            model = await lease.enter_async_context(self._cache.lease(model_id))
+            run = _Run(model, inputs(model), self._metrics.inference)
             try:
-                return model.predict(tensors)
-            finally:
-                self._metrics.inference.observe(time.perf_counter() - started)
+                return await self._predictor.run_until(
+                    ticket.deadline(), model_id.tenant, run,
+                    timeout_s=self._predict_timeout_s, key=model_id.value,
+                )  # fmt: skip
+            except (PredictTimedOut, asyncio.CancelledError) as exc:
+                if run.stop():
+                    self._end_lease_after(run, lease.pop_all())
+                if isinstance(exc, PredictTimedOut):
+                    log.warning("%s; its run was told to stop", exc)
+                raise
 
-        return await self._predictor.run_until(ticket.deadline(), model_id.tenant, timed)
+    def _end_lease_after(self, run: _Run, lease: AsyncExitStack) -> None:
+        async def end() -> None:
+            await run.released
+            await lease.aclose()
+
+        task = asyncio.get_running_loop().create_task(end())
+        self._lingering.add(task)  # hold a reference until done, or the task may be collected
+        task.add_done_callback(self._lingering.discard)
 
     def scheduling(self) -> SchedulingSnapshot:
         """Queue depths and per-tenant requests in flight, for the metrics scrape."""
@@ -172,9 +257,15 @@ class InferenceService:
 
     # -- management ------------------------------------------------------------------------
 
-    async def load(self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True) -> None:
-        """Load now (and optionally pin). ``exist_ok=False`` raises ``ModelAlreadyLoaded``."""
-        await self._cache.load(model_id, pin=pin, exist_ok=exist_ok)
+    async def load(
+        self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True, reload: bool = False
+    ) -> None:
+        """Load now (and optionally pin). ``exist_ok=False`` raises ``ModelAlreadyLoaded``.
+
+        ``reload`` loads a resident model again from the store beside the serving copy and
+        swaps it in once loaded; if that fails, the error is raised and the old copy serves.
+        """
+        await self._cache.load(model_id, pin=pin, exist_ok=exist_ok, reload=reload)
 
     async def preload(self, patterns: Sequence[str], *, pin: bool = False) -> list[ModelId]:
         """Load models named by ids or glob patterns (``acme/*``) at start-up; returns the ids."""
@@ -225,3 +316,43 @@ class InferenceService:
             state = "UNAVAILABLE" if status is None else status.state.upper()
             entries.append(RepositoryEntry(raw, state))
         return entries
+
+
+class _Run:
+    """One prediction handed to a compute thread: stoppable, and known when it lets go."""
+
+    def __init__(self, model: LoadedModel, tensors: Tensors, timer: Histogram) -> None:
+        self._model = model
+        self._tensors = tensors
+        self._timer = timer
+        self._stop = RunStop()
+        self._lock = threading.Lock()  # orders "started" against "stopped" across threads
+        self._started = False
+        self._loop = asyncio.get_running_loop()
+        self.released: asyncio.Future[None] = self._loop.create_future()
+
+    def __call__(self) -> Tensors:
+        """On the compute thread."""
+        with self._lock:
+            if self._stop.stopped:  # its caller left before a thread took it
+                raise PredictFailed("the run was stopped before it started")
+            self._started = True
+        started = time.perf_counter()
+        try:
+            with self._stop.running():
+                return self._model.predict(self._tensors)
+        finally:
+            self._timer.observe(time.perf_counter() - started)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                self._loop.call_soon_threadsafe(self._let_go)
+
+    def stop(self) -> bool:
+        """Tell the run to stop (on the loop). Returns whether a thread still holds the model:
+        then :attr:`released` completes when it lets go."""
+        self._stop.stop()
+        with self._lock:
+            return self._started and not self.released.done()
+
+    def _let_go(self) -> None:
+        if not self.released.done():
+            self.released.set_result(None)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 from tenantserve import memory
 from tenantserve.activity import CacheEvent
@@ -22,6 +23,7 @@ from tenantserve.errors import (
     ModelAlreadyLoaded,
     ModelNotFound,
     ModelNotReady,
+    StoreUnavailable,
     TenantServeError,
 )
 from tenantserve.metrics import CacheSnapshot, Metrics
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 # seen to hold 1.5-1.6x its file (DESIGN §3), so reserve 2x and settle to the measured size.
 _FIRST_LOAD_FACTOR = 2
 _KNOWN_SIZES_MAX = 100_000
+_STORE_FAILURE_TTL_S = 5.0
+_OVERHEAD_SHARE = 4  # non-model resident bytes charged to the budget: at most 1/4 of it
 
 
 @dataclass(slots=True, eq=False)
@@ -92,6 +96,9 @@ class ModelCache:
         self._events = events  # loads, evictions, unloads, failures: for /v1/status
         self._entries: dict[ModelId, _Entry] = {}
         self._draining: set[_Entry] = set()
+        # Explicitly unloaded, closed once their last lease ends; until then new requests for
+        # the model are told to retry rather than load a second copy beside the closing one.
+        self._unloading: dict[ModelId, _Entry] = {}
         self._flights: SingleFlight[ModelId, _Entry] = SingleFlight()
         self._failures: dict[ModelId, tuple[float, TenantServeError]] = {}
         self._known_sizes: OrderedDict[ModelId, int] = OrderedDict()
@@ -112,14 +119,18 @@ class ModelCache:
         self._rss_baseline = memory.rss_bytes()
 
     def _overhead_bytes(self) -> int:
-        """Resident bytes beyond baseline + ledger: heap fragmentation after churn, buffers.
+        """Resident bytes beyond baseline + ledger (heap fragmentation after churn, buffers),
+        counted up to a quarter of the budget.
 
         Counting it makes the budget hold for the process (RSS ≤ baseline + budget), not only
-        for the sum of measured model sizes.
+        for the sum of measured model sizes. The cap is there because most of it is not the
+        models': a soak at 2x capacity held ~40 MB in connections, and charged in full that
+        emptied a small budget and turned every request into a load.
         """
         if self._rss_baseline is None:
             return 0
-        return max(0, memory.rss_bytes() - self._rss_baseline - self._budget.used_bytes)
+        beyond = memory.rss_bytes() - self._rss_baseline - self._budget.used_bytes
+        return max(0, min(beyond, self._budget.capacity_bytes // _OVERHEAD_SHARE))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -191,6 +202,7 @@ class ModelCache:
             if entry is not None:
                 return entry
             if not explicit:
+                self._raise_if_unloading(model_id)
                 self._raise_if_failed_recently(model_id)
                 self._raise_if_loads_full(model_id)
             try:
@@ -245,13 +257,23 @@ class ModelCache:
         if start_at > now:
             await asyncio.sleep(start_at - now)
 
+    def _raise_if_unloading(self, model_id: ModelId) -> None:
+        if model_id in self._unloading:
+            raise ModelNotReady(
+                f"model {model_id} is being unloaded; retry shortly", retry_after_s=1.0
+            )
+
     def _raise_if_failed_recently(self, model_id: ModelId) -> None:
         failure = self._failures.get(model_id)
         if failure is None:
             return
         expires_at, error = failure
-        if time.monotonic() < expires_at:
-            raise type(error)(str(error))
+        left_s = expires_at - time.monotonic()
+        if left_s > 0:
+            again = type(error)(str(error))
+            if isinstance(again, StoreUnavailable):
+                again.retry_after_s = left_s
+            raise again
         del self._failures[model_id]
 
     # -- loading ---------------------------------------------------------------------------
@@ -283,7 +305,12 @@ class ModelCache:
         except TenantServeError as exc:
             self._budget.release(reserved, tenant)
             self._metrics.load_failures.inc()
-            self._failures[model_id] = (time.monotonic() + self._failed_load_ttl_s, exc)
+            # A broken artifact stays broken; a store outage already had its retries and may
+            # pass at any moment, so it is remembered only briefly (and said so in Retry-After).
+            ttl_s = self._failed_load_ttl_s
+            if isinstance(exc, StoreUnavailable):
+                ttl_s = min(ttl_s, _STORE_FAILURE_TTL_S)
+            self._failures[model_id] = (time.monotonic() + ttl_s, exc)
             log.warning("load of %s failed: %s", model_id, exc)
             self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
             raise
@@ -299,18 +326,27 @@ class ModelCache:
         self._remember_size(model_id, measured)
         self._failures.pop(model_id, None)
         entry = _Entry(model_id, model, measured, artifact.manifest.labels, load_seconds)
+        old = self._entries.get(model_id)
+        if old is not None:  # a reload: the new copy takes over, the old one drains
+            entry.pinned = old.pinned
+            self._detach(old, detail="replaced by a reload")
+            if old.leases == 0:
+                self._close_soon(old)
         self._entries[model_id] = entry
         self._policy.add(model_id, nbytes=measured, load_seconds=load_seconds)
         # The measured size may beat the estimate: shed others now, not on the next load.
         own = self._evict(0, protect=model_id, tenant=tenant)
         freeing = sum(victim.nbytes for victim in own)
         for victim in [*own, *self._evict(-freeing, protect=model_id)]:
-            task = asyncio.get_running_loop().create_task(self._close(victim))
-            self._closing.add(task)  # hold a reference until done, or the task may be collected
-            task.add_done_callback(self._closing.discard)
+            self._close_soon(victim)
         log.info("loaded %s (%d bytes in %.3fs)", model_id, measured, load_seconds)
         self._emit(CacheEvent("load", model_id.value, measured, load_seconds))
         return entry
+
+    def _close_soon(self, entry: _Entry) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(entry))
+        self._closing.add(task)  # hold a reference until done, or the task may be collected
+        task.add_done_callback(self._closing.discard)
 
     def _estimate(self, artifact: LocalArtifact, runtime: Runtime) -> int:
         """The model's own bytes (as last measured, else hinted, else guessed from its file),
@@ -355,6 +391,8 @@ class ModelCache:
             self._known_sizes.popitem(last=False)
 
     async def _make_room(self, model_id: ModelId, nbytes: int) -> None:
+        """Evict until ``nbytes`` fit. A resident copy of ``model_id`` (a reload) is never a
+        victim: it serves until the new one is in, so both are counted for that moment."""
         tenant = model_id.tenant
         if not self._budget.can_ever_fit(nbytes):
             raise InsufficientMemory(
@@ -371,15 +409,15 @@ class ModelCache:
             # Close victims before loading, so the process never holds both at once. A tenant
             # at its share gives up its own models first; only then do others make room.
             if not self._budget.tenant_fits(tenant, nbytes):
-                own = self._evict(nbytes, protect=None, tenant=tenant)
+                own = self._evict(nbytes, protect=model_id, tenant=tenant)
                 await asyncio.gather(*(self._close(victim) for victim in own))
-            victims = self._evict(nbytes, protect=None)
+            victims = self._evict(nbytes, protect=model_id)
             await asyncio.gather(*(self._close(victim) for victim in victims))
             if self._budget.fits(nbytes) and self._budget.tenant_fits(tenant, nbytes):
                 return
             # What is left is pinned, busy or loading. Busy models free up in milliseconds;
             # wait for a lease to end rather than fail the load.
-            if not self._could_free(nbytes, tenant) or time.monotonic() >= deadline:
+            if not self._could_free(model_id, nbytes) or time.monotonic() >= deadline:
                 raise InsufficientMemory(self._no_room(model_id, nbytes))
             if self._room_freed is None:
                 self._room_freed = asyncio.Event()
@@ -389,25 +427,29 @@ class ModelCache:
             except TimeoutError:
                 continue
 
-    def _could_free(self, nbytes: int, tenant: str) -> bool:
-        """Would ``nbytes`` fit once every lease and load in flight ended? Only pins stay."""
-        pinned = [e for e in self._entries.values() if e.pinned]
-        if sum(e.nbytes for e in pinned) + nbytes > self._budget.capacity_bytes:
+    def _could_free(self, model_id: ModelId, nbytes: int) -> bool:
+        """Would ``nbytes`` fit once every lease and load in flight ended? Only pins stay,
+        and the resident copy of a model being reloaded."""
+        tenant = model_id.tenant
+        kept = [e for e in self._entries.values() if e.pinned or e.model_id == model_id]
+        if sum(e.nbytes for e in kept) + nbytes > self._budget.capacity_bytes:
             return False
         cap = self._budget.cap_of(tenant)
-        own = sum(e.nbytes for e in pinned if e.model_id.tenant == tenant)
+        own = sum(e.nbytes for e in kept if e.model_id.tenant == tenant)
         return cap is None or own + nbytes <= cap
 
     def _no_room(self, model_id: ModelId, nbytes: int) -> str:
         tenant = model_id.tenant
+        # A reload needs room beside the copy that keeps serving meanwhile.
+        beside = " beside its resident copy" if model_id in self._entries else ""
         if not self._budget.tenant_fits(tenant, nbytes):
             return (
-                f"model {model_id} needs about {nbytes} bytes and tenant {tenant} already "
-                f"holds {self._budget.used_by(tenant)} of its {self._budget.cap_of(tenant)}-byte "
-                "share in pinned or busy models"
+                f"model {model_id} needs about {nbytes} bytes{beside} and tenant {tenant} "
+                f"already holds {self._budget.used_by(tenant)} of its "
+                f"{self._budget.cap_of(tenant)}-byte share in pinned or busy models"
             )
         return (
-            f"model {model_id} needs about {nbytes} bytes and only "
+            f"model {model_id} needs about {nbytes} bytes{beside} and only "
             f"{max(self._budget.free_bytes, 0)} can be freed: the rest of the budget "
             "is held by pinned or busy models"
         )
@@ -449,13 +491,14 @@ class ModelCache:
             freeing += entry.nbytes
         return victims
 
-    def _detach(self, entry: _Entry, *, evicted: bool = False) -> None:
+    def _detach(self, entry: _Entry, *, evicted: bool = False, detail: str = "") -> None:
         """Take a model out of the index; its bytes stay counted until it is closed."""
         del self._entries[entry.model_id]
         self._policy.remove(entry.model_id, evicted=evicted)
         entry.draining = True
         self._draining.add(entry)
-        self._emit(CacheEvent("evict" if evicted else "unload", entry.model_id.value, entry.nbytes))
+        kind: Literal["evict", "unload"] = "evict" if evicted else "unload"
+        self._emit(CacheEvent(kind, entry.model_id.value, entry.nbytes, detail=detail))
 
     def _emit(self, event: CacheEvent) -> None:
         if self._events is not None:
@@ -465,6 +508,8 @@ class ModelCache:
         if entry not in self._draining:
             return
         self._draining.discard(entry)
+        if self._unloading.get(entry.model_id) is entry:
+            del self._unloading[entry.model_id]
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(self._load_executor, self._release, entry)
         self._budget.release(entry.nbytes, entry.model_id.tenant)
@@ -474,11 +519,31 @@ class ModelCache:
 
     # -- management ------------------------------------------------------------------------
 
-    async def load(self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True) -> None:
-        if model_id in self._entries and not exist_ok:
+    async def load(
+        self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True, reload: bool = False
+    ) -> None:
+        """Load ``model_id`` now unless resident (``exist_ok=False``: ModelAlreadyLoaded).
+
+        With ``reload``, a resident model is loaded again from the store beside the copy that
+        serves; the new copy takes over once loaded (keeping its pin) and the old one closes
+        when its requests finish. A failed reload raises and leaves the old copy serving.
+        """
+        resident = model_id in self._entries
+        if resident and not exist_ok:
             raise ModelAlreadyLoaded(f"model {model_id} is already loaded")
         self._failures.pop(model_id, None)  # an operator's explicit load always retries
-        entry = await self._get_or_load(model_id, explicit=True)
+        if resident and reload:
+            try:
+                entry = await self._flights.do(
+                    model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s
+                )
+            except TimeoutError:
+                raise ModelNotReady(
+                    f"model {model_id} is still reloading; the old copy serves meanwhile",
+                    retry_after_s=1.0,
+                ) from None
+        else:
+            entry = await self._get_or_load(model_id, explicit=True)
         if pin:
             entry.pinned = True
 
@@ -491,12 +556,16 @@ class ModelCache:
             self._signal_room()
 
     async def unload(self, model_id: ModelId) -> None:
+        """Unload now; requests in flight finish first, and until they have, new requests
+        for the model get ModelNotReady (retry) instead of loading it again."""
         entry = self._entries.get(model_id)
         if entry is None:
             raise ModelNotFound(f"model {model_id} is not loaded")
         self._detach(entry)
         if entry.leases == 0:
             await self._close(entry)
+        else:
+            self._unloading[model_id] = entry
 
     async def close(self) -> None:
         """Wait for loads in flight, then release every model (shutdown)."""

@@ -21,6 +21,7 @@ from tenantserve.errors import (
     Overloaded,
     PayloadTooLarge,
     PredictFailed,
+    PredictTimedOut,
     StoreUnavailable,
     TenantLimitExceeded,
     TenantServeError,
@@ -69,6 +70,9 @@ _RULES: dict[type[TenantServeError], _Rule] = {
     # SageMaker reports an error raised inside the model as 424 ModelError carrying the
     # original status and message, and boto3 does not retry it (a retry would fail the same).
     PredictFailed: _Rule(500, 424, "ModelError"),
+    # The model, not the server, took too long; SageMaker reports an invocation timeout as a
+    # ModelError too.
+    PredictTimedOut: _Rule(504, 424, "ModelError"),
 }
 _UNEXPECTED = _Rule(500, 500, "InternalFailure")
 _DEFAULT_RETRY_AFTER_S = 1.0

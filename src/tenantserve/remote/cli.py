@@ -134,7 +134,8 @@ def load_model(
     api_key: KeyOpt = None,
     pin: Annotated[bool, typer.Option(help="Also pin it: never evicted.")] = False,
 ) -> None:
-    """Load a model now (a resident model stays as it is)."""
+    """Load a model now. Without --pin a resident one is reloaded from the store: the old
+    copy serves until the new one is in, and keeps serving if the reload fails."""
     with _client(url, api_key) as client:
         if pin:
             client.pin(model_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import onnxruntime as ort
 
 from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
 from tenantserve.runtimes.base import SharedUsage
+from tenantserve.runtimes.run_stop import current_run_stop
 from tenantserve.runtimes.shared import BaseHeadModel, SharedBlocks, measured, verified_path
 from tenantserve.types import DATATYPE_TO_DTYPE, ModelManifest, Tensors, TensorSpec
 
@@ -69,10 +71,24 @@ class OnnxModel:
             expected = ", ".join(spec.name for spec in self._inputs)
             raise InvalidInput(f"unexpected input {extra[0]!r}; the model takes: {expected}")
         feed = {spec.name: _conform(spec, tensors.get(spec.name)) for spec in self._inputs}
+        # The server stops a run that passed its timeout; ONNX Runtime checks the flag between
+        # nodes and fails the run, which frees this thread.
+        options = ort.RunOptions()
+        stop = current_run_stop()
+
+        def terminate() -> None:
+            options.terminate = True
+
+        forget = stop.on_stop(terminate) if stop is not None else None
         try:
-            values = session.run(self._output_names, feed)
+            values = session.run(self._output_names, feed, options)
         except Exception as exc:  # onnxruntime raises its own untyped errors
+            if stop is not None and stop.stopped:
+                raise PredictFailed("the run was stopped before it finished") from exc
             raise PredictFailed(f"model failed to run: {_first_line(exc)}") from exc
+        finally:
+            if forget is not None:
+                forget()
         return dict(zip(self._output_names, values, strict=True))
 
     def close(self) -> None:
@@ -123,8 +139,15 @@ def _as_text(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return out.reshape(array.shape)
 
 
+# "[ONNXRuntimeError] : 1 : FAIL : " and "/onnxruntime_src/<file>:<line> <C++ signature> ":
+# build paths and noise that would push the reason itself past the cut below.
+_ORT_NOISE = re.compile(
+    r"^\[ONNXRuntimeError\] : \d+ : \w+ : |/\S+\.(?:h|cc|cpp|c):\d+ .*?[)>] (?=[A-Z])"
+)
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = _ORT_NOISE.sub("", str(exc)).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
 
 

@@ -111,6 +111,10 @@ class Admission:
         if longest is not None and longest[1] > self._waiting.len_of(tenant) + 1:
             victim = longest[0]
             shed = self._waiting.pop_newest(victim)
+            if shed.done():
+                # Cancelled a moment ago (its client left) and not yet unwound: taking it out
+                # made the room, and no one is refused.
+                return
             self._metrics.reject("queue_full", victim)
             shed.set_exception(_full())
             return

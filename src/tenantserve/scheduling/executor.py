@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -15,12 +16,24 @@ T = TypeVar("T")
 class BoundedExecutor:
     """Three pools with fixed sizes, so 2,000 resident models add no thread (DESIGN §4).
 
-    ``compute`` runs ``model.predict`` (one thread per core); ``load`` turns artifacts into
-    sessions and closes them; ``io`` waits on the store.
+    ``compute`` runs ``model.predict`` (one thread per core, plus ``spare_compute_threads``
+    that only start when a predict past its timeout holds a thread); ``load`` turns artifacts
+    into sessions and closes them; ``io`` waits on the store.
     """
 
-    def __init__(self, *, compute_threads: int, load_threads: int, io_threads: int) -> None:
-        self.compute = ThreadPoolExecutor(compute_threads, thread_name_prefix="ts-predict")
+    def __init__(
+        self,
+        *,
+        compute_threads: int,
+        load_threads: int,
+        io_threads: int,
+        spare_compute_threads: int = 0,
+    ) -> None:
+        # A pool starts a thread only when none is idle, and the fair executor hands it at
+        # most ``compute_threads`` calls unless some are written off: spares stay unstarted.
+        self.compute = ThreadPoolExecutor(
+            compute_threads + spare_compute_threads, thread_name_prefix="ts-predict"
+        )
         self.load = ThreadPoolExecutor(load_threads, thread_name_prefix="ts-load")
         self.io = ThreadPoolExecutor(io_threads, thread_name_prefix="ts-io")
 
@@ -34,6 +47,22 @@ class BoundedExecutor:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.io, functools.partial(fn, *args, **kwargs))
 
-    def shutdown(self) -> None:
-        for pool in (self.compute, self.load, self.io):
-            pool.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, *, timeout_s: float | None = None) -> bool:
+        """Drop queued work and wait up to ``timeout_s`` for running work (``None``: no limit).
+
+        Returns:
+            Whether every thread finished; one that did not (a load that cannot be stopped)
+            is left behind, and a process exit takes it.
+        """
+        pools = (self.compute, self.load, self.io)
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+        def join() -> None:
+            for pool in pools:
+                pool.shutdown(wait=True)
+
+        waiter = threading.Thread(target=join, name="ts-shutdown", daemon=True)
+        waiter.start()
+        waiter.join(timeout_s)
+        return not waiter.is_alive()

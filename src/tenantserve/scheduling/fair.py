@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from tenantserve.errors import Overloaded
+from tenantserve.errors import Overloaded, PredictTimedOut
 from tenantserve.metrics import Metrics
 
 T = TypeVar("T")
@@ -132,6 +132,10 @@ class _Job:
     call: Callable[[], Any]
     future: asyncio.Future[Any]
     deadline: float  # time.monotonic(); a job still queued past it is dropped, never run
+    timeout_s: float = math.inf  # how long it may run once on a thread
+    key: str | None = None  # what it runs (a model id): fenced while a run of it is stuck
+    timer: asyncio.TimerHandle | None = None
+    abandoned: bool = False  # timed out; its thread is still busy with it
 
 
 class FairExecutor:
@@ -140,18 +144,32 @@ class FairExecutor:
     At most ``workers`` calls are handed to ``pool`` at once, so the pool never queues; what
     waits, waits here, per tenant. A call whose deadline passes while it waits is dropped
     before it runs (``rejected{reason="timeout"}``); a caller that goes away (task cancelled)
-    takes its call out of the queue. A call already running cannot be stopped: its thread
-    finishes and the result is dropped.
+    takes its call out of the queue.
+
+    A call that runs past its ``timeout_s`` is answered with ``PredictTimedOut`` at once; a
+    thread cannot be killed, so the caller stops the work (ONNX Runtime's terminate flag) and
+    its thread is written off until it returns. Up to ``spare_workers`` written-off threads are
+    replaced (``pool`` must have ``workers + spare_workers`` threads), so a hung run does not
+    take a worker from other models; and while a run of one ``key`` is written off, further
+    calls of that key are refused at once rather than given another thread to hang.
     """
 
     def __init__(
-        self, pool: concurrent.futures.Executor, *, workers: int, metrics: Metrics
+        self,
+        pool: concurrent.futures.Executor,
+        *,
+        workers: int,
+        metrics: Metrics,
+        spare_workers: int = 0,
     ) -> None:
         self._pool = pool
         self._workers = workers
+        self._spare_workers = spare_workers
         self._metrics = metrics
         self._queue: FairQueue[_Job] = FairQueue()
-        self._running = 0
+        self._running = 0  # calls on threads, written-off ones included
+        self._abandoned = 0  # calls past their timeout still on threads
+        self._stuck: dict[str, int] = {}  # key → its calls past their timeout still on threads
 
     @property
     def queued(self) -> int:
@@ -160,6 +178,11 @@ class FairExecutor:
     @property
     def running(self) -> int:
         return self._running
+
+    @property
+    def abandoned(self) -> int:
+        """Calls answered with a timeout whose threads have not returned yet."""
+        return self._abandoned
 
     async def run(
         self,
@@ -171,14 +194,30 @@ class FairExecutor:
         """Run ``fn(*args, **kwargs)`` on the pool in ``tenant``'s turn; no deadline."""
         return await self.run_until(math.inf, tenant, functools.partial(fn, *args, **kwargs))
 
-    async def run_until(self, deadline: float, tenant: str, call: Callable[[], T]) -> T:
+    async def run_until(
+        self,
+        deadline: float,
+        tenant: str,
+        call: Callable[[], T],
+        *,
+        timeout_s: float = math.inf,
+        key: str | None = None,
+    ) -> T:
         """Run ``call`` in ``tenant``'s turn unless ``deadline`` (monotonic) passes first.
 
+        Args:
+            timeout_s: how long the call may run once it has a thread.
+            key: what the call runs (a model id), for fencing a key whose run is stuck.
         Raises:
-            Overloaded: the deadline passed while the call waited for a thread.
+            Overloaded: the deadline passed while the call waited for a thread, or a call of
+                ``key`` is still running past its timeout.
+            PredictTimedOut: the call ran longer than ``timeout_s`` (it goes on running until
+                its thread returns; stopping it is the caller's part).
         """
+        if key is not None and key in self._stuck:
+            raise _fenced(key, timeout_s)
         loop = asyncio.get_running_loop()
-        job = _Job(call, loop.create_future(), deadline)
+        job = _Job(call, loop.create_future(), deadline, timeout_s, key)
         self._queue.push(tenant, job)
         self._dispatch(loop)
         timer = None
@@ -197,16 +236,37 @@ class FairExecutor:
         return result
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
-        while self._running < self._workers and self._queue:
+        # Written-off threads do not count against ``workers``, up to the spares.
+        while self._running - min(self._abandoned, self._spare_workers) < self._workers:
+            if not self._queue:
+                return
             tenant, job = self._queue.pop()
             if job.future.done():  # its caller went away
                 continue
             if time.monotonic() > job.deadline:
                 self._drop(tenant, job)
                 continue
+            if job.key is not None and job.key in self._stuck:
+                job.future.set_exception(_fenced(job.key, job.timeout_s))
+                continue
             self._running += 1
+            if math.isfinite(job.timeout_s):
+                job.timer = loop.call_later(job.timeout_s, self._time_out, loop, job)
             done = self._pool.submit(job.call)
             done.add_done_callback(functools.partial(self._on_done, loop, job))
+
+    def _time_out(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
+        if job.future.done():  # answered, or its caller went away
+            return
+        job.abandoned = True
+        self._abandoned += 1
+        if job.key is not None:
+            self._stuck[job.key] = self._stuck.get(job.key, 0) + 1
+        what = f"model {job.key}" if job.key is not None else "the call"
+        job.future.set_exception(
+            PredictTimedOut(f"{what} did not answer within {job.timeout_s:g} s")
+        )
+        self._dispatch(loop)  # a spare thread takes the next call
 
     def _expire(self, tenant: str, job: _Job) -> None:
         if not job.future.done() and self._queue.remove(tenant, job):
@@ -236,6 +296,16 @@ class FairExecutor:
         done: concurrent.futures.Future[Any],
     ) -> None:
         self._running -= 1
+        if job.timer is not None:
+            job.timer.cancel()
+        if job.abandoned:
+            self._abandoned -= 1
+            if job.key is not None:
+                left = self._stuck[job.key] - 1
+                if left:
+                    self._stuck[job.key] = left
+                else:
+                    del self._stuck[job.key]
         if not job.future.done():
             if done.cancelled():
                 job.future.cancel()
@@ -244,3 +314,10 @@ class FairExecutor:
             else:
                 job.future.set_result(done.result())
         self._dispatch(loop)
+
+
+def _fenced(key: str, timeout_s: float) -> Overloaded:
+    return Overloaded(
+        f"model {key} is still running an earlier request past its timeout; retry later",
+        retry_after_s=timeout_s if math.isfinite(timeout_s) else 1.0,
+    )

@@ -1,23 +1,26 @@
-"""ModelCache: hits, single-flight, byte budget, eviction rules, failures (fake store/runtime)."""
+"""ModelCache: hits, single-flight, byte budget, eviction, failures, reload and unload (fakes)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tenantserve.cache import MemoryBudget, ModelCache
+from tenantserve.cache import MemoryBudget, ModelCache, model_cache
 from tenantserve.errors import (
     InsufficientMemory,
     LoadFailed,
     ModelAlreadyLoaded,
     ModelNotFound,
     ModelNotReady,
+    StoreUnavailable,
 )
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel, Runtime, SharedUsage
@@ -42,7 +45,10 @@ class FakeModel:
 
 
 class FakeStore:
-    """Models named ``<tenant>/<size>`` take ``size`` bytes; ``broken`` fails; ``gate`` blocks."""
+    """Models named ``<tenant>/<size>`` take ``size`` bytes; ``broken`` fails; ``gate`` blocks.
+
+    Ids in ``corrupt`` fail to load as if their artifact had been replaced by a broken one.
+    """
 
     url = "fake://"
 
@@ -50,6 +56,7 @@ class FakeStore:
         self.tmp = tmp
         self.fetches: dict[str, int] = {}
         self.gate: threading.Event | None = None
+        self.corrupt: set[str] = set()
         self.lock = threading.Lock()
 
     def fetch(self, model_id: ModelId) -> LocalArtifact:
@@ -60,8 +67,10 @@ class FakeStore:
         name = model_id.value.split("/")[-1]
         if name == "missing":
             raise ModelNotFound(f"no model {model_id}")
-        if name == "broken":
+        if name == "broken" or model_id.value in self.corrupt:
             raise LoadFailed("not a loadable ONNX model")
+        if name == "unreachable":
+            raise StoreUnavailable("the model store could not be reached (timed out)")
         size = int(name)
         return LocalArtifact(model_id, self.tmp, ModelManifest(memory_hint_bytes=size), size)
 
@@ -77,6 +86,8 @@ class FakeRuntime:
 
     def __init__(self) -> None:
         self.loaded: list[FakeModel] = []
+        self.gate: threading.Event | None = None  # blocks load() until set
+        self.loading = threading.Event()  # set when a load() has begun
 
     def warm_up(self) -> None:
         return None
@@ -88,6 +99,9 @@ class FakeRuntime:
         return 0
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
+        self.loading.set()
+        if self.gate is not None:
+            self.gate.wait(10)
         model = FakeModel(str(manifest.memory_hint_bytes))
         self.loaded.append(model)
         return model
@@ -259,6 +273,29 @@ async def test_failed_load_reaches_every_waiter_and_is_remembered(
 
 
 @pytest.mark.anyio
+async def test_a_store_outage_is_remembered_briefly_and_retry_after_says_how_long(
+    cache: ModelCache, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cache remembers failed loads for 60 s; an outage of the store only for seconds.
+    unreachable = mid("a/unreachable")
+    with pytest.raises(StoreUnavailable):
+        await cache.load(unreachable, exist_ok=True)
+    now = time.monotonic()
+    with pytest.raises(StoreUnavailable) as remembered:
+        async with cache.lease(unreachable):
+            pass
+    assert store.fetches == {"a/unreachable": 1}
+    assert 0 < remembered.value.retry_after_s <= 5.0
+    # The cache's own clock only (the event loop keeps the real one).
+    later = SimpleNamespace(monotonic=lambda: now + 5.1, perf_counter=time.perf_counter)
+    monkeypatch.setattr(model_cache, "time", later)
+    with pytest.raises(StoreUnavailable):  # tried again: the store is asked once more
+        async with cache.lease(unreachable):
+            pass
+    assert store.fetches == {"a/unreachable": 2}
+
+
+@pytest.mark.anyio
 async def test_slow_load_past_wait_limit_is_not_ready(
     store: FakeStore, runtime: FakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
@@ -324,3 +361,107 @@ async def test_a_lease_never_hands_out_a_closed_model_under_churn(
     await asyncio.gather(*(call(m) for m in order), return_exceptions=True)
     assert handed_closed == 0
     assert cache.snapshot().used_bytes <= 100 * MB
+
+
+@pytest.mark.anyio
+async def test_reload_loads_beside_the_old_copy_and_swaps_once_loaded(
+    cache: ModelCache, runtime: FakeRuntime
+) -> None:
+    model_id = size_id("a", 10)
+    await cache.load(model_id, pin=True)
+    old = runtime.loaded[0]
+    runtime.gate = threading.Event()
+    runtime.loading.clear()
+    async with cache.lease(model_id) as in_flight:
+        reload = asyncio.create_task(cache.load(model_id, reload=True))
+        await asyncio.to_thread(runtime.loading.wait, 5)
+        # Both copies are counted while the new one loads; requests still get the old one.
+        assert cache.snapshot().used_bytes == 20 * MB
+        async with cache.lease(model_id) as meanwhile:
+            assert meanwhile is old
+        runtime.gate.set()
+        await reload
+        new = runtime.loaded[1]
+        async with cache.lease(model_id) as after:
+            assert after is new
+        assert in_flight is old
+        assert not old.closed  # the request that holds it still runs on it
+        assert cache.snapshot().used_bytes == 20 * MB
+    assert old.closed
+    assert not new.closed
+    assert cache.snapshot().used_bytes == 10 * MB
+    assert cache.snapshot().pinned_bytes == 10 * MB  # the pin moved to the new copy
+    assert cache.snapshot().loaded_models == 1
+
+
+@pytest.mark.anyio
+async def test_a_failed_reload_raises_and_leaves_the_old_copy_serving(
+    cache: ModelCache, store: FakeStore, runtime: FakeRuntime
+) -> None:
+    model_id = size_id("a", 10)
+    await cache.load(model_id)
+    store.corrupt.add(model_id.value)
+    with pytest.raises(LoadFailed, match="not a loadable"):
+        await cache.load(model_id, reload=True)
+    async with cache.lease(model_id) as model:
+        assert model is runtime.loaded[0]
+        assert not runtime.loaded[0].closed
+    assert len(runtime.loaded) == 1
+    assert cache.snapshot().used_bytes == 10 * MB
+
+
+@pytest.mark.anyio
+async def test_a_reload_that_cannot_fit_beside_the_old_copy_fails_fast(
+    cache: ModelCache, runtime: FakeRuntime
+) -> None:
+    model_id = size_id("a", 60)  # two copies need 120 MB of the 100 MB budget
+    await cache.load(model_id)
+    with pytest.raises(InsufficientMemory, match="beside its resident copy"):
+        await asyncio.wait_for(cache.load(model_id, reload=True), 2)  # not load_wait_s
+    assert cache.is_resident(model_id)
+    assert not runtime.loaded[0].closed
+    assert cache.snapshot().used_bytes == 60 * MB
+
+
+@pytest.mark.anyio
+async def test_a_reload_evicts_other_models_but_never_the_old_copy(cache: ModelCache) -> None:
+    model_id = size_id("a", 40)
+    await cache.load(model_id)
+    await cache.load(size_id("b", 40))
+    await cache.load(model_id, reload=True)  # 40 + 40 + 40 > 100: b makes room
+    assert cache.is_resident(model_id)
+    assert not cache.is_resident(size_id("b", 40))
+    for _ in range(200):  # the replaced copy closes on a task of its own
+        if cache.snapshot().used_bytes == 40 * MB:
+            break
+        await asyncio.sleep(0.01)
+    assert cache.snapshot().used_bytes == 40 * MB
+
+
+@pytest.mark.anyio
+async def test_load_without_reload_leaves_a_resident_model_as_it_is(
+    cache: ModelCache, store: FakeStore
+) -> None:
+    model_id = size_id("a", 10)
+    await cache.load(model_id)
+    await cache.load(model_id)
+    assert store.fetches == {model_id.value: 1}
+    with pytest.raises(ModelAlreadyLoaded):  # the SageMaker container API's 409
+        await cache.load(model_id, exist_ok=False, reload=True)
+
+
+@pytest.mark.anyio
+async def test_requests_during_an_unload_are_told_to_retry_until_it_closes(
+    cache: ModelCache, store: FakeStore, runtime: FakeRuntime
+) -> None:
+    model_id = size_id("a", 10)
+    async with cache.lease(model_id):
+        await cache.unload(model_id)
+        with pytest.raises(ModelNotReady, match="being unloaded"):
+            async with cache.lease(model_id):
+                pass
+        assert store.fetches == {model_id.value: 1}  # no second copy beside the closing one
+    assert runtime.loaded[0].closed
+    async with cache.lease(model_id) as model:  # once closed, a call loads it again
+        assert model is runtime.loaded[1]
+    assert store.fetches == {model_id.value: 2}

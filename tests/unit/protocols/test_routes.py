@@ -88,7 +88,9 @@ class FakeService:
         # A read with no effect: not recorded, so call lists show only what acts.
         return model_id.value in self.resident_ids
 
-    async def load(self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True) -> None:
+    async def load(
+        self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True, reload: bool = False
+    ) -> None:
         self._call("load", model_id)
         if not exist_ok and model_id.value in self.resident_ids:
             raise ModelAlreadyLoaded(f"model {model_id} is already loaded")

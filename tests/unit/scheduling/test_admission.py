@@ -141,3 +141,24 @@ async def test_a_waiter_that_leaves_frees_its_place_and_a_handed_slot(metrics: M
     await asyncio.gather(holder, third, second, return_exceptions=True)
     assert log == ["b"]
     assert admission.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_a_waiter_cancelled_in_the_same_tick_is_not_shed_again(metrics: Metrics) -> None:
+    # A leaving client's waiter is cancelled at once, but its task unwinds a tick later; a
+    # newcomer that finds the queue full in between takes its place instead of failing.
+    admission = Admission(max_in_flight=1, max_queued=2, queue_timeout_s=30, metrics=metrics)
+    release = asyncio.Event()
+    holder = asyncio.ensure_future(_hold(admission, "a", release, []))
+    await asyncio.sleep(0)
+    waiters = [asyncio.ensure_future(_hold(admission, "a", release, [])) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert admission.queued == 2
+    waiters[-1].cancel()
+    release.set()
+    async with admission.admit("b"):  # the queue is full in this very tick
+        pass
+    await asyncio.gather(holder, *waiters, return_exceptions=True)
+    assert waiters[-1].cancelled()
+    assert _rejected(metrics, "queue_full", "a") == _rejected(metrics, "queue_full", "b") == 0
+    assert (admission.in_flight, admission.queued) == (0, 0)

@@ -149,7 +149,7 @@ class _OipApi:
             return json_response({"error": "POST needs /infer"}, 405, {"Allow": "GET"})
         _check_content_type(request)
         body = await read_body(request, self._max_body_bytes)
-        decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
+        decoded = decode_request(body, _header_length(request))
         headers = {CACHE_HEADER: cache_state(self._service, model_id)}
         outputs = await unless_disconnected(
             request, self._service.infer(model_id, decoded.inputs, outputs=decoded.outputs)
@@ -182,8 +182,9 @@ class _OipApi:
         model_id, action = split_target(request.path_params["target"], ("load", "unload"))
         authorize(request, model_id)
         if action == "load":
-            # As Triton: loading a resident model is not an error.
-            await self._service.load(model_id)
+            # As Triton: loading a resident model reloads it from the store; the old copy
+            # serves until the new one is in, and keeps serving if the reload fails.
+            await self._service.load(model_id, reload=True)
         elif action == "unload":
             await self._service.unload(model_id)
         else:
@@ -213,6 +214,14 @@ def _check_content_type(request: Request) -> None:
             f"unsupported Content-Type {media_type[:64]!r}: send application/json, or no type "
             f"with {HEADER_LENGTH} for binary tensors"
         )
+
+
+def _header_length(request: Request) -> str | None:
+    values = set(request.headers.getlist(HEADER_LENGTH))
+    if len(values) > 1:
+        # Which one a proxy in front of us honoured is unknowable: refuse rather than guess.
+        raise InvalidRequest(f"{HEADER_LENGTH} is given more than once, with different values")
+    return values.pop() if values else None
 
 
 def _unavailable(body: dict[str, Any]) -> Response:
