@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING
 import orjson
 import prometheus_client
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import URLPath
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route
+from starlette.types import Receive, Scope, Send
 
 from tenantserve.protocols.auth import Access
 from tenantserve.protocols.endpoint import Handler, guarded
+from tenantserve.protocols.errors import json_response
 from tenantserve.protocols.keys import Role
 from tenantserve.protocols.management import management_routes
 from tenantserve.protocols.oip.routes import oip_routes
@@ -72,7 +75,27 @@ def routes(
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *management_routes(service, version=version, access=access),
+        _NotFound(),
     ]
+
+
+class _NotFound(BaseRoute):
+    """Every path no route takes gets a JSON 404 like every other error, not Starlette's
+    plain-text one: a path that holds a line break, say, matches no ``{id:path}`` pattern.
+
+    It matches only partially, and last: a known path asked with the wrong method keeps its
+    405, because Starlette answers with the first partial match.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        return (Match.PARTIAL if scope["type"] == "http" else Match.NONE), {}
+
+    def url_path_for(self, name: str, /, **path_params: object) -> URLPath:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = {"error": "no such route; the routes are listed at /openapi.json"}
+        await json_response(body, 404)(scope, receive, send)
 
 
 def _version() -> str:

@@ -11,6 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
+from tenantserve.errors import InvalidRequest
 from tenantserve.metrics import Metrics
 from tenantserve.protocols.errors import CLIENT_CLOSED, ProtocolName, error_response
 from tenantserve.types import ModelId
@@ -24,6 +25,10 @@ def guarded(handler: Handler, protocol: ProtocolName) -> Handler:
 
     async def endpoint(request: Request) -> Response:
         try:
+            if "\n" in request.scope["path"]:
+                # Route patterns end in "$", which also matches before a final "\n": the
+                # captured model name would silently lose it (``acme/m%0A`` → ``acme/m``).
+                raise InvalidRequest("the request path holds a line break")
             return await handler(request)
         except ClientDisconnect:
             # Nobody is left to read an answer; not a server error, so no traceback either.

@@ -2,6 +2,9 @@
 
 Model ids may hold ``/`` but an OpenAPI path parameter may not, so ``{model_name}`` is
 described as one segment: every id it admits is a valid id, which is what schemathesis needs.
+Routes that need an API key (when the server has keys) say so with ``security`` and document
+401 and 403; health, server metadata, ``/ping`` and this document are open.
+tests/integration/test_fuzz_openapi.py holds the server to every status, header and body here.
 """
 
 from __future__ import annotations
@@ -13,8 +16,23 @@ from tenantserve.protocols.status_schema import management_paths, status_schemas
 _SEGMENT = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
               "FP16", "FP32", "FP64", "BYTES"]  # fmt: skip
-_INFER_ERRORS = (400, 404, 413, 429, 500, 503, 507)
+_INFER_ERRORS = (400, 404, 413, 429, 500, 503, 504, 507)
 _MODEL_ERRORS = (400, 404, 429, 500, 503, 507)
+_SECURITY_SCHEMES = {
+    "bearerKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key of the server's key file: 'Authorization: Bearer <key>'",
+    },
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+    "awsSigV4": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "AWS Signature Version 4 (boto3) with a key's AWS access key pair",
+    },
+}
+_KEYED: list[dict[str, list[str]]] = [{name: []} for name in _SECURITY_SCHEMES]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -31,6 +49,8 @@ def _responses(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
         error = _json(_ref("Error"), "Error")
         if status in (429, 503):
             error["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}
+        if status == 401:
+            error["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
         responses[str(status)] = error
     return responses
 
@@ -45,7 +65,21 @@ def _param(name: str, where: str = "path", pattern: str = _SEGMENT) -> dict[str,
 
 
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": responses, **extra}
+    """An open operation: no key needed, whatever the server's configuration."""
+    return {"summary": summary, "responses": responses, "security": [], **extra}
+
+
+def _keyed(operation: dict[str, Any], *, optional: bool = False) -> dict[str, Any]:
+    """``operation`` behind API keys (when the server has them): 401 without a known key,
+    403 for a key outside its scope or role. ``optional``: only with a server flag."""
+    errors = _responses({}, 401, 403)
+    del errors["200"]
+    security = [{}, *_KEYED] if optional else _KEYED
+    return {**operation, "security": security, "responses": {**operation["responses"], **errors}}
+
+
+def _keyed_op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return _keyed(_op(summary, responses, **extra))
 
 
 def _schemas() -> dict[str, Any]:
@@ -160,6 +194,11 @@ def _schemas() -> dict[str, Any]:
             "properties": {"model_name": {"type": "string"}, "url": {"type": "string"}},
         },
         "ModelRef": model_ref,
+        "ModelUnloaded": {
+            "type": "object",
+            "required": ["modelName"],
+            "properties": {"modelName": {"type": "string"}},
+        },
         "ModelList": {
             "type": "object",
             "required": ["models"],
@@ -174,12 +213,12 @@ def _schemas() -> dict[str, Any]:
 def _oip_paths() -> dict[str, Any]:
     name = _param("model_name")
     version = _param("model_version", pattern="^1$")
-    metadata = _op("Model metadata", _responses(_json(_ref("ModelMetadata")), *_MODEL_ERRORS))
-    ready = _op(
+    metadata = _keyed_op("Model metadata", _responses(_json(_ref("ModelMetadata")), *_MODEL_ERRORS))
+    ready = _keyed_op(
         "Model readiness: 200 when resident, 400 when not",
         _responses(_json({"type": "object"}), 400, 404),
     )
-    infer = _op(
+    infer = _keyed_op(
         "Run inference: JSON, or Triton's binary tensors (Inference-Header-Content-Length)",
         _responses(_json(_ref("InferResponse")), *_INFER_ERRORS),
         requestBody={
@@ -192,7 +231,9 @@ def _oip_paths() -> dict[str, Any]:
         "/v2/health/ready": {"get": _op("Readiness", _responses(_json({"type": "object"}), 503))},
         "/v2": {"get": _op("Server metadata", _responses(_json(_ref("ServerMetadata"))))},
         "/v2/repository/index": {
-            "post": _op("Models in the store", _responses(_json(_ref("RepositoryIndex")), 400, 503))
+            "post": _keyed_op(
+                "Models in the store", _responses(_json(_ref("RepositoryIndex")), 400, 413, 503)
+            )
         },
     }
     for prefix, params in (("", [name]), ("/versions/{model_version}", [name, version])):
@@ -202,7 +243,7 @@ def _oip_paths() -> dict[str, Any]:
         paths[base + "/infer"] = {"post": {**infer, "parameters": params}}
     for action in ("load", "unload"):
         paths[f"/v2/repository/models/{{model_name}}/{action}"] = {
-            "post": _op(
+            "post": _keyed_op(
                 f"{action.title()} a model",
                 _responses(_json({"type": "object"}), *_MODEL_ERRORS),
                 parameters=[name],
@@ -227,10 +268,12 @@ def _sagemaker_paths() -> dict[str, Any]:
     return {
         "/ping": {"get": _op("Container health", _responses(_json({"type": "object"}), 503))},
         "/invocations": {
-            "post": _op("Invoke the target model", invoke, parameters=[target], requestBody=body)
+            "post": _keyed_op(
+                "Invoke the target model", invoke, parameters=[target], requestBody=body
+            )
         },
         "/endpoints/{endpoint_name}/invocations": {
-            "post": _op(
+            "post": _keyed_op(
                 "InvokeEndpoint",
                 invoke,
                 parameters=[_param("endpoint_name"), target],
@@ -238,7 +281,7 @@ def _sagemaker_paths() -> dict[str, Any]:
             )
         },
         "/models": {
-            "get": _op(
+            "get": _keyed_op(
                 "Loaded models, paged",
                 _responses(_json(_ref("ModelList")), 400),
                 parameters=[
@@ -250,9 +293,9 @@ def _sagemaker_paths() -> dict[str, Any]:
                     {"name": "next_page_token", "in": "query", "schema": {"type": "string"}},
                 ],
             ),
-            "post": _op(
+            "post": _keyed_op(
                 "Load a model",
-                _responses(_json(_ref("ModelRef")), 400, 404, 409, 429, 500, 503, 507),
+                _responses(_json(_ref("ModelRef")), 400, 404, 409, 413, 429, 500, 503, 507),
                 requestBody={
                     "required": True,
                     "content": {"application/json": {"schema": _ref("LoadModel")}},
@@ -260,21 +303,31 @@ def _sagemaker_paths() -> dict[str, Any]:
             ),
         },
         "/models/{model_name}": {
-            "get": _op(
+            "get": _keyed_op(
                 "Describe a loaded model",
                 _responses(_json(_ref("ModelRef")), 400, 404),
                 parameters=[name],
             ),
-            "delete": _op(
+            "delete": _keyed_op(
                 "Unload a model",
-                _responses(_json(_ref("ModelRef")), 400, 404, 500, 503),
+                _responses(_json(_ref("ModelUnloaded")), 400, 404, 500, 503),
                 parameters=[name],
             ),
         },
         "/models/{model_name}/invoke": {
-            "post": _op("Invoke a model", invoke, parameters=[name], requestBody=body)
+            "post": _keyed_op("Invoke a model", invoke, parameters=[name], requestBody=body)
         },
     }
+
+
+def _management_paths() -> dict[str, Any]:
+    """The operator routes: ``/v1/…`` needs a ``manage`` key, the ``/ui/`` page is open."""
+    paths = management_paths()
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            keyed = path.startswith("/v1/")
+            operations[method] = _keyed(operation) if keyed else {**operation, "security": []}
+    return paths
 
 
 def openapi_document(version: str) -> dict[str, Any]:
@@ -289,9 +342,13 @@ def openapi_document(version: str) -> dict[str, Any]:
         "paths": {
             **_oip_paths(),
             **_sagemaker_paths(),
-            "/metrics": {"get": _op("Prometheus metrics", {"200": metrics})},
+            # Keyed only when the server runs with --protect-metrics.
+            "/metrics": {"get": _keyed(_op("Prometheus metrics", {"200": metrics}), optional=True)},
             "/openapi.json": {"get": _op("This document", _responses(_json({"type": "object"})))},
-            **management_paths(),
+            **_management_paths(),
         },
-        "components": {"schemas": {**_schemas(), **status_schemas()}},
+        "components": {
+            "schemas": {**_schemas(), **status_schemas()},
+            "securitySchemes": _SECURITY_SCHEMES,
+        },
     }
