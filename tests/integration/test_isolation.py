@@ -17,14 +17,12 @@ from typing import Any
 import boto3
 import httpx
 import numpy as np
-import onnx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
-from fixtures.models import ModelStoreDir, make_model
+from fixtures.models import ModelStoreDir, heavy_model, make_model
 from fixtures.server import ThreadServer
 
 ACME_KEY = "acme-invoke-key-000001"
@@ -35,36 +33,10 @@ LIGHT = "quick/light"
 HEAVY_ROWS = 2048  # about 5 s of one core: long enough to act while it runs
 
 
-def _heavy_model(folder: Path, layers: int = 1000, width: int = 256) -> None:
-    """``input`` [N, 16] through ``layers`` MatMul+Tanh of one shared weight: slow per row."""
-    rng = np.random.default_rng(0)
-    w0 = (rng.standard_normal((16, width)) / 4).astype(np.float32)
-    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["input", "W0"], ["h0"])]
-    for i in range(layers):
-        nodes.append(helper.make_node("MatMul", [f"h{i}", "W"], [f"m{i}"]))
-        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
-    nodes.append(helper.make_node("ReduceSum", [f"h{layers}", "axes"], ["output"], keepdims=1))
-    weights = [
-        numpy_helper.from_array(w0, "W0"),
-        numpy_helper.from_array(w, "W"),
-        numpy_helper.from_array(np.array([1], np.int64), "axes"),
-    ]
-    graph = helper.make_graph(
-        nodes, "heavy",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1])],
-        weights,
-    )  # fmt: skip
-    folder.mkdir(parents=True)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, str(folder / "model.onnx"))
-
-
 @pytest.fixture(scope="module")
 def slow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("slow-store")
-    _heavy_model(root / HEAVY)
+    heavy_model(root / HEAVY)
     make_model(root / LIGHT, size_bytes=100_000, seed=3)
     for i in range(24):
         make_model(root / f"storm/m{i:02d}", size_bytes=20_000, seed=i)

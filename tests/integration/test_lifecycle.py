@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
-from fixtures.models import make_model
+from fixtures.models import heavy_model, make_model
 from fixtures.server import ProcessServer, ThreadServer
 from tenantserve.cli import app as cli_app
 
@@ -38,24 +38,6 @@ SLOW_LOAD_NODES = 60_000  # about 3.5 s to load on one idle core; each node adds
 SLOW_LOAD_OUTPUT = 16 * (SLOW_LOAD_NODES + 0.5)  # for a row of 0.5s, as _body sends
 HEAVY_RUN_ROWS = 1024  # a few seconds of one core: in flight while the test acts
 ENDLESS_ROWS = 16_384  # about 40 s of one core: only a stopped run ends soon
-
-
-def _heavy_model(folder: Path, layers: int = 1000, width: int = 256) -> None:
-    """``input`` [N, 16] through ``layers`` MatMul+Tanh of one shared weight: slow per row."""
-    rng = np.random.default_rng(0)
-    w0 = (rng.standard_normal((16, width)) / 4).astype(np.float32)
-    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["input", "W0"], ["h0"])]
-    for i in range(layers):
-        nodes.append(helper.make_node("MatMul", [f"h{i}", "W"], [f"m{i}"]))
-        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
-    nodes.append(helper.make_node("ReduceSum", [f"h{layers}", "axes"], ["output"], keepdims=1))
-    weights = [
-        numpy_helper.from_array(w0, "W0"),
-        numpy_helper.from_array(w, "W"),
-        numpy_helper.from_array(np.array([1], np.int64), "axes"),
-    ]
-    _save(folder, nodes, weights)
 
 
 def _slow_load_model(folder: Path, nodes: int = SLOW_LOAD_NODES) -> None:
@@ -86,7 +68,7 @@ def _save(folder: Path, nodes: list[onnx.NodeProto], weights: list[onnx.TensorPr
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lifecycle-store")
     make_model(root / LIGHT, size_bytes=100_000, seed=3)
-    _heavy_model(root / HEAVY)
+    heavy_model(root / HEAVY)
     _slow_load_model(root / SLOW_LOAD)
     garbage = root / GARBAGE
     garbage.mkdir(parents=True)

@@ -19,37 +19,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
 import psutil
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from fixtures.models import heavy_model
 from fixtures.oip import infer, scrape, write_model
 from fixtures.server import ProcessServer
 
 MiB = 1 << 20
 SLOW = "slow/heavy"
-
-
-def _slow_model(folder: Path, *, layers: int = 400, width: int = 512) -> None:
-    """``input`` [N, 16] through ``layers`` MatMul+Tanh: a few ms of one core per row."""
-    rng = np.random.default_rng(0)
-    w0 = (rng.standard_normal((16, width)) / 4).astype(np.float32)
-    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["input", "W0"], ["h0"])]
-    for i in range(layers):
-        nodes.append(helper.make_node("MatMul", [f"h{i}", "W"], [f"m{i}"]))
-        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
-    nodes.append(helper.make_node("ReduceSum", [f"h{layers}"], ["output"], keepdims=1))
-    graph = helper.make_graph(
-        nodes, "slow",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])],
-        [numpy_helper.from_array(w0, "W0"), numpy_helper.from_array(w, "W")],
-    )  # fmt: skip
-    folder.mkdir(parents=True)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, str(folder / "model.onnx"))
 
 
 def _rows_body(rows: int) -> bytes:
@@ -99,7 +77,7 @@ def test_budget_holds_at_every_scrape_and_a_busy_model_is_never_evicted(
     tmp_path: Path, start_process: Callable[..., ProcessServer]
 ) -> None:
     store = tmp_path / "store"
-    _slow_model(store / SLOW)
+    heavy_model(store / SLOW, layers=400, width=512)
     ids = [f"fleet{i:02d}/m" for i in range(16)]
     for i, model_id in enumerate(ids):
         write_model(store / model_id, weight_floats=256 * 1024, seed=i)  # 1 MiB of weights

@@ -23,38 +23,16 @@ from typing import Any
 import boto3
 import httpx
 import numpy as np
-import onnx
 import psutil
 import pytest
 from botocore.config import Config
-from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
+from fixtures.models import heavy_model
 from fixtures.oip import infer, write_model
 from fixtures.server import ProcessServer, ThreadServer
 
 SLOW = "slow/m"
-
-
-def _slow_model(folder: Path, *, layers: int = 400, width: int = 512) -> None:
-    """``input`` [N, 16] through ``layers`` MatMul+Tanh: about 3 ms of one core per row here."""
-    rng = np.random.default_rng(0)
-    w0 = (rng.standard_normal((16, width)) / 4).astype(np.float32)
-    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["input", "W0"], ["h0"])]
-    for i in range(layers):
-        nodes.append(helper.make_node("MatMul", [f"h{i}", "W"], [f"m{i}"]))
-        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
-    nodes.append(helper.make_node("ReduceSum", [f"h{layers}"], ["output"], keepdims=1))
-    graph = helper.make_graph(
-        nodes, "slow",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])],
-        [numpy_helper.from_array(w0, "W0"), numpy_helper.from_array(w, "W")],
-    )  # fmt: skip
-    folder.mkdir(parents=True)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, str(folder / "model.onnx"))
 
 
 def _body(rows: int = 1) -> bytes:
@@ -236,7 +214,7 @@ def _held(url: str, path: str, body: bytes) -> Iterator[socket.socket]:
 @pytest.fixture(scope="module")
 def slow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("load-store")
-    _slow_model(root / SLOW)
+    heavy_model(root / SLOW, layers=400, width=512)
     write_model(root / "calm" / "m", weight_floats=64, seed=1)
     write_model(root / "quick" / "m", weight_floats=64, seed=2)
     return root
