@@ -17,7 +17,13 @@ from prometheus_client import Histogram
 
 from tenantserve.activity import Activity, ActivitySnapshot
 from tenantserve.cache.model_cache import ModelCache
-from tenantserve.errors import InvalidInput, ModelNotFound, PredictFailed, PredictTimedOut
+from tenantserve.errors import (
+    InvalidInput,
+    ModelNotFound,
+    PredictFailed,
+    PredictTimedOut,
+    TenantServeError,
+)
 from tenantserve.metrics import CacheSnapshot, Metrics, SchedulingSnapshot
 from tenantserve.runtimes import LoadedModel
 from tenantserve.runtimes.run_stop import RunStop
@@ -183,6 +189,24 @@ class InferenceService:
         """
         async with self._admitted(model_id) as ticket:
             return await self._leased_predict(model_id, ticket, lambda model: decode(model.inputs))
+
+    def refuse_early(self, model_id: ModelId) -> None:
+        """Raise now what :meth:`infer` would raise at once (quotas, a full queue, a model that
+        cannot start loading), so a refused request costs no body read or decode; the same
+        checks run again in :meth:`infer`.
+
+        Raises:
+            TenantLimitExceeded, Overloaded, ModelNotReady, LoadFailed.
+        """
+        try:
+            self._quotas.check(model_id.tenant)
+            self._admission.check(model_id.tenant)
+            self._cache.refuse_early(model_id)
+        except TenantServeError:
+            # Counted as a refusal in infer is: metrics' tenants, status events, hot lists.
+            self._metrics.tenants.observe(model_id.tenant)
+            with self._activity.request(model_id, hit=False):
+                raise
 
     @asynccontextmanager
     async def _admitted(self, model_id: ModelId) -> AsyncIterator[Ticket]:

@@ -219,6 +219,19 @@ class ModelCache:
                 return entry
         raise ModelNotReady(f"model {model_id} is under memory pressure; retry shortly")
 
+    def refuse_early(self, model_id: ModelId) -> None:
+        """Raise now what a lease would raise at once for a model that is not resident (being
+        unloaded, failed recently, too many loads pending); a resident model passes.
+
+        Raises:
+            ModelNotReady, LoadFailed: as :meth:`lease` would before waiting for anything.
+        """
+        if model_id in self._entries:
+            return
+        self._raise_if_unloading(model_id)
+        self._raise_if_failed_recently(model_id)
+        self._raise_if_loads_full(model_id)
+
     def _raise_if_loads_full(self, model_id: ModelId) -> None:
         """Refuse a new load at once when ``max_queued_loads`` loads already wait for a slot.
 

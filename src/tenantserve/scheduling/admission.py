@@ -86,6 +86,21 @@ class Admission:
                 del self._by_tenant[tenant]
             self._release()
 
+    def check(self, tenant: str) -> None:
+        """Raise now if a request of ``tenant`` arriving now would be refused at once: every
+        slot taken and the queue full with no longer queue to shed from. Lets a request be
+        refused before its body is read and decoded.
+
+        Raises:
+            Overloaded: as :meth:`admit` would at once.
+        """
+        if self._in_flight < self._max_in_flight or len(self._waiting) < self._max_queued:
+            return
+        longest = self._waiting.longest()
+        if longest is None or longest[1] <= self._waiting.len_of(tenant) + 1:
+            self._metrics.reject("queue_full", tenant)
+            raise _full()
+
     async def _wait(self, tenant: str) -> None:
         if len(self._waiting) >= self._max_queued:
             self._shed_for(tenant)

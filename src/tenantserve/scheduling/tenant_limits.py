@@ -160,21 +160,11 @@ class TenantQuotas:
                 ``retry_after_s`` says when the next token is due.
         """
         limit = self._limits.of(tenant)
-        active = self._active.get(tenant, 0)
-        if limit.max_concurrent and active >= limit.max_concurrent:
-            self._metrics.reject("tenant_concurrency", tenant)
-            raise TenantLimitExceeded(
-                f"tenant {tenant} has {active} requests in flight, its limit; retry shortly",
-                retry_after_s=1.0,
-            )
+        active = self._check_concurrency(tenant, limit)
         if limit.rate_per_s:
             wait_s = self._take(tenant, limit)
             if wait_s > 0:
-                self._metrics.reject("tenant_rate", tenant)
-                raise TenantLimitExceeded(
-                    f"tenant {tenant} is over its rate of {limit.rate_per_s:g} requests/s",
-                    retry_after_s=wait_s,
-                )
+                raise self._over_rate(tenant, limit, wait_s)
         self._active[tenant] = active + 1
         try:
             yield
@@ -184,6 +174,41 @@ class TenantQuotas:
                 self._active[tenant] = left
             else:
                 del self._active[tenant]
+
+    def check(self, tenant: str) -> None:
+        """Raise what :meth:`hold` would raise now, taking nothing: lets a request be refused
+        before its body is read and decoded.
+
+        Raises:
+            TenantLimitExceeded: as :meth:`hold`.
+        """
+        limit = self._limits.of(tenant)
+        self._check_concurrency(tenant, limit)
+        if limit.rate_per_s:
+            bucket = self._buckets.get(tenant)
+            if bucket is None:
+                return  # a full bucket
+            tokens = bucket.tokens + (self._clock() - bucket.updated_s) * limit.rate_per_s
+            if tokens < 1.0:
+                raise self._over_rate(tenant, limit, (1.0 - tokens) / limit.rate_per_s)
+
+    def _check_concurrency(self, tenant: str, limit: TenantLimit) -> int:
+        """The tenant's requests in flight, if below its cap."""
+        active = self._active.get(tenant, 0)
+        if limit.max_concurrent and active >= limit.max_concurrent:
+            self._metrics.reject("tenant_concurrency", tenant)
+            raise TenantLimitExceeded(
+                f"tenant {tenant} has {active} requests in flight, its limit; retry shortly",
+                retry_after_s=1.0,
+            )
+        return active
+
+    def _over_rate(self, tenant: str, limit: TenantLimit, wait_s: float) -> TenantLimitExceeded:
+        self._metrics.reject("tenant_rate", tenant)
+        return TenantLimitExceeded(
+            f"tenant {tenant} is over its rate of {limit.rate_per_s:g} requests/s",
+            retry_after_s=wait_s,
+        )
 
     def _take(self, tenant: str, limit: TenantLimit) -> float:
         """Take a token; 0 when taken, else the seconds until one is due."""

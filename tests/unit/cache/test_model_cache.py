@@ -296,6 +296,21 @@ async def test_a_store_outage_is_remembered_briefly_and_retry_after_says_how_lon
 
 
 @pytest.mark.anyio
+async def test_refuse_early_says_at_once_what_a_lease_would_refuse(
+    cache: ModelCache, store: FakeStore
+) -> None:
+    resident, broken = mid("a/1000"), mid("a/broken")
+    await cache.load(resident)
+    cache.refuse_early(resident)
+    cache.refuse_early(broken)  # never tried: it may well load
+    with pytest.raises(LoadFailed):
+        await cache.load(broken)
+    with pytest.raises(LoadFailed):  # remembered: refused before any request body is read
+        cache.refuse_early(broken)
+    assert store.fetches["a/broken"] == 1
+
+
+@pytest.mark.anyio
 async def test_slow_load_past_wait_limit_is_not_ready(
     store: FakeStore, runtime: FakeRuntime, pool: ThreadPoolExecutor
 ) -> None:

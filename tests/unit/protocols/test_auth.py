@@ -85,6 +85,9 @@ class FakeService:
     def is_resident(self, model_id: ModelId) -> bool:
         return model_id.value in self.models
 
+    def refuse_early(self, model_id: ModelId) -> None:
+        return None
+
     async def load(self, model_id: ModelId, *, exist_ok: bool = True, **_: Any) -> None:
         self.seen.append(model_id.value)
 

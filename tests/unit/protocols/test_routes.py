@@ -23,6 +23,7 @@ from tenantserve.errors import (
     ModelNotReady,
     Overloaded,
     PredictFailed,
+    TenantLimitExceeded,
 )
 from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes
@@ -43,6 +44,7 @@ class FakeService:
         self.fail: Exception | None = None
         self.inputs = (TensorSpec("input", "FP32", (-1, 4)),)
         self.ranked = False
+        self.refuse: Exception | None = None
 
     def _call(self, method: str, model_id: ModelId) -> None:
         self.calls.append((method, model_id.value))
@@ -87,6 +89,10 @@ class FakeService:
     def is_resident(self, model_id: ModelId) -> bool:
         # A read with no effect: not recorded, so call lists show only what acts.
         return model_id.value in self.resident_ids
+
+    def refuse_early(self, model_id: ModelId) -> None:
+        if self.refuse is not None:  # as the real service does, before the body is read
+            raise self.refuse
 
     async def load(
         self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True, reload: bool = False
@@ -253,6 +259,25 @@ async def test_json_infer(
     labels = {"protocol": "oip", "code": "200"}
     assert _count(metrics, "tenantserve_invocations_total", labels) == 1
     assert _count(metrics, "tenantserve_request_seconds_count", {"protocol": "oip"}) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v2/models/acme/macros/infer", {}),
+        ("/invocations", {"X-Amzn-SageMaker-Target-Model": "acme/macros"}),
+    ],
+)
+async def test_a_refused_request_is_answered_before_its_body_is_read(
+    client: httpx.AsyncClient, service: FakeService, path: str, headers: dict[str, str]
+) -> None:
+    # The body is not even JSON: a 429 (not a 400) shows it was never read or decoded.
+    service.refuse = TenantLimitExceeded("tenant acme is over its rate", retry_after_s=2.0)
+    response = await client.post(path, content=b"{not json", headers=headers)
+    assert response.status_code == 429, response.text
+    assert response.headers["retry-after"] == "2"
+    assert service.calls == []
 
 
 @pytest.mark.anyio

@@ -148,6 +148,7 @@ class _OipApi:
         if action != "infer":
             return json_response({"error": "POST needs /infer"}, 405, {"Allow": "GET"})
         _check_content_type(request)
+        self._service.refuse_early(model_id)
         body = await read_body(request, self._max_body_bytes)
         decoded = decode_request(body, _header_length(request))
         headers = {CACHE_HEADER: cache_state(self._service, model_id)}

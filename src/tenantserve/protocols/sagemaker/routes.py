@@ -114,6 +114,7 @@ class _SageMakerApi:
     async def _invoke(self, request: Request, model_id: ModelId) -> Response:
         authorize(request, model_id)
         kind = response_type(request.headers.get("accept"))
+        self._service.refuse_early(model_id)
         body = await read_body(request, self._max_body_bytes)
         content_type = request.headers.get("content-type")
         # The model's signature says which input(s) the body feeds and with what datatype;
