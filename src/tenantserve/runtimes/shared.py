@@ -14,7 +14,6 @@ from tenantserve.errors import InvalidInput, LoadFailed
 from tenantserve.runtimes.base import SharedUsage
 from tenantserve.types import Tensors, TensorSpec
 
-_CHUNK_BYTES = 1024 * 1024
 T = TypeVar("T")
 
 
@@ -91,14 +90,11 @@ def verified_path(folder: Path, file_name: str, sha256: str) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
         with path.open("rb") as file:
-            while chunk := file.read(_CHUNK_BYTES):
-                digest.update(chunk)
+            return hashlib.file_digest(file, "sha256").hexdigest()
     except OSError as exc:
         raise LoadFailed(f"{path.name!r} could not be read ({type(exc).__name__})") from exc
-    return digest.hexdigest()
 
 
 class _Predictor(Protocol):

@@ -96,8 +96,7 @@ class Admission:
         """
         if self._in_flight < self._max_in_flight or len(self._waiting) < self._max_queued:
             return
-        longest = self._waiting.longest()
-        if longest is None or longest[1] <= self._waiting.len_of(tenant) + 1:
+        if self._shed_instead_of(tenant) is None:
             self._metrics.reject("queue_full", tenant)
             raise _full()
 
@@ -121,10 +120,17 @@ class Admission:
         finally:
             timer.cancel()
 
-    def _shed_for(self, tenant: str) -> None:
+    def _shed_instead_of(self, tenant: str) -> str | None:
+        """The tenant whose newest waiter a full queue sheds to make room for ``tenant``: one
+        with a longer queue than ``tenant`` would have; ``None`` refuses ``tenant`` itself."""
         longest = self._waiting.longest()
         if longest is not None and longest[1] > self._waiting.len_of(tenant) + 1:
-            victim = longest[0]
+            return longest[0]
+        return None
+
+    def _shed_for(self, tenant: str) -> None:
+        victim = self._shed_instead_of(tenant)
+        if victim is not None:
             shed = self._waiting.pop_newest(victim)
             if shed.done():
                 # Cancelled a moment ago (its client left) and not yet unwound: taking it out

@@ -188,7 +188,7 @@ class TenantQuotas:
             bucket = self._buckets.get(tenant)
             if bucket is None:
                 return  # a full bucket
-            tokens = bucket.tokens + (self._clock() - bucket.updated_s) * limit.rate_per_s
+            tokens = _refilled(bucket, limit, self._clock())
             if tokens < 1.0:
                 raise self._over_rate(tenant, limit, (1.0 - tokens) / limit.rate_per_s)
 
@@ -213,13 +213,12 @@ class TenantQuotas:
     def _take(self, tenant: str, limit: TenantLimit) -> float:
         """Take a token; 0 when taken, else the seconds until one is due."""
         now = self._clock()
-        size = limit.bucket_size
         bucket = self._buckets.get(tenant)
         if bucket is None:
             if len(self._buckets) >= _BUCKETS_PRUNE_AT:
                 self._prune(now)
-            bucket = self._buckets[tenant] = _Bucket(size, now)
-        bucket.tokens = min(size, bucket.tokens + (now - bucket.updated_s) * limit.rate_per_s)
+            bucket = self._buckets[tenant] = _Bucket(limit.bucket_size, now)
+        bucket.tokens = _refilled(bucket, limit, now)
         bucket.updated_s = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
@@ -232,3 +231,8 @@ class TenantQuotas:
             refill = (now - bucket.updated_s) * limit.rate_per_s
             if bucket.tokens + refill >= limit.bucket_size or math.isinf(refill):
                 del self._buckets[tenant]
+
+
+def _refilled(bucket: _Bucket, limit: TenantLimit, now: float) -> float:
+    """The tokens ``bucket`` holds at ``now``: what it had, refilled at the rate, up to its size."""
+    return min(limit.bucket_size, bucket.tokens + (now - bucket.updated_s) * limit.rate_per_s)

@@ -48,7 +48,6 @@ _ARCHIVE_DIR = "artifact"
 _VERSION_FIELDS = ("ETag", "etag", "mtime", "LastModified", "created", "md5")
 _MODEL_MARKERS = (MANIFEST_NAME, DEFAULT_MODEL_FILE)
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
-_HASH_CHUNK_BYTES = 1024 * 1024
 _LISTED_SUFFIXES = (*ARCHIVE_SUFFIXES, BARE_MODEL_SUFFIX)
 
 
@@ -310,10 +309,8 @@ def _check_copy(path: Path, size: int | None, md5: str | None) -> None:
         raise IncompleteDownload("size differs from the listing")
     if md5 is None:
         return
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as file:
-        while chunk := file.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
+        digest = hashlib.file_digest(file, lambda: hashlib.md5(usedforsecurity=False))
     if digest.hexdigest() != md5:
         # SSE-KMS and SSE-C objects carry ETags that are not their MD5: say how to opt out.
         raise IncompleteDownload(

@@ -26,7 +26,6 @@ _POSTPROCESS_FIELDS = frozenset({"top_k", "scores_output"})
 MAX_TOKENS = 8192
 MAX_TENSOR_NAME_CHARS = 256
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CHUNK_BYTES = 1024 * 1024
 
 
 def parse_manifest(raw: bytes) -> ModelManifest:
@@ -168,11 +167,9 @@ def verify_sha256(
     if key is not None and verified is not None and key in verified:
         return
     head = f"{label}: " if label else ""
-    digest = hashlib.sha256()
     try:
         with model_path.open("rb") as file:
-            while chunk := file.read(_CHUNK_BYTES):
-                digest.update(chunk)
+            digest = hashlib.file_digest(file, "sha256")
     except OSError as exc:
         raise LoadFailed(
             f"{head}model file {manifest.model_file!r} could not be read ({type(exc).__name__})"
