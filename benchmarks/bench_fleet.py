@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tenantserve.bench.servers import served_tenantserve
 from tenantserve.fleet.build import build_fleet
+from tenantserve.fleet.datasets import resolve_datasets
 from tenantserve.fleet.publish import open_publisher
 from tenantserve.fleet.sources import TenantPlan, plan_banking77
 
@@ -61,18 +62,6 @@ class Result:
     p99_s: float
     server_request_mean_s: float
     inference_mean_s: float
-
-
-def _find_datasets(explicit: Path | None) -> Path:
-    if explicit is not None:
-        return explicit
-    if os.environ.get("TENANTSERVE_DATASETS"):
-        return Path(os.environ["TENANTSERVE_DATASETS"])
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "datasets"
-        if (candidate / "banking77" / "test.csv").is_file():
-            return candidate
-    sys.exit("Banking77 not found: pass --datasets DIR or set TENANTSERVE_DATASETS")
 
 
 @contextlib.contextmanager
@@ -199,12 +188,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help=f"at least {MIN_REQUESTS}")
     parser.add_argument("--kinds", default="tfidf,minilm")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--datasets", type=Path, help="folder holding banking77/")
+    parser.add_argument("--datasets", type=Path, help="banking77/ folder (default: bundled)")
     args = parser.parse_args()
     if args.requests < MIN_REQUESTS:
         parser.error(f"--requests must be at least {MIN_REQUESTS} for a p99")
     load_before = os.getloadavg()[0]
-    plans = plan_banking77(_find_datasets(args.datasets), tenants=args.tenants, seed=args.seed)
+    plans = plan_banking77(resolve_datasets(args.datasets), tenants=args.tenants, seed=args.seed)
     results = [
         measure(kind, plans, requests=args.requests, seed=args.seed)
         for kind in args.kinds.split(",")

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,10 +28,12 @@ from typing import Any
 
 import httpx
 from rich import get_console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TimeElapsedColumn
 from rich.table import Table
 
 from tenantserve.fleet.build import build_fleet
+from tenantserve.fleet.datasets import resolve_datasets
 from tenantserve.fleet.publish import open_publisher
 from tenantserve.fleet.sources import plan_banking77
 from tenantserve.fleet.text import Example, load_banking77
@@ -58,19 +60,6 @@ KINDS = {
     # its own rather than sharing one.
     "minilm": KindDefaults(5, Path("demo-store-minilm"), "768MiB", "about a minute"),
 }
-
-
-def find_datasets(explicit: Path | None) -> Path:
-    """``--datasets``, ``$TENANTSERVE_DATASETS``, or a ``[shared/]datasets`` folder above here."""
-    if explicit is not None:
-        return explicit
-    if os.environ.get("TENANTSERVE_DATASETS"):
-        return Path(os.environ["TENANTSERVE_DATASETS"])
-    for parent in Path(__file__).resolve().parents:
-        for candidate in (parent / "datasets", parent / "shared" / "datasets"):
-            if (candidate / "banking77" / "test.csv").is_file():
-                return candidate
-    sys.exit("Banking77 not found: pass --datasets DIR or set TENANTSERVE_DATASETS")
 
 
 class _Bars:
@@ -219,18 +208,7 @@ def run_demo(url: str, store: Path, names: list[str], datasets: Path, seed: int)
     console = get_console()
     test = load_banking77(datasets / "banking77" / "test.csv")
     seen: set[str] = set()
-    table = Table(title="Tickets routed to per-tenant classifiers")
-    table.add_column("tenant", no_wrap=True)
-    table.add_column("via", no_wrap=True)
-    # Only the ticket gives way on a narrow terminal (it wraps); the other columns keep whole.
-    table.add_column("ticket", min_width=30, max_width=50)
-    table.add_column("suggested macro", no_wrap=True)
-    table.add_column("ok", max_width=24, overflow="ellipsis", no_wrap=True)
-    table.add_column("score", justify="right", no_wrap=True)
-    # Wraps (one macro a line) rather than pushing the timing columns off a narrow terminal.
-    table.add_column("then", max_width=36, overflow="ellipsis")
-    for column in ("ms", "cache"):
-        table.add_column(column, justify="right", no_wrap=True)
+    console.rule("Tickets routed to per-tenant classifiers")
     right = 0
     plan = pick_tickets(test, store, names, seed)
     with httpx.Client(base_url=url, timeout=60) as client:
@@ -242,31 +220,43 @@ def run_demo(url: str, store: Path, names: list[str], datasets: Path, seed: int)
             response = client.post(path, headers=headers, json=body)
             elapsed_ms = (time.perf_counter() - started) * 1000
             if response.status_code != 200:
-                error = f"[red]{response.text[:80]}[/]"
-                table.add_row(tenant, protocol, _short(ticket.text), error, "",
-                              str(response.status_code), "", f"{elapsed_ms:.1f}", "")  # fmt: skip
+                head = f"{i + 1:2}. {tenant} via {protocol}: {response.status_code}"
+                rows = [("ticket", ticket.text, ""), ("error", response.text, "")]
+                console.print(_stanza(head, rows), highlight=False)
                 continue
             ranked = parse_response(protocol, response.json())
             label, score = ranked[0]
-            others = "\n".join(f"{m} {s:.2f}" for m, s in ranked[1:MACROS_SHOWN])
             after = cache_counters(client).get("tenantserve_model_cache_misses_total")
             # The miss counter says whether this call loaded the model; without it, first seen.
             cold = tenant not in seen if misses is None or after is None else after > misses
             seen.add(tenant)
             right += label == ticket.intent
-            mark = "[green]✓[/]" if label == ticket.intent else f"[red]✗ {ticket.intent}[/]"
-            table.add_row(tenant, protocol, _short(ticket.text), label, mark,
-                          f"{score:.2f}", others, f"{elapsed_ms:.1f}",
-                          "[yellow]cold[/]" if cold else "[green]warm[/]")  # fmt: skip
-        console.print(table)
-        console.print(f"{right}/{len(plan)} suggestions match the ticket's true intent\n")
+            mark = "[green]✓[/]" if label == ticket.intent else f"[red]✗ true: {ticket.intent}[/]"
+            state = "[yellow]cold[/]" if cold else "[green]warm[/]"
+            head = f"{i + 1:2}. {tenant} via {protocol}, {state}, {elapsed_ms:.1f} ms"
+            others = ", ".join(f"{m} {s:.2f}" for m, s in ranked[1:MACROS_SHOWN])
+            rows = [("ticket", ticket.text, ""), ("macro", f"{label} {score:.2f}", mark),
+                    ("then", others, "")]  # fmt: skip
+            console.print(_stanza(head, rows), highlight=False)
+        console.print(f"\n{right}/{len(plan)} suggestions match the ticket's true intent\n")
         show_metrics(cache_counters(client))
     return plan[0]
 
 
-def _short(text: str, limit: int = 60) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+def _stanza(head: str, rows: list[tuple[str, str, str]]) -> str:
+    """One ticket: a heading, then label/value lines wrapped to the terminal (a log's is 80).
+
+    Each row is (label, plain text, markup appended after it); the text is escaped, so a
+    ticket's brackets print as written.
+    """
+    width = max(40, get_console().width)
+    lines = [head]
+    for label, value, markup in rows:
+        wrapped = [escape(line) for line in textwrap.wrap(value, width - 11)] or [""]
+        wrapped[-1] += f" {markup}" if markup else ""
+        lines.append(f"    {label:<6} {wrapped[0]}")
+        lines.extend(f"{'':11}{more}" for more in wrapped[1:])
+    return "\n".join(lines)
 
 
 def show_metrics(counters: dict[str, float]) -> None:
@@ -316,7 +306,9 @@ def main() -> None:
         help="tfidf (default; builds in seconds) or minilm (5 MiniLM tenants, about a minute)",
     )
     parser.add_argument("--store", type=Path, help="default: demo-store[-minilm]")
-    parser.add_argument("--datasets", type=Path, help="folder holding banking77/")
+    parser.add_argument(
+        "--datasets", type=Path, help="folder holding banking77/ (default: the bundled copy)"
+    )
     parser.add_argument("--tenants", type=int, help="default: 20 tfidf or 5 minilm")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8080)
@@ -327,12 +319,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     defaults = KINDS[args.kind]
-    datasets = find_datasets(args.datasets)
+    datasets = resolve_datasets(args.datasets)
     store = (args.store or defaults.store).resolve()
     names = ensure_fleet(
         datasets, store, kind=args.kind, tenants=args.tenants or defaults.tenants, seed=args.seed
     )
-    log = store.parent / f"{store.name}-server.log"
+    # Inside the store (a dot name is never a model id), so nothing is left beside it.
+    log = store / ".server.log"
     budget = args.memory_budget or defaults.memory_budget
     with serve(store, port=args.port, budget=budget, log=log) as url:
         tenant, _labels, ticket = run_demo(url, store, names, datasets, args.seed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -108,8 +107,8 @@ def build(
         Path | None,
         typer.Option(
             envvar="TENANTSERVE_DATASETS",
-            help="Folder holding banking77/ and clinc150/ (default: a datasets/ or "
-            "shared/datasets/ folder in or above the current directory).",
+            help="Folder holding banking77/ and clinc150/, plain or .gz (default: the copy "
+            "that ships with tenantserve).",
         ),
     ] = None,
 ) -> None:
@@ -124,7 +123,7 @@ def build(
             dataset,
             tenants=tenants,
             seed=seed,
-            datasets_dir=datasets or _find_datasets(dataset),
+            datasets_dir=datasets,
         )
         publisher = open_publisher(store)
     except (FleetInputError, ValueError, ImportError) as exc:
@@ -207,15 +206,3 @@ def _summary(results: list[TenantBuild], *, title: str) -> Table:
         table.add_section()
         table.add_row("mean", "", "", "", f"{mean:.1%}", "")
     return table
-
-
-def _find_datasets(dataset: str) -> Path | None:
-    # Only the named datasets need the folder; a CSV path stands on its own.
-    if dataset not in ("banking77", "clinc150"):
-        return None
-    here = Path(os.getcwd()).resolve()
-    for parent in (here, *here.parents):
-        for candidate in (parent / "datasets", parent / "shared" / "datasets"):
-            if (candidate / dataset).is_dir():
-                return candidate
-    return None

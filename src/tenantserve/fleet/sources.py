@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tenantserve.errors import InvalidModelId
+from tenantserve.fleet.datasets import data_file_exists, read_data_text, resolve_datasets
 from tenantserve.fleet.text import (
     MAX_INTENTS,
     MIN_INTENTS,
@@ -60,6 +61,8 @@ def plan_fleet(
 
     ``tenants`` is how many tenants to simulate (default 10); for a CSV with a ``tenant``
     column every tenant in the file is built, or the first ``tenants`` of them in name order.
+    ``datasets_dir`` holds ``banking77/`` and ``clinc150/``; ``None`` reads
+    ``$TENANTSERVE_DATASETS``, else the copy that ships with the package.
 
     Raises:
         FleetInputError: unknown dataset, missing files or columns, or a tenant that cannot be
@@ -68,11 +71,7 @@ def plan_fleet(
     if tenants is not None and tenants < 1:
         raise FleetInputError(f"--tenants must be at least 1 (got {tenants})")
     if dataset in DATASETS:
-        if datasets_dir is None:
-            raise FleetInputError(
-                f"{dataset} not found: pass --datasets DIR (the folder holding banking77/ and "
-                "clinc150/) or set TENANTSERVE_DATASETS"
-            )
+        datasets_dir = resolve_datasets(datasets_dir)
         if dataset == "banking77":
             return plan_banking77(datasets_dir, tenants=tenants or 10, seed=seed)
         return plan_clinc150(datasets_dir, tenants=tenants or 10, seed=seed)
@@ -103,7 +102,7 @@ def plan_clinc150(datasets_dir: Path, *, tenants: int, seed: int) -> list[Tenant
         (d for d in (datasets_dir, datasets_dir / "clinc150") if (d / "domains.json").is_file()),
         None,
     )
-    if folder is None or not (folder / "data_full.json").is_file():
+    if folder is None or not data_file_exists(folder / "data_full.json"):
         raise FleetInputError(f"no clinc150 data_full.json/domains.json under {datasets_dir}")
     domains: dict[str, list[str]] = json.loads((folder / "domains.json").read_text("utf-8"))
     if tenants > len(domains):
@@ -111,7 +110,7 @@ def plan_clinc150(datasets_dir: Path, *, tenants: int, seed: int) -> list[Tenant
             f"clinc150 has {len(domains)} domains, one per tenant: --tenants must be at most "
             f"{len(domains)} (got {tenants})"
         )
-    data = json.loads((folder / "data_full.json").read_text("utf-8"))
+    data = json.loads(read_data_text(folder / "data_full.json"))
     train = [Example(text, intent) for text, intent in data["train"]]
     test = [Example(text, intent) for text, intent in data["test"]]
     chosen = sorted(domains)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import random
 import time
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from tenantserve.fleet.datasets import data_file_exists, read_data_text
 from tenantserve.fleet.synth import write_artifact
 
 MIN_INTENTS = 10
@@ -63,9 +65,10 @@ class ConversionMismatch(RuntimeError):
 
 
 def load_banking77(path: Path) -> list[Example]:
-    """Read a Banking77 CSV (``text,category``); the csv module keeps quoted newlines intact."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [Example(row["text"], row["category"]) for row in csv.DictReader(handle)]
+    """Read a Banking77 CSV (``text,category``), or its ``.gz`` where only that exists; the csv
+    module keeps quoted newlines intact."""
+    rows = csv.DictReader(io.StringIO(read_data_text(path), newline=""))
+    return [Example(row["text"], row["category"]) for row in rows]
 
 
 def build_tenant_tfidf(
@@ -162,7 +165,7 @@ def tenant_names(count: int, *, seed: int) -> list[str]:
 def find_banking77(dataset_dir: Path) -> Path:
     """The Banking77 folder: ``dataset_dir`` itself or its ``banking77`` child."""
     for candidate in (dataset_dir, dataset_dir / "banking77"):
-        if (candidate / "train.csv").is_file() and (candidate / "test.csv").is_file():
+        if data_file_exists(candidate / "train.csv") and data_file_exists(candidate / "test.csv"):
             return candidate
     raise FileNotFoundError(f"no banking77 train.csv/test.csv under {dataset_dir}")
 

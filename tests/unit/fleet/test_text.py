@@ -28,10 +28,7 @@ from tenantserve.types import ModelId
 
 @pytest.fixture(scope="module")
 def banking77() -> Path:
-    datasets = find_datasets()
-    if datasets is None:
-        pytest.skip("Banking77 not found: set TENANTSERVE_DATASETS")
-    return datasets / "banking77"
+    return find_datasets() / "banking77"
 
 
 def _session(data: bytes | str) -> ort.InferenceSession:
