@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench fuzz test-heavy soak clean
+.PHONY: demo test lint typecheck bench fuzz soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,10 +28,6 @@ test: $(STAMP) lint
 # The fuzzers of `make test`, each with many more examples (minutes, not seconds).
 fuzz: $(STAMP)
 	TENANTSERVE_FUZZ_EXAMPLES=$${TENANTSERVE_FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -m fuzz -s
-
-# Scenarios too heavy for every commit: a two-node Ray cluster with a node killed, longer soaks.
-test-heavy: $(STAMP)
-	$(BIN)/python -m pytest -m heavy
 
 # The soak of docs/reliability.md: 10 minutes at 2x capacity, sampling RSS, files and threads.
 soak: $(STAMP)

@@ -1,7 +1,7 @@
 """Ray Serve smoke test: two replicas on a local cluster, requests follow their model.
 
 One bounded scenario, kept short for a busy 2-core CI machine: the simulated two-node cluster
-with a hot model spilling and a node kill is ``test_ray_cluster.py`` (``make test-heavy``);
+with a hot model spilling and a node kill is ``test_ray_cluster.py`` ;
 1 vs 2 replicas on one trace is ``benchmarks/bench_ray.py``.
 """
 
@@ -17,8 +17,6 @@ import pytest
 from fixtures.models import ModelStoreDir
 from fixtures.server import free_port
 from tenantserve.config import Settings
-
-ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'tenantserve[ray]'")
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(420)]
 

@@ -9,14 +9,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml  # type: ignore[import-untyped]
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+from ray.serve.request_router import ReplicaID
 
 from tenantserve.config import Settings
-
-ray_serve = pytest.importorskip("tenantserve.integrations.ray_serve", reason="needs the ray extra")
-from ray.serve._private.common import DeploymentHandleSource, DeploymentID  # noqa: E402
-from ray.serve.request_router import ReplicaID  # noqa: E402
-
-from tenantserve.integrations.ray_router import ModelAffinityRouter  # noqa: E402
+from tenantserve.integrations import ray_serve
+from tenantserve.integrations.ray_router import ModelAffinityRouter
 
 _DEPLOYMENT = DeploymentID(name="TenantServe", app_name="tenantserve")
 
@@ -72,7 +71,6 @@ def test_options_shape_the_deployment(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_kuberay_example_builds_and_names_real_settings() -> None:
-    yaml = pytest.importorskip("yaml")
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
     from tenantserve.integrations.ray_proxy import CALLBACK, CALLBACK_ENV
