@@ -80,7 +80,7 @@ class Ranked:
 def _datasets() -> Path:
     datasets = find_datasets()
     if datasets is None:
-        pytest.skip("Banking77 not found: set TENANTSERVE_DATASETS to the shared/datasets folder")
+        pytest.skip("Banking77 not found: set TENANTSERVE_DATASETS to a folder holding banking77/")
     return datasets
 
 

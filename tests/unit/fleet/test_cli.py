@@ -27,7 +27,7 @@ from tenantserve.fleet.text import load_banking77, tenant_names
 def datasets() -> Path:
     found = find_datasets()
     if found is None:
-        pytest.skip("datasets not found: set TENANTSERVE_DATASETS to the shared/datasets folder")
+        pytest.skip("datasets not found: set TENANTSERVE_DATASETS to a folder holding banking77/")
     return found
 
 
