@@ -24,7 +24,7 @@ def trim() -> None:
     """Return freed heap to the OS.
 
     glibc keeps freed session memory in its arenas: 20 evicted 10 MB sessions were seen to keep
-    270-410 MB resident without ``malloc_trim(0)`` (DESIGN §3). A no-op where there is no glibc.
+    270-410 MB resident without ``malloc_trim(0)``. A no-op where there is no glibc.
     """
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):

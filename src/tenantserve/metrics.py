@@ -1,4 +1,4 @@
-"""Every metric, bound to an injected CollectorRegistry; names follow SageMaker MME (DESIGN §5)."""
+"""Every metric, bound to an injected CollectorRegistry; names follow SageMaker MME."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def test_every_metric_and_label_used_is_exported(
                 assert label in known, f"{matcher!r} in {expr!r}"
         used |= names
     if source == "dashboard":
-        # The DESIGN §5 table, all of it on the dashboard.
+        # The core metrics of src/tenantserve/metrics.py, all of them on the dashboard.
         for name in ("invocations_total", "model_cache_hits_total", "model_cache_misses_total",
                      "loaded_models", "model_loading_wait_seconds_bucket",
                      "model_loading_seconds_bucket", "model_downloading_seconds_bucket",

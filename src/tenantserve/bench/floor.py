@@ -29,8 +29,8 @@ _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 def load_sessions(store: Path) -> dict[str, Any]:
     """One ONNX Runtime session per ``<id>/model.onnx`` under ``store``, keyed by model id.
 
-    Sessions get one intra-op and one inter-op thread, as tenantserve's do (DESIGN §4), so the
-    two servers run the same kernels and differ only in what wraps them.
+    Sessions get one intra-op and one inter-op thread, as tenantserve's do, so the two servers
+    run the same kernels and differ only in what wraps them.
     """
     import onnxruntime as ort
 

@@ -69,7 +69,7 @@ class Trace:
 
 
 def tenant_of(model_id: str) -> str:
-    """The tenant of a model id: its first path segment (DESIGN §2)."""
+    """The tenant of a model id: its first path segment."""
     return model_id.split("/", 1)[0]
 
 

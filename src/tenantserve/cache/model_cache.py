@@ -34,7 +34,7 @@ from tenantserve.types import ModelId, ModelStatus
 log = logging.getLogger(__name__)
 
 # Before the first load of a model its resident size is unknown; an ONNX Runtime session was
-# seen to hold 1.5-1.6x its file (DESIGN §3), so reserve 2x and settle to the measured size.
+# seen to hold 1.5-1.6x its file, so reserve 2x and settle to the measured size.
 _FIRST_LOAD_FACTOR = 2
 _KNOWN_SIZES_MAX = 100_000
 _STORE_FAILURE_TTL_S = 5.0

@@ -224,7 +224,7 @@ class OnnxRuntime:
 
 def _session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
-    # A fixed thread budget whatever the number of models (DESIGN §4): the server's own
+    # A fixed thread budget whatever the number of models: the server's own
     # executor provides the parallelism; a session must not add threads of its own.
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 
 class BoundedExecutor:
-    """Three pools with fixed sizes, so 2,000 resident models add no thread (DESIGN §4).
+    """Three pools with fixed sizes, so 2,000 resident models add no thread.
 
     ``compute`` runs ``model.predict`` (one thread per core, plus ``spare_compute_threads``
     that only start when a predict past its timeout holds a thread); ``load`` turns artifacts

@@ -1,7 +1,7 @@
 """OIP v2 infer bodies ⇄ numpy tensors: JSON data and Triton's binary tensor extension.
 
 Validation lives here rather than in a pydantic schema: one pass over plain ``orjson`` output
-keeps the data path fast (DESIGN §5). Every error about a tensor names the tensor.
+keeps the data path fast. Every error about a tensor names the tensor.
 """
 
 from __future__ import annotations
