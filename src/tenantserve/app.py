@@ -35,7 +35,7 @@ from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.service import InferenceService
-from tenantserve.store import open_store
+from tenantserve.store import ModelStore, open_store
 
 log = logging.getLogger("tenantserve")
 
@@ -43,6 +43,8 @@ log = logging.getLogger("tenantserve")
 # had theirs (at most _CLOSE_RESERVE_MAX_S).
 _CLOSE_RESERVE_FRACTION = 0.2
 _CLOSE_RESERVE_MAX_S = 5.0
+# How often a store that failed its check is tried again (readiness turns true when it passes).
+_STORE_RECHECK_S = 2.0
 
 
 def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> Starlette:
@@ -55,14 +57,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     limits = _limits(settings)
     metrics = Metrics(registry, top_tenants=settings.top_tenants)
     activity = Activity(registry=metrics.registry, model_label_top_k=settings.top_models)
-    store = open_store(
-        settings.store,
-        cache_dir=settings.cache_dir,
-        max_cache_bytes=settings.disk_cache_bytes,
-        retry_deadline_s=settings.store_retry_deadline_s,
-        read_timeout_s=settings.store_read_timeout_s,
-        verify_etag=settings.store_verify_etag,
-    )
+    store = _open_store(settings)
     executor = BoundedExecutor(
         compute_threads=settings.threads,
         load_threads=settings.max_concurrent_loads,
@@ -118,11 +113,12 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        try:
-            await executor.run_io(store.check)
-        except StoreUnavailable as exc:
-            # Serve anyway: the store may come back, and each request then says why it failed.
-            log.error("model store %s is not reachable: %s", store.url, exc)
+        service.store_problem = await _store_problem(store, executor)
+        watcher = None
+        if service.store_problem is not None:
+            # Not ready, and why in /v1/status; resident models (none yet) would still answer.
+            log.error("model store %s cannot be used: %s", store.url, service.store_problem)
+            watcher = asyncio.create_task(_watch_store(service, store, executor))
         await cache.start()
         await service.preload(settings.pin, pin=True)
         await service.preload(settings.preload)
@@ -139,6 +135,8 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await service.close()  # within the grace period, whatever still runs
 
     app = Starlette(
@@ -157,6 +155,44 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     app.state.service = service
     app.state.metrics = metrics
     return app
+
+
+def check_store(settings: Settings) -> None:
+    """Check the configured store as ``serve`` does before it listens (no disk is written).
+
+    Raises:
+        StoreUnavailable: the store cannot be used; ``for_operator()`` says what to fix.
+    """
+    _open_store(settings).check()
+
+
+async def _store_problem(store: ModelStore, executor: BoundedExecutor) -> str | None:
+    try:
+        await executor.run_io(store.check)
+    except StoreUnavailable as exc:
+        return exc.for_operator()
+    return None
+
+
+async def _watch_store(
+    service: InferenceService, store: ModelStore, executor: BoundedExecutor
+) -> None:
+    """Re-check a store that failed its check until it passes; readiness follows."""
+    while service.store_problem is not None:
+        await asyncio.sleep(_STORE_RECHECK_S)
+        service.store_problem = await _store_problem(store, executor)
+    log.info("model store %s answers again: ready", store.url)
+
+
+def _open_store(settings: Settings) -> ModelStore:
+    return open_store(
+        settings.store,
+        cache_dir=settings.cache_dir,
+        max_cache_bytes=settings.disk_cache_bytes,
+        retry_deadline_s=settings.store_retry_deadline_s,
+        read_timeout_s=settings.store_read_timeout_s,
+        verify_etag=settings.store_verify_etag,
+    )
 
 
 def _keys(settings: Settings) -> KeyRing | None:

@@ -17,6 +17,7 @@
     │   └── TenantLimitExceeded   a tenant over its rate or concurrency quota (429 + Retry-After)
     ├── LoadFailed                the artifact could not be fetched or turned into a model
     │   └── StoreUnavailable      the store could not be reached
+    │       └── StoreUnreachable  not even a connection (refused, unknown host, connect timeout)
     └── PredictFailed             the model raised while predicting
         └── PredictTimedOut       the model ran past the predict timeout (504)
 """
@@ -89,6 +90,24 @@ class StoreUnavailable(LoadFailed):
 
     retry_after_s: float = 1.0
     """What a caller is told to wait (Retry-After): until the server will try the store again."""
+
+    def __init__(self, message: str, *, operator_hint: str = "") -> None:
+        super().__init__(message)
+        self.operator_hint = operator_hint
+        """What to fix, for the operator's eyes only (logs, start-up errors, the manage role's
+        status): it may name the store's URL, endpoint and local paths, which callers never
+        see."""
+
+    def for_operator(self) -> str:
+        return f"{self}; {self.operator_hint}" if self.operator_hint else str(self)
+
+
+class StoreUnreachable(StoreUnavailable):
+    """No connection to the store at all: retried briefly, not for the whole retry deadline.
+
+    A refused connection or an unknown host is a store that is down or misconfigured, not a
+    slow one: callers hear so in seconds.
+    """
 
 
 class PredictFailed(TenantServeError):

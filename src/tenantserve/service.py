@@ -55,6 +55,9 @@ class ServerStatus:
     """What ``/v1/status`` and ``/ui`` show: memory, resident models, recent activity."""
 
     ready: bool
+    store_url: str
+    store_problem: str | None
+    """Why the store cannot be used (for the operator), or ``None`` while it answers."""
     memory: CacheSnapshot
     models: list[ModelStatus]
     activity: ActivitySnapshot
@@ -92,6 +95,7 @@ class InferenceService:
         self._predict_timeout_s = predict_timeout_s
         self._shutdown_grace_s = shutdown_grace_s
         self._accepting = False
+        self._store_problem: str | None = None
         self._stopping_since: float | None = None
         self._lingering: set[asyncio.Task[None]] = set()  # leases held for stopped runs
 
@@ -148,12 +152,22 @@ class InferenceService:
         return True
 
     def ready(self) -> bool:
-        """Ready from the end of start-up (preloads done) until shutdown begins.
+        """Ready from the end of start-up (preloads done) until shutdown begins, while the
+        store answers its check (a store that failed it is re-checked until it passes).
 
         Serving does not wait for any model to be loaded, and a model that fails to load makes
         only its own requests fail; per-model readiness is :meth:`is_resident`.
         """
-        return self._accepting
+        return self._accepting and self._store_problem is None
+
+    @property
+    def store_problem(self) -> str | None:
+        """What the last store check found wrong, for the operator; ``None`` when it passed."""
+        return self._store_problem
+
+    @store_problem.setter
+    def store_problem(self, problem: str | None) -> None:
+        self._store_problem = problem
 
     # -- data plane ------------------------------------------------------------------------
 
@@ -321,7 +335,12 @@ class InferenceService:
 
     def status(self) -> ServerStatus:
         return ServerStatus(
-            self.ready(), self._cache.snapshot(), self._cache.status(), self._activity.snapshot()
+            self.ready(),
+            self._store.url,
+            self._store_problem,
+            self._cache.snapshot(),
+            self._cache.status(),
+            self._activity.snapshot(),
         )
 
     def status_of(self, model_id: ModelId) -> ModelStatus:

@@ -8,7 +8,6 @@ import logging
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.models import ModelStoreDir, heavy_model, make_model
+from fixtures.polling import until
 from fixtures.server import ThreadServer
 
 ACME_KEY = "acme-invoke-key-000001"
@@ -91,14 +91,6 @@ def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def _value(url: str, name: str, **labels: str) -> float:
     return _scrape(url).get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def _until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -240,7 +232,7 @@ def test_deadline_passed_in_the_predict_queue_is_dropped_and_counted(
     light = f"/v2/models/{LIGHT}/infer"
     assert httpx.post(server.url + light, content=_body(1), timeout=30).status_code == 200
     with _open_request(server.url, f"/v2/models/{HEAVY}/infer", _body(HEAVY_ROWS)):
-        _until(lambda: _value(server.url, "tenantserve_requests_in_flight") == 1)
+        until(lambda: _value(server.url, "tenantserve_requests_in_flight") == 1)
         late = httpx.post(server.url + light, content=_body(1), timeout=30)
         assert late.status_code == 503
         assert int(late.headers["Retry-After"]) >= 1
@@ -256,15 +248,15 @@ def test_a_client_that_disconnects_frees_its_slot_and_queue_place(
     assert httpx.post(server.url + light, content=_body(1), timeout=30).status_code == 200
     in_flight = "tenantserve_requests_in_flight"
     with _open_request(server.url, f"/v2/models/{HEAVY}/infer", _body(HEAVY_ROWS)):
-        _until(lambda: _value(server.url, in_flight) == 1)
+        until(lambda: _value(server.url, in_flight) == 1)
         with _open_request(server.url, light, _body(1)):
-            _until(lambda: _value(server.url, "tenantserve_queue_depth", queue="predict") == 1)
+            until(lambda: _value(server.url, "tenantserve_queue_depth", queue="predict") == 1)
             assert _value(server.url, in_flight) == 2
         # The light request left while the heavy one still runs: its slot and place are free.
-        _until(lambda: _value(server.url, "tenantserve_queue_depth", queue="predict") == 0)
+        until(lambda: _value(server.url, "tenantserve_queue_depth", queue="predict") == 0)
         assert _value(server.url, in_flight) == 1
         assert _value(server.url, "tenantserve_invocations_total", protocol="oip", code="200") == 1
-    _until(lambda: _value(server.url, in_flight) == 0)
+    until(lambda: _value(server.url, in_flight) == 0)
     closed = _value(server.url, "tenantserve_invocations_total", protocol="oip", code="499")
     assert closed == 2
 
@@ -280,10 +272,10 @@ def test_a_full_admission_queue_answers_503_at_once(
     with contextlib.ExitStack() as held:
         heavy = _open_request(server.url, f"/v2/models/{HEAVY}/infer", _body(HEAVY_ROWS))
         held.enter_context(heavy)
-        _until(lambda: _value(server.url, "tenantserve_requests_in_flight") == 1)
+        until(lambda: _value(server.url, "tenantserve_requests_in_flight") == 1)
         for _ in range(4):  # the queue holds 4 times max_in_flight
             held.enter_context(_open_request(server.url, light, _body(1)))
-        _until(lambda: _value(server.url, "tenantserve_queue_depth", queue="admission") == 4)
+        until(lambda: _value(server.url, "tenantserve_queue_depth", queue="admission") == 4)
         full = httpx.post(server.url + light, content=_body(1), timeout=30)
         assert full.status_code == 503
         assert int(full.headers["Retry-After"]) >= 1
@@ -316,4 +308,4 @@ def test_a_storm_of_first_calls_is_answered_fast_or_served(
             assert int(answer.headers["Retry-After"]) >= 1
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     for model_id in ids:  # served once the storm passed
-        _until(lambda m=model_id: oip(m).status_code == 200)  # type: ignore[misc]
+        until(lambda m=model_id: oip(m).status_code == 200)  # type: ignore[misc]

@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
 from fixtures.models import heavy_model, make_model
+from fixtures.polling import until
 from fixtures.server import ProcessServer, ThreadServer
 from tenantserve.cli import app as cli_app
 
@@ -100,14 +101,6 @@ def _value(url: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def _until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
-
-
 def _in_flight(url: str) -> float:
     return _value(url, "tenantserve_requests_in_flight")
 
@@ -157,7 +150,7 @@ def test_live_and_ready_hold_while_models_load_and_fail(
     assert not client.is_model_ready(SLOW_LOAD)  # in the store, not resident
 
     loading = pool.submit(_infer, server.url, SLOW_LOAD)
-    _until(lambda: _in_flight(server.url) == 1)
+    until(lambda: _in_flight(server.url) == 1)
     # The load runs on a load thread: health, other models and metadata still answer.
     assert client.is_server_live()
     assert client.is_server_ready()
@@ -191,16 +184,16 @@ def test_a_predict_past_its_timeout_gets_504_and_other_models_are_served(
     before = _value(server.url, runs)
 
     endless = pool.submit(_infer, server.url, HEAVY, ENDLESS_ROWS)
-    _until(lambda: _in_flight(server.url) == 1)
+    until(lambda: _in_flight(server.url) == 1)
     # One predict thread, held by the endless run: the light model is still served.
     assert _infer(server.url, LIGHT).status_code == 200
     timed_out = endless.result()
     assert timed_out.status_code == 504
     assert timed_out.json()["error"] == f"model {HEAVY} did not answer within 1 s"
     # The run was stopped, not left to finish (that would take tens of seconds).
-    _until(lambda: _value(server.url, runs) == before + 2, timeout_s=15)
+    until(lambda: _value(server.url, runs) == before + 2, timeout_s=15)
     # The model itself still serves what fits in its timeout.
-    _until(lambda: _infer(server.url, HEAVY).status_code == 200, timeout_s=10)
+    until(lambda: _infer(server.url, HEAVY).status_code == 200, timeout_s=10)
 
     runtime = boto3.client(
         "sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
@@ -229,7 +222,7 @@ def test_unload_lets_requests_in_flight_finish_and_asks_new_ones_to_retry(
     server = start_server(store, threads=2, preload=(HEAVY,))
     client = triton_client(server.url)
     running = pool.submit(_infer, server.url, HEAVY, HEAVY_RUN_ROWS)
-    _until(lambda: _in_flight(server.url) == 1)
+    until(lambda: _in_flight(server.url) == 1)
     client.unload_model(HEAVY)
     assert not client.is_model_ready(HEAVY)
     refused = _infer(server.url, HEAVY)
@@ -239,7 +232,7 @@ def test_unload_lets_requests_in_flight_finish_and_asks_new_ones_to_retry(
     assert not running.done()
 
     finished = _output(running.result())  # it ran to the end on the unloaded model
-    _until(lambda: _value(server.url, "tenantserve_loaded_models") == 0)
+    until(lambda: _value(server.url, "tenantserve_loaded_models") == 0)
     # Closed: the next call loads it again, as any first call, and gets the same answer.
     assert _output(_infer(server.url, HEAVY, HEAVY_RUN_ROWS)) == finished
 
@@ -296,7 +289,7 @@ def test_a_replaced_model_serves_its_loaded_version_until_a_reload_swaps_it(
     )
     assert again.status_code == 409
     # One copy is left once the replaced ones have closed.
-    _until(lambda: _value(server.url, "tenantserve_loaded_models") == 1)
+    until(lambda: _value(server.url, "tenantserve_loaded_models") == 1)
     used = _value(server.url, "tenantserve_memory_used_bytes")
     assert 0 < used <= _value(server.url, "tenantserve_memory_budget_bytes")
 
@@ -316,18 +309,18 @@ def test_sigterm_turns_unready_drains_finishes_in_flight_work_and_exits(
 
     loading = pool.submit(_infer, server.url, SLOW_LOAD)  # waits on its model's load
     running = pool.submit(_infer, server.url, HEAVY, HEAVY_RUN_ROWS)
-    _until(lambda: _in_flight(server.url) == 2)
+    until(lambda: _in_flight(server.url) == 2)
     unloaded = httpx.post(f"{server.url}/v2/repository/models/{HEAVY}/unload", timeout=10)
     assert unloaded.status_code == 200  # HEAVY now unloads while its request runs
 
     signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     # Readiness turns first, while the listener still takes connections ...
-    _until(lambda: _status(ready) != 200, timeout_s=5)
+    until(lambda: _status(ready) != 200, timeout_s=5)
     assert _status(ready) == 503
     assert _infer(server.url, LIGHT).status_code == 200  # a late request is still served
     # ... then new connections are refused while the requests in flight go on.
-    _until(lambda: _status(ready) == 0, timeout_s=10)
+    until(lambda: _status(ready) == 0, timeout_s=10)
     assert not loading.done()
 
     assert _output(loading.result()) == [SLOW_LOAD_OUTPUT]
@@ -344,7 +337,7 @@ def test_shutdown_during_a_load_longer_than_the_grace_period_ends_in_time(
     grace_s = 2.0  # shorter than the load
     server = start_process(store, "--shutdown-grace-s", str(grace_s))
     loading: Future[Any] = pool.submit(_infer, server.url, SLOW_LOAD)
-    _until(lambda: _in_flight(server.url) == 1)
+    until(lambda: _in_flight(server.url) == 1)
 
     signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)

@@ -24,6 +24,7 @@ import pytest
 
 from fixtures.models import heavy_model
 from fixtures.oip import infer, scrape, write_model
+from fixtures.polling import until
 from fixtures.server import ProcessServer
 
 MiB = 1 << 20
@@ -56,14 +57,6 @@ def _held_request(url: str, path: str, body: bytes) -> Iterator[Callable[[], int
         yield status
     finally:
         sock.close()
-
-
-def _until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
 
 
 def _resident(client: httpx.Client) -> set[str]:
@@ -102,7 +95,7 @@ def test_budget_holds_at_every_scrape_and_a_busy_model_is_never_evicted(
             body = _rows_body(1)
             assert client.post(f"/v2/models/{SLOW}/infer", content=body).status_code == 200
             with _held_request(server.url, f"/v2/models/{SLOW}/infer", _rows_body(1500)) as busy:
-                _until(lambda: scrape(client)["tenantserve_requests_in_flight"] == 1)
+                until(lambda: scrape(client)["tenantserve_requests_in_flight"] == 1)
                 evictions_seen = []
                 for model_id in ids:
                     assert infer(client, model_id).status_code == 200

@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.models import heavy_model
 from fixtures.oip import infer, write_model
+from fixtures.polling import until
 from fixtures.server import ProcessServer, ThreadServer
 
 SLOW = "slow/m"
@@ -186,14 +187,6 @@ def _scraping(url: str) -> Iterator[list[Series]]:
         thread.join(timeout=30)
 
 
-def _until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
-
-
 def _p(latencies: list[float], q: float) -> float:
     ordered = sorted(latencies)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -255,7 +248,7 @@ def test_overload_sheds_with_retry_after_and_recovers_fully(
     assert max(_value(s, "tenantserve_requests_in_flight") for s in scrapes) <= 8
 
     # Recovery: queues drain, and the server answers as it did before the burst.
-    _until(lambda: _value(_scrape(server.url), "tenantserve_requests_in_flight") == 0)
+    until(lambda: _value(_scrape(server.url), "tenantserve_requests_in_flight") == 0)
     depths = [v for (n, _), v in _scrape(server.url).items() if n == "tenantserve_queue_depth"]
     assert depths
     assert set(depths) == {0.0}
@@ -391,10 +384,10 @@ def test_a_request_past_its_deadline_is_dropped_before_inference(
         assert infer(client, "quick/m").status_code == 200
         before = _scrape(server.url)
         with _held(server.url, f"/v2/models/{SLOW}/infer", _body(1500)) as held:
-            _until(lambda: _value(_scrape(server.url), "tenantserve_requests_in_flight") == 1)
+            until(lambda: _value(_scrape(server.url), "tenantserve_requests_in_flight") == 1)
             late = [infer(client, "quick/m") for _ in range(5)]
             assert held.recv(12).endswith(b"200")
-        _until(lambda: _value(_scrape(server.url), "tenantserve_requests_in_flight") == 0)
+        until(lambda: _value(_scrape(server.url), "tenantserve_requests_in_flight") == 0)
         after = _scrape(server.url)
     assert [r.status_code for r in late] == [503] * 5
     assert all(int(r.headers["Retry-After"]) >= 1 for r in late)
@@ -429,23 +422,23 @@ def test_clients_that_disconnect_free_their_slots_and_leave_no_tasks(
     idle_tasks = _server_tasks(server)
     fds_before = psutil.Process().num_fds()
     with _held(url, f"/v2/models/{SLOW}/infer", _body(1500)) as held:
-        _until(lambda: _value(_scrape(url), "tenantserve_requests_in_flight") == 1)
+        until(lambda: _value(_scrape(url), "tenantserve_requests_in_flight") == 1)
         host, port = url.removeprefix("http://").split(":")
         leavers = [socket.create_connection((host, int(port))) for _ in range(30)]
         for i, sock in enumerate(leavers):
             model = SLOW if i % 2 else "quick/m"
             sock.sendall(_request(url, f"/v2/models/{model}/infer", _body(1)))
-        _until(lambda: _value(_scrape(url), "tenantserve_requests_in_flight") == 31)
+        until(lambda: _value(_scrape(url), "tenantserve_requests_in_flight") == 31)
         for sock in leavers:
             sock.close()
         # Their slots and queue places free up while the held request still runs.
-        _until(lambda: _value(_scrape(url), "tenantserve_requests_in_flight") == 1)
+        until(lambda: _value(_scrape(url), "tenantserve_requests_in_flight") == 1)
         assert _value(_scrape(url), "tenantserve_queue_depth", queue="predict") == 0
         assert held.recv(12).endswith(b"200")
-    _until(lambda: _value(_scrape(url), "tenantserve_requests_in_flight") == 0)
+    until(lambda: _value(_scrape(url), "tenantserve_requests_in_flight") == 0)
     series = _scrape(url)
     assert _value(series, "tenantserve_invocations_total", protocol="oip", code="499") == 30
-    _until(lambda: _server_tasks(server) <= idle_tasks, timeout_s=10)
+    until(lambda: _server_tasks(server) <= idle_tasks, timeout_s=10)
     assert psutil.Process().num_fds() <= fds_before + 2
 
 
@@ -479,7 +472,7 @@ def test_boto3_retries_model_not_ready_a_bounded_number_of_times(
 
     with pytest.raises(client().exceptions.ModelNotReadyException):
         invoke("calm/m", mode="standard", max_attempts=1)  # starts the first load
-    _until(lambda: httpx.get(f"{server.url}/v2/models/calm/m/ready").status_code == 200)
+    until(lambda: httpx.get(f"{server.url}/v2/models/calm/m/ready").status_code == 200)
     before = not_ready()
     # boto3's default ("legacy") mode retries HTTP 429; total_max_attempts bounds it.
     with pytest.raises(client().exceptions.ModelNotReadyException) as caught:
@@ -492,7 +485,7 @@ def test_boto3_retries_model_not_ready_a_bounded_number_of_times(
         invoke("quick/m", mode="standard", max_attempts=5)
     assert not_ready() - before == 4
     # Once the load has had its turn, the same call succeeds.
-    _until(lambda: httpx.get(f"{server.url}/v2/models/quick/m/ready").status_code == 200)
+    until(lambda: httpx.get(f"{server.url}/v2/models/quick/m/ready").status_code == 200)
     assert (
         invoke("quick/m", mode="standard", max_attempts=1)["ResponseMetadata"]["HTTPStatusCode"]
         == 200

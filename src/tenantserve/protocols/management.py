@@ -133,6 +133,11 @@ def status_document(status: ServerStatus, *, version: str, models: int) -> dict[
     return {
         "version": version,
         "ready": status.ready,
+        "store": {
+            "url": status.store_url,
+            "ok": status.store_problem is None,
+            "problem": status.store_problem,
+        },
         "time_s": round(act.now_s, 3),
         "started_s": round(act.started_s, 3),
         "memory": {

@@ -46,6 +46,9 @@ def status_schemas() -> dict[str, Any]:
             {
                 "version": _STR,
                 "ready": _BOOL,
+                "store": _object(
+                    {"url": _STR, "ok": _BOOL, "problem": {"type": ["string", "null"]}}
+                ),
                 "time_s": _NUM,
                 "started_s": _NUM,
                 "memory": _ref("StatusMemory"),

@@ -28,7 +28,8 @@ DEFAULT_READ_TIMEOUT_S = 10.0
 # ranged GET) and botocore retries under it: one quick retry each, so that a fault reaches our
 # own retry loop, which owns the backoff and the deadline, in seconds and with its real cause.
 _S3_ATTEMPTS = 2
-_MAX_CONNECT_TIMEOUT_S = 5.0
+# A connection to S3 takes milliseconds; one that takes seconds is not coming.
+_MAX_CONNECT_TIMEOUT_S = 2.0
 
 
 def open_store(

@@ -41,5 +41,10 @@ class ModelStore(Protocol):
         ...
 
     def check(self) -> None:
-        """Raise ``StoreUnavailable`` if the store cannot be reached (used at start-up)."""
+        """Raise ``StoreUnavailable`` if the store cannot be used (start-up, readiness).
+
+        The error's ``operator_hint`` names the store's URL and, for S3, the endpoint tried
+        and the setting that fixes the problem; its message, like every error's, is safe for
+        callers.
+        """
         ...

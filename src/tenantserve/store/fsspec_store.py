@@ -21,6 +21,7 @@ from tenantserve.errors import (
     LoadFailed,
     ModelNotFound,
     StoreUnavailable,
+    StoreUnreachable,
     TenantServeError,
 )
 from tenantserve.store.archive import DEFAULT_MAX_MEMBERS, extract_archive, find_artifact_dir
@@ -44,6 +45,9 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 BARE_MODEL_SUFFIX = ".onnx"
 _FIRST_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
+# A store that takes no connection at all is down or misconfigured, not slow: retry it this
+# long, not for the whole retry deadline, so a cold call hears why within seconds.
+UNREACHABLE_RETRY_S = 2.0
 _ARCHIVE_DIR = "artifact"
 _VERSION_FIELDS = ("ETag", "etag", "mtime", "LastModified", "created", "md5")
 _MODEL_MARKERS = (MANIFEST_NAME, DEFAULT_MODEL_FILE)
@@ -119,14 +123,46 @@ class FsspecStore:
         return _model_ids(rels)
 
     def check(self) -> None:
-        """Raise :class:`StoreUnavailable` unless the store root can be reached."""
+        """Raise :class:`StoreUnavailable` unless the store root can be reached and read.
+
+        Its ``operator_hint`` names what to fix (see :class:`ModelStore`).
+        """
         deadline = time.monotonic() + self._retry_deadline_s
         try:
             info = self._call(lambda: self._fs.info(self._root), deadline, None)
         except ModelNotFound as exc:
-            raise StoreUnavailable("the model store root does not exist") from exc
+            raise StoreUnavailable(
+                "the model store root does not exist", operator_hint=self._missing_root()
+            ) from exc
+        except StoreUnreachable as exc:
+            raise StoreUnreachable(str(exc), operator_hint=self._endpoint_hint()) from exc
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(str(exc), operator_hint=f"store {self.url}") from exc
         if info.get("type") != "directory":
-            raise StoreUnavailable("the model store root is not a folder")
+            raise StoreUnavailable(
+                "the model store root is not a folder",
+                operator_hint=f"{self.url} is a file; --store names a folder of model artifacts",
+            )
+
+    def _missing_root(self) -> str:
+        if self._local_root is not None:
+            return f"no folder {self._local_root}; --store names a folder of model artifacts"
+        return (
+            f"no bucket, or nothing under the prefix, at {self.url}; check "
+            "--store. A new store needs an object under its prefix: `tenantserve fleet build "
+            "--store s3://…` publishes one"
+        )
+
+    def _endpoint_hint(self) -> str:
+        if self._local_root is not None:
+            return str(self._local_root)
+        endpoint = _endpoint_of(self._fs)
+        if endpoint is None:
+            return (
+                f"tried {self.url} at the provider's default endpoint; for a local or other "
+                "S3-compatible server set AWS_ENDPOINT_URL (e.g. http://127.0.0.1:8333)"
+            )
+        return f"tried {self.url} at {endpoint}; is the server running? (AWS_ENDPOINT_URL sets it)"
 
     def _fetch_folder(self, model_id: ModelId, rpath: str, deadline: float) -> LocalArtifact:
         if self._local_root is not None:
@@ -227,6 +263,7 @@ class FsspecStore:
 
     def _call(self, op: Callable[[], T], deadline: float, model_id: ModelId | None) -> T:
         delay = _FIRST_BACKOFF_S
+        unreachable_deadline = min(deadline, time.monotonic() + UNREACHABLE_RETRY_S)
         while True:
             try:
                 return op()
@@ -237,7 +274,10 @@ class FsspecStore:
                 error, transient = translate(exc, subject, remote=self._local_root is None)
                 if error is None:
                     raise
-                if not transient or time.monotonic() + delay > deadline:
+                give_up_at = (
+                    unreachable_deadline if isinstance(error, StoreUnreachable) else deadline
+                )
+                if not transient or time.monotonic() + delay > give_up_at:
                     raise error from exc
             time.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF_S)
@@ -277,6 +317,15 @@ class _Timer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.seconds += time.monotonic() - self._started
+
+
+def _endpoint_of(fs: AbstractFileSystem) -> str | None:
+    """The endpoint an S3 filesystem calls: its options, else botocore's variables."""
+    explicit = getattr(fs, "endpoint_url", None) or (getattr(fs, "client_kwargs", {}) or {}).get(
+        "endpoint_url"
+    )
+    found = explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return str(found) if found else None
 
 
 def _relative(name: str, rpath: str) -> str:

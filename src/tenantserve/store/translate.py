@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tenantserve.errors import LoadFailed, ModelNotFound, StoreUnavailable, TenantServeError
+import socket
+
+from tenantserve.errors import (
+    LoadFailed,
+    ModelNotFound,
+    StoreUnavailable,
+    StoreUnreachable,
+    TenantServeError,
+)
 
 # botocore / aiohttp / fsspec exception class names, matched by name so that this layer
 # needs neither library installed to classify what they raise.
@@ -18,7 +26,11 @@ _TRANSIENT_NAMES = frozenset(
         "ServerDisconnectedError",
     }
 )
-_TIMEOUT_NAMES = frozenset({"ConnectTimeoutError", "ReadTimeoutError", "FSTimeoutError"})
+# No connection was made at all: the endpoint is down, wrong or unknown (DNS).
+_UNREACHABLE_NAMES = frozenset(
+    {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}
+)
+_TIMEOUT_NAMES = frozenset({"ReadTimeoutError", "FSTimeoutError"})
 # botocore's check of a body against the x-amz-checksum-* header the server sent with it.
 _CORRUPT_NAMES = frozenset({"FlexibleChecksumError"})
 _CREDENTIAL_NAMES = frozenset(
@@ -89,6 +101,8 @@ def translate(
         return ModelNotFound(f"{subject or 'the store path'} not found in the store"), False
     if kind == "denied":
         return StoreUnavailable(f"{head} refused access ({reason}); check its credentials"), False
+    if kind == "unreachable":
+        return StoreUnreachable(f"{head} could not be connected to ({reason})"), True
     if kind == "transient":
         message = f"{head} could not be reached ({reason}), even after retrying"
         return StoreUnavailable(message), True
@@ -117,9 +131,11 @@ def _kind(err: BaseException) -> tuple[str, str] | None:
         return "corrupt", err.reason
     if names & _CORRUPT_NAMES:
         return "corrupt", "checksum mismatch"
+    if names & _UNREACHABLE_NAMES or isinstance(err, ConnectionRefusedError | socket.gaierror):
+        return "unreachable", _unreachable_reason(err)
     if names & _TIMEOUT_NAMES or isinstance(err, TimeoutError):
         # aiohttp's read timeout reaches us as fsspec's FSTimeoutError: say what happened.
-        return "transient", "connect timed out" if "Connect" in type(err).__name__ else "timed out"
+        return "transient", "timed out"
     if names & _TRANSIENT_NAMES or isinstance(err, ConnectionError):
         return "transient", type(err).__name__
     if code in _TRANSIENT_CODES or (status or 0) >= 500:
@@ -127,6 +143,16 @@ def _kind(err: BaseException) -> tuple[str, str] | None:
     if code or status:
         return "refused", code or f"HTTP {status}"
     return None
+
+
+def _unreachable_reason(err: BaseException) -> str:
+    if "Timeout" in type(err).__name__:
+        return "connect timed out"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, socket.gaierror):
+        return "unknown host"
+    return type(err).__name__
 
 
 def _response(err: BaseException) -> tuple[str, int | None]:

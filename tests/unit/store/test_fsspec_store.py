@@ -397,3 +397,17 @@ def test_gcs_md5_hash_is_checked(memory_root: str, tmp_path: Path) -> None:
     artifact = _listed_store(fs, memory_root, tmp_path).fetch(ModelId.parse("acme/m"))
     assert (artifact.path / "model.onnx").read_bytes() == b"model bytes"
     assert fs.copies == 2
+
+
+def test_an_s3_store_without_an_endpoint_says_which_variable_sets_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    store = open_store("s3://models/fleet", cache_dir=tmp_path, max_cache_bytes=MiB)
+    assert isinstance(store, FsspecStore)
+    hint = store._endpoint_hint()
+    assert "default endpoint" in hint
+    assert "set AWS_ENDPOINT_URL" in hint
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8333")
+    assert "at http://127.0.0.1:8333" in store._endpoint_hint()

@@ -43,7 +43,10 @@ def _wrapped(cause: BaseException) -> OSError:
         (_client_error(502, ""), "kept failing (HTTP 502)"),
         (ReadTimeoutError(endpoint_url=ENDPOINT), "could not be reached (timed out)"),
         (FSTimeoutError(), "could not be reached (timed out)"),
-        (ConnectTimeoutError(endpoint_url=ENDPOINT), "could not be reached (connect timed out)"),
+        (
+            ConnectTimeoutError(endpoint_url=ENDPOINT),
+            "could not be connected to (connect timed out)",
+        ),
         (EndpointConnectionError(endpoint_url=ENDPOINT), "(EndpointConnectionError)"),
         (ConnectionResetError(104, "reset by peer"), "(ConnectionResetError)"),
         (
