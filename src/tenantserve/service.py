@@ -281,7 +281,7 @@ class InferenceService:
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         """Signature of a model (loads it if needed: the signature is read from the graph)."""
-        async with self._cache.lease(model_id) as model:
+        async with self._cache.lease(model_id, counted=False) as model:
             return ModelMetadata(
                 model_id=model_id.value,
                 platform=model.platform,

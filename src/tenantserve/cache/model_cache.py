@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 # seen to hold 1.5-1.6x its file, so reserve 2x and settle to the measured size.
 _FIRST_LOAD_FACTOR = 2
 _KNOWN_SIZES_MAX = 100_000
+# A model file's identity for its measured size: the id and the file's size (a replaced
+# artifact of another size is measured again).
+_SizeKey = tuple[ModelId, int]
 _STORE_FAILURE_TTL_S = 5.0
 _OVERHEAD_SHARE = 4  # non-model resident bytes charged to the budget: at most 1/4 of it
 
@@ -101,7 +104,7 @@ class ModelCache:
         self._unloading: dict[ModelId, _Entry] = {}
         self._flights: SingleFlight[ModelId, _Entry] = SingleFlight()
         self._failures: dict[ModelId, tuple[float, TenantServeError]] = {}
-        self._known_sizes: OrderedDict[ModelId, int] = OrderedDict()
+        self._known_sizes: OrderedDict[_SizeKey, int] = OrderedDict()
         self._load_slots: asyncio.Semaphore | None = None
         self._room_freed: asyncio.Event | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -172,20 +175,28 @@ class ModelCache:
     # -- the data path ---------------------------------------------------------------------
 
     @asynccontextmanager
-    async def lease(self, model_id: ModelId) -> AsyncIterator[LoadedModel]:
-        """Hold the model for one request; it cannot be evicted until the block exits."""
+    async def lease(self, model_id: ModelId, *, counted: bool = True) -> AsyncIterator[LoadedModel]:
+        """Hold the model for one request; it cannot be evicted until the block exits.
+
+        ``counted=False`` (a metadata read) leaves hit and miss counts and recency alone: they
+        describe inference requests.
+        """
         entry = self._entries.get(model_id)
         if entry is not None:
-            self._metrics.cache_hits.inc()
+            if counted:
+                self._metrics.cache_hits.inc()
         else:
-            self._metrics.cache_misses.inc()
+            if counted:
+                self._metrics.cache_misses.inc()
             started = time.perf_counter()
             entry = await self._get_or_load(model_id, explicit=False)
-            self._metrics.loading_wait.observe(time.perf_counter() - started)
+            if counted:
+                self._metrics.loading_wait.observe(time.perf_counter() - started)
         entry.leases += 1
-        entry.hits += 1
-        entry.last_used_s = time.time()
-        self._policy.touch(model_id)
+        if counted:
+            entry.hits += 1
+            entry.last_used_s = time.time()
+            self._policy.touch(model_id)
         try:
             yield entry.model
         finally:
@@ -305,25 +316,35 @@ class ModelCache:
                 artifact = await loop.run_in_executor(self._io, self._store.fetch, model_id)
                 self._metrics.downloading.observe(artifact.download_seconds)
                 runtime = runtime_for(self._runtimes, artifact.manifest)
-                estimate = self._estimate(artifact, runtime)
-                await self._make_room(model_id, estimate)
+                size_key = _size_key(artifact)
+                known = self._known_sizes.get(size_key)
+                estimate = self._estimate(artifact, runtime, known)
+                await self._make_room(model_id, estimate, why=f"loading {model_id}")
                 self._budget.reserve(estimate, tenant)
                 reserved = estimate
                 started = time.perf_counter()
                 model, measured = await loop.run_in_executor(
-                    self._load_executor, self._load_measured, runtime, artifact
+                    self._load_executor, self._load_measured, runtime, artifact, known
                 )
                 load_seconds = time.perf_counter() - started
+                # A model is measured once (the same file, the same size on every load after).
+                self._remember_size(size_key, measured)
+                await self._room_for_measured(model_id, model, measured, reserved)
             self._metrics.loading.observe(load_seconds)
         except TenantServeError as exc:
             self._budget.release(reserved, tenant)
-            self._metrics.load_failures.inc()
             # A broken artifact stays broken; a store outage already had its retries and may
             # pass at any moment, so it is remembered only briefly (and said so in Retry-After).
             ttl_s = self._failed_load_ttl_s
             if isinstance(exc, StoreUnavailable):
                 ttl_s = min(ttl_s, _STORE_FAILURE_TTL_S)
             self._failures[model_id] = (time.monotonic() + ttl_s, exc)
+            if isinstance(exc, ModelNotFound):
+                # No artifact is a 404 for the caller, not a load that failed: the failure
+                # counter (and the alert on it) is for models that exist and do not load.
+                log.debug("load of %s: %s", model_id, exc)
+                raise
+            self._metrics.load_failures.inc()
             log.warning("load of %s failed: %s", model_id, exc)
             self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
             raise
@@ -336,7 +357,6 @@ class ModelCache:
         took_s = time.perf_counter() - began
         ewma = self._load_s_ewma
         self._load_s_ewma = took_s if ewma is None else ewma + 0.2 * (took_s - ewma)
-        self._remember_size(model_id, measured)
         self._failures.pop(model_id, None)
         entry = _Entry(model_id, model, measured, artifact.manifest.labels, load_seconds)
         old = self._entries.get(model_id)
@@ -347,10 +367,12 @@ class ModelCache:
                 self._close_soon(old)
         self._entries[model_id] = entry
         self._policy.add(model_id, nbytes=measured, load_seconds=load_seconds)
-        # The measured size may beat the estimate: shed others now, not on the next load.
-        own = self._evict(0, protect=model_id, tenant=tenant)
+        # Overhead beyond the ledger may have grown with this load: shed others now, not on
+        # the next load.
+        why = f"after loading {model_id}, process memory beyond the models' ledger"
+        own = self._evict(0, protect=model_id, tenant=tenant, why=why)
         freeing = sum(victim.nbytes for victim in own)
-        for victim in [*own, *self._evict(-freeing, protect=model_id)]:
+        for victim in [*own, *self._evict(-freeing, protect=model_id, why=why)]:
             self._close_soon(victim)
         log.info("loaded %s (%d bytes in %.3fs)", model_id, measured, load_seconds)
         self._emit(CacheEvent("load", model_id.value, measured, load_seconds))
@@ -361,11 +383,26 @@ class ModelCache:
         self._closing.add(task)  # hold a reference until done, or the task may be collected
         task.add_done_callback(self._closing.discard)
 
-    def _estimate(self, artifact: LocalArtifact, runtime: Runtime) -> int:
-        """The model's own bytes (as last measured, else hinted, else guessed from its file),
-        plus whatever shared part it needs that is not resident yet."""
+    async def _room_for_measured(
+        self, model_id: ModelId, model: LoadedModel, measured: int, reserved: int
+    ) -> None:
+        """Make room for what the load measured beyond its estimate before it is counted, so
+        the ledger never passes the budget; a model that cannot fit is closed (507)."""
+        if measured <= reserved:
+            return
+        try:
+            self._refuse_if_never_fits(model_id, measured)
+            await self._make_room(
+                model_id, measured - reserved, why=f"loading {model_id}, measured larger"
+            )
+        except BaseException:
+            await asyncio.get_running_loop().run_in_executor(self._load_executor, model.close)
+            raise
+
+    def _estimate(self, artifact: LocalArtifact, runtime: Runtime, known: int | None) -> int:
+        """The model's own bytes (as measured before, else hinted, else guessed from its
+        file), plus whatever shared part it needs that is not resident yet."""
         shared = runtime.shared_estimate(artifact.manifest, artifact.path)
-        known = self._known_sizes.get(artifact.model_id)
         if known is not None:
             return known + shared
         if artifact.manifest.memory_hint_bytes:
@@ -381,11 +418,18 @@ class ModelCache:
             self._budget.release(self._shared_bytes - held)
         self._shared_bytes = held
 
-    def _load_measured(self, runtime: Runtime, artifact: LocalArtifact) -> tuple[LoadedModel, int]:
-        """Load in a worker thread and measure what the model really holds (RSS delta)."""
+    def _load_measured(
+        self, runtime: Runtime, artifact: LocalArtifact, known: int | None
+    ) -> tuple[LoadedModel, int]:
+        """Load in a worker thread and measure what the model really holds (RSS delta), unless
+        this file was measured before: then its size is that, and no lock is needed."""
         if not self._measure_memory:  # offline replay: sizes are given, nothing is resident
             model = runtime.load(artifact.path, artifact.manifest)
             return model, artifact.manifest.memory_hint_bytes or artifact.nbytes
+        if known is not None:
+            model = runtime.load(artifact.path, artifact.manifest)
+            memory.trim()  # the parsed model file is garbage glibc would otherwise keep
+            return model, known
         with self._measure_lock:
             memory.trim()
             before = memory.rss_bytes()
@@ -397,15 +441,13 @@ class ModelCache:
             grown -= runtime.shared_usage().held_bytes - shared_before
         return model, max(grown, _own_file_bytes(artifact))
 
-    def _remember_size(self, model_id: ModelId, nbytes: int) -> None:
-        self._known_sizes[model_id] = nbytes
-        self._known_sizes.move_to_end(model_id)
+    def _remember_size(self, key: _SizeKey, nbytes: int) -> None:
+        self._known_sizes[key] = nbytes
+        self._known_sizes.move_to_end(key)
         if len(self._known_sizes) > _KNOWN_SIZES_MAX:
             self._known_sizes.popitem(last=False)
 
-    async def _make_room(self, model_id: ModelId, nbytes: int) -> None:
-        """Evict until ``nbytes`` fit. A resident copy of ``model_id`` (a reload) is never a
-        victim: it serves until the new one is in, so both are counted for that moment."""
+    def _refuse_if_never_fits(self, model_id: ModelId, nbytes: int) -> None:
         tenant = model_id.tenant
         if not self._budget.can_ever_fit(nbytes):
             raise InsufficientMemory(
@@ -417,14 +459,29 @@ class ModelCache:
                 f"model {model_id} needs about {nbytes} bytes; tenant {tenant} may hold at "
                 f"most {self._budget.cap_of(tenant)} bytes"
             )
+
+    async def _make_room(self, model_id: ModelId, nbytes: int, *, why: str) -> None:
+        """Evict until ``nbytes`` fit. A resident copy of ``model_id`` (a reload) is never a
+        victim: it serves until the new one is in, so both are counted for that moment.
+        ``why`` is what needs the room, said in each eviction's event."""
+        tenant = model_id.tenant
+        self._refuse_if_never_fits(model_id, nbytes)
         deadline = time.monotonic() + self._load_wait_s
         while True:
             # Close victims before loading, so the process never holds both at once. A tenant
             # at its share gives up its own models first; only then do others make room.
             if not self._budget.tenant_fits(tenant, nbytes):
-                own = self._evict(nbytes, protect=model_id, tenant=tenant)
+                share = (
+                    f"{why} needed {nbytes} bytes; tenant {tenant}'s share "
+                    f"({self._budget.cap_of(tenant)} bytes) was full"
+                )
+                own = self._evict(nbytes, protect=model_id, tenant=tenant, why=share)
                 await asyncio.gather(*(self._close(victim) for victim in own))
-            victims = self._evict(nbytes, protect=model_id)
+            full = (
+                f"{why} needed {nbytes} bytes; the memory budget "
+                f"({self._budget.capacity_bytes} bytes) was full"
+            )
+            victims = self._evict(nbytes, protect=model_id, why=full)
             await asyncio.gather(*(self._close(victim) for victim in victims))
             if self._budget.fits(nbytes) and self._budget.tenant_fits(tenant, nbytes):
                 return
@@ -472,12 +529,13 @@ class ModelCache:
             self._room_freed.set()
 
     def _evict(
-        self, nbytes: int, *, protect: ModelId | None, tenant: str | None = None
+        self, nbytes: int, *, protect: ModelId | None, why: str, tenant: str | None = None
     ) -> list[_Entry]:
         """Detach idle, unpinned victims until ``nbytes`` more would fit once they close.
 
         With ``tenant``, only that tenant's models go, until it fits within its own share;
-        the policy's order is kept, filtered to the tenant.
+        the policy's order is kept, filtered to the tenant. ``why`` goes in each eviction's
+        event (what needed the room, and which budget was full).
         """
         victims: list[_Entry] = []
         freeing = 0
@@ -498,8 +556,8 @@ class ModelCache:
             if tenant is not None and victim.tenant != tenant:
                 continue
             self._metrics.evictions.inc()
-            log.info("evicting %s (%d bytes)", victim, entry.nbytes)
-            self._detach(entry, evicted=True)
+            log.info("evicting %s (%d bytes): %s", victim, entry.nbytes, why)
+            self._detach(entry, evicted=True, detail=why)
             victims.append(entry)
             freeing += entry.nbytes
         return victims
@@ -597,6 +655,10 @@ class ModelCache:
         with self._measure_lock:
             entry.model.close()
             memory.trim()
+
+
+def _size_key(artifact: LocalArtifact) -> _SizeKey:
+    return artifact.model_id, _own_file_bytes(artifact)
 
 
 def _own_file_bytes(artifact: LocalArtifact) -> int:

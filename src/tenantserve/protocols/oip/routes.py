@@ -128,8 +128,11 @@ class _OipApi:
         return Response(self._server, media_type="application/json")
 
     async def model_get(self, request: Request) -> Response:
-        model_id, action = split_target(request.path_params["target"], ("ready",))
+        model_id, action = split_target(request.path_params["target"], ("ready", "infer"))
         authorize(request, model_id)
+        if action == "infer":
+            use_post = f"inference is a POST to /v2/models/{model_id}/infer, not a GET"
+            return json_response({"error": use_post}, 405, {"Allow": "POST"})
         if action == "ready":
             # tritonclient and KServe clients read 200 as ready and any 4xx as not ready.
             if self._service.is_resident(model_id):
