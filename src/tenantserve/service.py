@@ -30,7 +30,7 @@ from tenantserve.runtimes.run_stop import RunStop
 from tenantserve.scheduling.admission import Admission, Ticket
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
-from tenantserve.scheduling.tenant_limits import TenantLimits, TenantQuotas
+from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.store.base import ModelStore
 from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors, TensorSpec
 
@@ -61,6 +61,22 @@ class ServerStatus:
     memory: CacheSnapshot
     models: list[ModelStatus]
     activity: ActivitySnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStatus:
+    """One tenant as ``/v1/tenants`` shows it: what it holds, what it sent, what it may do."""
+
+    tenant: str
+    models: int
+    nbytes: int
+    memory_cap_bytes: int | None
+    in_flight: int
+    requests: int
+    errors: int
+    rejected: int
+    last_request_s: float | None
+    limits: TenantLimit
 
 
 class InferenceService:
@@ -342,6 +358,30 @@ class InferenceService:
             self._cache.status(),
             self._activity.snapshot(),
         )
+
+    def tenants(self) -> list[TenantStatus]:
+        """Every tenant that holds a model, sent a request or has limits of its own, by name."""
+        held: dict[str, int] = {}
+        for model in self._cache.status():
+            tenant = ModelId.parse(model.model_id).tenant
+            held[tenant] = held.get(tenant, 0) + 1
+        seen = {row.tenant: row for row in self._activity.tenants()}
+        named = set((self._quotas.limits.tenants or {}).keys())
+        in_flight = self._admission.in_flight_by_tenant()
+        rows = []
+        for tenant in sorted(held.keys() | seen.keys() | named):
+            nbytes, cap = self._cache.tenant_memory(tenant)
+            activity = seen.get(tenant)
+            rows.append(
+                TenantStatus(
+                    tenant, held.get(tenant, 0), nbytes, cap, in_flight.get(tenant, 0),
+                    activity.requests if activity else 0, activity.errors if activity else 0,
+                    activity.rejected if activity else 0,
+                    activity.last_request_s if activity else None,
+                    self._quotas.limits.of(tenant),
+                )
+            )  # fmt: skip
+        return rows
 
     def status_of(self, model_id: ModelId) -> ModelStatus:
         for status in self._cache.status():

@@ -28,7 +28,8 @@ def test_a_tiny_models_size_is_learned_once_and_the_ledger_stays_within_the_budg
 ) -> None:
     make_model(tmp_path / "tiny" / "m", size_bytes=2_000)
     server = start_server(tmp_path, memory_budget_bytes=64 * KiB)
-    codes, sizes = [], []
+    codes: list[int] = []
+    sizes: list[int] = []
     with httpx.Client(base_url=server.url) as client:
         for _ in range(4):
             codes.append(infer(client, "tiny/m").status_code)

@@ -201,3 +201,35 @@ def test_per_model_series_stay_within_top_k_plus_other(
     assert "other" in requests
     assert latency_series == set(requests)
     assert sum(requests.values()) == sent
+
+
+def test_tenants_lists_what_each_tenant_holds_sent_and_may_do(
+    synthetic_store: ModelStoreDir, start_server: Callable[..., ThreadServer], tmp_path: Path
+) -> None:
+    limits = tmp_path / "limits.toml"
+    limits.write_text("[tenants.quiet]\nrate_per_s = 5.0\nmax_concurrent = 2\n")
+    server = start_server(synthetic_store.root, memory_budget_bytes=512 * MiB, tenant_limits=limits)
+    first, second = synthetic_store.model_ids[:2]  # two tenants
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(3):
+            assert infer(client, first).status_code == 200
+        assert infer(client, second).status_code == 200
+        assert infer(client, "nobody/nothing").status_code == 404
+        response = client.get("/v1/tenants")
+        spec = client.get("/openapi.json").json()
+    assert response.status_code == 200
+    doc = response.json()
+    schema = {"$ref": "#/components/schemas/Tenants", "components": spec["components"]}
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    rows = {row["tenant"]: row for row in doc["tenants"]}
+    head = rows[first.split("/")[0]]
+    assert (head["models"], head["requests"], head["errors"]) == (1, 3, 0)
+    assert head["bytes"] > 0
+    assert head["last_request_s"] is not None
+    assert rows["nobody"]["models"] == 0
+    assert rows["nobody"]["errors"] == 1
+    # A tenant with limits of its own is listed before it sends anything.
+    quiet = rows["quiet"]
+    assert quiet["requests"] == 0
+    assert quiet["limits"] == {"rate_per_s": 5.0, "burst": 5.0, "max_concurrent": 2}
+    assert list(rows) == sorted(rows)

@@ -15,6 +15,7 @@ from tenantserve.activity.events import CacheEvent, Event, EventLog
 from tenantserve.activity.hot import HotEntry, HotList
 from tenantserve.activity.model_labels import ModelLabels
 from tenantserve.activity.series import RequestSeries, SeriesPoint, WindowSummary
+from tenantserve.activity.tenants import TenantActivity, TenantLedger
 from tenantserve.errors import Overloaded
 from tenantserve.types import ModelId
 
@@ -88,6 +89,7 @@ class Activity:
         self._labels = (
             ModelLabels(registry, top_k=model_label_top_k) if registry is not None else None
         )
+        self._tenants = TenantLedger()
         self._totals: dict[str, int] = dict.fromkeys(Totals.__slots__, 0)
         self._started_s = clock()
 
@@ -126,6 +128,7 @@ class Activity:
                 (self._hot_tenants, model_id.tenant),
             ):
                 hot.record(key, now_s, miss=miss, error=error, rejected=rejected)
+            self._tenants.record(model_id.tenant, now_s, error=error, rejected=rejected)
             if rejected:
                 self._events.add(now_s, "rejected", model_id.value, detail=detail)
             if self._labels is not None:
@@ -141,6 +144,11 @@ class Activity:
                 self._clock(), event.kind, event.model_id, nbytes=event.nbytes,
                 seconds=event.seconds, detail=event.detail,
             )  # fmt: skip
+
+    def tenants(self) -> list[TenantActivity]:
+        """Every tenant that sent a request (within the ledger's bound), quietest first."""
+        with self._lock:
+            return self._tenants.rows()
 
     def snapshot(self, *, max_events: int = 50) -> ActivitySnapshot:
         now_s = self._clock()

@@ -160,6 +160,10 @@ class ModelCache:
         ]
         return sorted(statuses, key=lambda s: s.model_id)
 
+    def tenant_memory(self, tenant: str) -> tuple[int, int | None]:
+        """(bytes ``tenant``'s models hold, the cap on them or ``None``: the whole budget)."""
+        return self._budget.used_by(tenant), self._budget.cap_of(tenant)
+
     def snapshot(self) -> CacheSnapshot:
         return CacheSnapshot(
             loaded_models=len(self._entries),

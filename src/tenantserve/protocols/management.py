@@ -1,4 +1,4 @@
-"""Operator routes: ``/v1/status`` (JSON), pin and unpin at run time, and the ``/ui`` status page.
+"""Operator routes: ``/v1/status`` and ``/v1/tenants`` (JSON), pin and unpin, the ``/ui`` page.
 
 They are one list, :func:`management_routes`, so whatever guards management (an API key
 with an operator role) wraps all of them at once. The page is plain files shipped in the
@@ -24,7 +24,7 @@ from tenantserve.types import ModelId
 
 if TYPE_CHECKING:
     from tenantserve.activity import HotEntry
-    from tenantserve.service import InferenceService, ServerStatus
+    from tenantserve.service import InferenceService, ServerStatus, TenantStatus
 
 UI_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -63,8 +63,10 @@ def management_routes(
         return Route(path, guarded(handler, "oip"), methods=[method])
 
     status = access.protect(api.status, Role.MANAGE, every_tenant=True)
+    tenants = access.protect(api.tenants, Role.MANAGE, every_tenant=True)
     return [
         route("/v1/status", status, "GET"),
+        route("/v1/tenants", tenants, "GET"),
         route("/v1/models/{target:path}", access.protect(api.model_action, Role.MANAGE), "POST"),
         route("/ui", api.ui_root, "GET"),
         route("/ui/", api.ui_index, "GET"),
@@ -86,6 +88,9 @@ class _ManagementApi:
             raise InvalidRequest(f"models must be a whole number from 0 to {MAX_MODELS}")
         doc = status_document(self._service.status(), version=self._version, models=int(raw))
         return json_response(doc, headers=_NO_STORE)
+
+    async def tenants(self, request: Request) -> Response:
+        return json_response(tenants_document(self._service.tenants()), headers=_NO_STORE)
 
     async def model_action(self, request: Request) -> Response:
         target: str = request.path_params["target"]
@@ -121,6 +126,31 @@ class _ManagementApi:
 def _read_ui() -> dict[str, bytes]:
     folder = importlib.resources.files("tenantserve") / "ui"
     return {name: (folder / name).read_bytes() for name in UI_FILES}
+
+
+def tenants_document(tenants: list[TenantStatus]) -> dict[str, Any]:
+    """The ``/v1/tenants`` body (docs/status.md): one row a tenant, by name."""
+    return {
+        "tenants": [
+            {
+                "tenant": t.tenant,
+                "models": t.models,
+                "bytes": t.nbytes,
+                "memory_cap_bytes": t.memory_cap_bytes,
+                "in_flight": t.in_flight,
+                "requests": t.requests,
+                "errors": t.errors,
+                "rejected": t.rejected,
+                "last_request_s": None if t.last_request_s is None else round(t.last_request_s, 3),
+                "limits": {
+                    "rate_per_s": t.limits.rate_per_s,
+                    "burst": t.limits.bucket_size if t.limits.rate_per_s else None,
+                    "max_concurrent": t.limits.max_concurrent,
+                },
+            }
+            for t in tenants
+        ]
+    }
 
 
 def status_document(status: ServerStatus, *, version: str, models: int) -> dict[str, Any]:

@@ -131,11 +131,32 @@ def status_schemas() -> dict[str, Any]:
         ),
         "StatusHot": hot,
         "PinResult": _object({"model": _STR, "pinned": _BOOL}),
+        "Tenants": _object({"tenants": {"type": "array", "items": _ref("TenantRow")}}),
+        "TenantRow": _object(
+            {
+                "tenant": _STR,
+                "models": _INT,
+                "bytes": _INT,
+                "memory_cap_bytes": {"type": ["integer", "null"], "minimum": 0},
+                "in_flight": _INT,
+                "requests": _INT,
+                "errors": _INT,
+                "rejected": _INT,
+                "last_request_s": {"type": ["number", "null"]},
+                "limits": _object(
+                    {
+                        "rate_per_s": _NUM,
+                        "burst": {"type": ["number", "null"]},
+                        "max_concurrent": _INT,
+                    }
+                ),
+            }
+        ),
     }
 
 
 def management_paths() -> dict[str, Any]:
-    """``paths`` entries for ``/v1/status``, pin / unpin and the ``/ui/`` page."""
+    """``paths`` entries for ``/v1/status``, ``/v1/tenants``, pin / unpin and ``/ui/``."""
     error = {"content": {"application/json": {"schema": _ref("Error")}}}
 
     def errors(*codes: int) -> dict[str, Any]:
@@ -161,6 +182,17 @@ def management_paths() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("Status")}},
                     },
                     **errors(400),
+                },
+            }
+        },
+        "/v1/tenants": {
+            "get": {
+                "summary": "Each tenant: models and bytes held, requests, limits, last use",
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": _ref("Tenants")}},
+                    }
                 },
             }
         },

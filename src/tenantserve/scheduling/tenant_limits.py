@@ -151,6 +151,10 @@ class TenantQuotas:
         self._buckets: dict[str, _Bucket] = {}
         self._active: dict[str, int] = {}
 
+    @property
+    def limits(self) -> TenantLimits:
+        return self._limits
+
     @contextmanager
     def hold(self, tenant: str) -> Iterator[None]:
         """Count one request of ``tenant`` until the block exits, if its quotas allow it.
