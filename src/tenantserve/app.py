@@ -36,6 +36,7 @@ from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.service import InferenceService
 from tenantserve.store import ModelStore, open_store
+from tenantserve.store.patterns import resolve_patterns
 
 log = logging.getLogger("tenantserve")
 
@@ -120,7 +121,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             log.error("model store %s cannot be used: %s", store.url, service.store_problem)
             watcher = asyncio.create_task(_watch_store(service, store, executor))
         await cache.start()
-        await service.preload(settings.pin, pin=True)
+        await service.preload(settings.pin, pin=True, what="--pin")
         await service.preload(settings.preload)
         service.start()
         if keys is None:
@@ -157,13 +158,19 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     return app
 
 
-def check_store(settings: Settings) -> None:
-    """Check the configured store as ``serve`` does before it listens (no disk is written).
+def preflight(settings: Settings) -> None:
+    """What ``serve`` checks before it listens: the store answers, and every ``--pin`` and
+    ``--preload`` names a model in it. Nothing is loaded.
 
     Raises:
         StoreUnavailable: the store cannot be used; ``for_operator()`` says what to fix.
+        ModelNotFound: a pin or preload matches no model (the message names the nearest).
+        InvalidModelId: a pin or preload that is not a model id.
     """
-    _open_store(settings).check()
+    store = _open_store(settings)
+    store.check()
+    resolve_patterns(settings.pin, store.list, what="--pin")
+    resolve_patterns(settings.preload, store.list, what="--preload")
 
 
 async def _store_problem(store: ModelStore, executor: BoundedExecutor) -> str | None:

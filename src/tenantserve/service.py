@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import math
 import threading
@@ -32,6 +31,7 @@ from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.store.base import ModelStore
+from tenantserve.store.patterns import resolve_patterns
 from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -321,23 +321,30 @@ class InferenceService:
         """
         await self._cache.load(model_id, pin=pin, exist_ok=exist_ok, reload=reload)
 
-    async def preload(self, patterns: Sequence[str], *, pin: bool = False) -> list[ModelId]:
-        """Load models named by ids or glob patterns (``acme/*``) at start-up; returns the ids."""
-        ids: list[ModelId] = []
-        listed: list[str] | None = None
-        for pattern in patterns:
-            if not any(ch in pattern for ch in "*?["):
-                ids.append(ModelId.parse(pattern))
-                continue
-            if listed is None:
-                listed = await self._executor.run_io(self._store.list, "")
-            matched = [ModelId.parse(raw) for raw in listed if fnmatch.fnmatchcase(raw, pattern)]
-            if not matched:
-                raise ModelNotFound(f"no model in the store matches {pattern!r}")
-            ids.extend(matched)
-        for model_id in ids:
-            await self.load(model_id, pin=pin)
-        return ids
+    async def preload(
+        self, patterns: Sequence[str], *, pin: bool = False, what: str = "--preload"
+    ) -> list[ModelId]:
+        """Load (and with ``pin``, pin) the models named by ids or glob patterns (``acme/*``)
+        at start-up; returns the ids that loaded.
+
+        A name that matches nothing raises (``serve`` checks them all before it listens); a
+        model that exists but fails to load is logged and left out: the others serve.
+
+        Raises:
+            ModelNotFound: a name matches no model (``what`` and the nearest ids say which).
+        """
+        listed = await self._executor.run_io(
+            resolve_patterns, patterns, self._store.list, what=what
+        )
+        loaded = []
+        for model_id in listed:
+            try:
+                await self.load(model_id, pin=pin)
+            except TenantServeError as exc:
+                log.error("%s %s: %s; serving the other models", what, model_id, exc)
+            else:
+                loaded.append(model_id)
+        return loaded
 
     async def unload(self, model_id: ModelId) -> None:
         """Unload a resident model once its in-flight requests finish; unpins it first."""

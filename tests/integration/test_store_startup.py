@@ -13,7 +13,7 @@ import pytest
 from fixtures.models import make_model
 from fixtures.polling import until
 from fixtures.server import ThreadServer, free_port
-from tenantserve.app import check_store
+from tenantserve.app import preflight
 from tenantserve.config import Settings
 from tenantserve.errors import StoreUnavailable, StoreUnreachable
 
@@ -43,9 +43,9 @@ def test_a_missing_store_folder_is_not_ready_until_it_appears(
     assert answer.status_code == 200, answer.text
 
 
-def test_check_store_names_the_missing_folder(tmp_path: Path) -> None:
+def test_preflight_names_the_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable) as info:
-        check_store(Settings(store=str(tmp_path / "absent"), cache_dir=tmp_path / "c"))
+        preflight(Settings(store=str(tmp_path / "absent"), cache_dir=tmp_path / "c"))
     assert str(tmp_path) not in str(info.value)  # the message is for callers
     assert f"no folder {tmp_path / 'absent'}" in info.value.for_operator()
 
@@ -68,7 +68,7 @@ def test_an_s3_store_that_takes_no_connection_names_its_endpoint(
 ) -> None:
     with pytest.raises(StoreUnreachable) as info:
         # The long retry budget is for slow or throttled answers, not for a refused connection.
-        check_store(
+        preflight(
             Settings(store="s3://models/fleet", cache_dir=tmp_path, store_retry_deadline_s=600)
         )
     assert "could not be connected to (" in str(info.value)
