@@ -109,7 +109,14 @@ class Metrics:
             self.rejected.remove(reason, tenant)
 
 
-REJECT_REASONS = ("queue_full", "timeout", "tenant_rate", "tenant_concurrency", "load_queue_full")
+REJECT_REASONS = (
+    "queue_full",
+    "timeout",
+    "tenant_rate",
+    "tenant_concurrency",
+    "load_queue_full",
+    "tenant_loads",
+)
 """Why a request was refused before inference: the ``reason`` label of ``rejected``."""
 
 

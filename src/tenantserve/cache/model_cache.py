@@ -17,6 +17,7 @@ from tenantserve import memory
 from tenantserve.activity import CacheEvent
 from tenantserve.cache.budget import MemoryBudget
 from tenantserve.cache.eviction import LRU, EvictionPolicy
+from tenantserve.cache.failed_loads import FailedLoads
 from tenantserve.cache.single_flight import SingleFlight
 from tenantserve.errors import (
     InsufficientMemory,
@@ -24,6 +25,7 @@ from tenantserve.errors import (
     ModelNotFound,
     ModelNotReady,
     StoreUnavailable,
+    TenantLimitExceeded,
     TenantServeError,
 )
 from tenantserve.metrics import CacheSnapshot, Metrics
@@ -103,7 +105,7 @@ class ModelCache:
         # the model are told to retry rather than load a second copy beside the closing one.
         self._unloading: dict[ModelId, _Entry] = {}
         self._flights: SingleFlight[ModelId, _Entry] = SingleFlight()
-        self._failures: dict[ModelId, tuple[float, TenantServeError]] = {}
+        self._failures = FailedLoads(log=log)
         self._known_sizes: OrderedDict[_SizeKey, int] = OrderedDict()
         self._load_slots: asyncio.Semaphore | None = None
         self._room_freed: asyncio.Event | None = None
@@ -248,19 +250,40 @@ class ModelCache:
         self._raise_if_loads_full(model_id)
 
     def _raise_if_loads_full(self, model_id: ModelId) -> None:
-        """Refuse a new load at once when ``max_queued_loads`` loads already wait for a slot.
+        """Refuse a new load at once when ``max_queued_loads`` loads already wait for a slot,
+        or when the model's tenant already has half of all pending loads.
 
         A storm of first calls to distinct models is then admitted at the rate loads finish;
         the rest get a fast retryable answer instead of holding a request slot for minutes.
+        A tenant sending ids that miss (new, or not in the store at all) pays store round
+        trips from its own half: its misses are part of its quota (429), and other tenants'
+        first calls still find room.
         """
         if self._max_queued_loads is None or model_id in self._flights:
             return  # joining a load that runs costs nothing
         pending = len(self._flights)
-        if pending < self._max_concurrent_loads + self._max_queued_loads:
-            return
-        self._metrics.reject("load_queue_full", model_id.tenant)
-        # Each refused caller is told a later time than the one before, in step with the rate
-        # loads finish, so retries come back spread out rather than as one more storm.
+        room = self._max_concurrent_loads + self._max_queued_loads
+        if pending >= room:
+            self._metrics.reject("load_queue_full", model_id.tenant)
+            raise ModelNotReady(
+                f"model {model_id} is not loaded and {pending} other loads are pending; "
+                "retry shortly",
+                retry_after_s=self._retry_after_s(pending - self._max_concurrent_loads),
+            )
+        tenant = model_id.tenant
+        own = sum(1 for pending_id in self._flights if pending_id.tenant == tenant)
+        if own >= max(1, room // 2):
+            self._metrics.reject("tenant_loads", tenant)
+            raise TenantLimitExceeded(
+                f"tenant {tenant} has {own} model loads pending, its share of the load queue; "
+                "retry shortly",
+                retry_after_s=self._retry_after_s(own),
+            )
+
+    def _retry_after_s(self, ahead: int) -> float:
+        """When to come back, with ``ahead`` loads to finish first. Each refused caller is told
+        a later time than the one before, in step with the rate loads finish, so retries come
+        back spread out rather than as one more storm."""
         rate = self._max_loads_per_s
         if not rate:
             load_s = self._load_s_ewma if self._load_s_ewma is not None else 1.0  # none seen yet
@@ -269,11 +292,7 @@ class ModelCache:
         drained = (now - self._told_at) * rate
         self._told_to_retry = max(0.0, self._told_to_retry - drained) + 1.0
         self._told_at = now
-        wait_s = (pending - self._max_concurrent_loads + self._told_to_retry) / rate
-        raise ModelNotReady(
-            f"model {model_id} is not loaded and {pending} other loads are pending; retry shortly",
-            retry_after_s=wait_s,
-        )
+        return (ahead + self._told_to_retry) / rate
 
     async def _pace(self) -> None:
         """Start loads no faster than ``max_loads_per_s``: loads take CPU from warm traffic."""
@@ -292,17 +311,7 @@ class ModelCache:
             )
 
     def _raise_if_failed_recently(self, model_id: ModelId) -> None:
-        failure = self._failures.get(model_id)
-        if failure is None:
-            return
-        expires_at, error = failure
-        left_s = expires_at - time.monotonic()
-        if left_s > 0:
-            again = type(error)(str(error))
-            if isinstance(again, StoreUnavailable):
-                again.retry_after_s = left_s
-            raise again
-        del self._failures[model_id]
+        self._failures.raise_if_recent(model_id)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -342,14 +351,14 @@ class ModelCache:
             ttl_s = self._failed_load_ttl_s
             if isinstance(exc, StoreUnavailable):
                 ttl_s = min(ttl_s, _STORE_FAILURE_TTL_S)
-            self._failures[model_id] = (time.monotonic() + ttl_s, exc)
+            self._failures.record(model_id, exc, ttl_s)
             if isinstance(exc, ModelNotFound):
                 # No artifact is a 404 for the caller, not a load that failed: the failure
                 # counter (and the alert on it) is for models that exist and do not load.
                 log.debug("load of %s: %s", model_id, exc)
                 raise
             self._metrics.load_failures.inc()
-            log.warning("load of %s failed: %s", model_id, exc)
+            self._failures.warn("load of %s failed: %s", model_id, exc)
             self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
             raise
         except BaseException:
@@ -361,7 +370,7 @@ class ModelCache:
         took_s = time.perf_counter() - began
         ewma = self._load_s_ewma
         self._load_s_ewma = took_s if ewma is None else ewma + 0.2 * (took_s - ewma)
-        self._failures.pop(model_id, None)
+        self._failures.forget(model_id)
         entry = _Entry(model_id, model, measured, artifact.manifest.labels, load_seconds)
         old = self._entries.get(model_id)
         if old is not None:  # a reload: the new copy takes over, the old one drains
@@ -606,7 +615,7 @@ class ModelCache:
         resident = model_id in self._entries
         if resident and not exist_ok:
             raise ModelAlreadyLoaded(f"model {model_id} is already loaded")
-        self._failures.pop(model_id, None)  # an operator's explicit load always retries
+        self._failures.forget(model_id)  # an operator's explicit load always retries
         if resident and reload:
             try:
                 entry = await self._flights.do(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -21,6 +21,9 @@ class SingleFlight(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(list(self._tasks))
 
     async def do(
         self, key: K, factory: Callable[[], Coroutine[Any, Any, V]], *, timeout_s: float | None

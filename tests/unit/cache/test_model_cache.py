@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tenantserve.cache import MemoryBudget, ModelCache, model_cache
+from tenantserve.cache import MemoryBudget, ModelCache, failed_loads, model_cache
 from tenantserve.errors import (
     InsufficientMemory,
     LoadFailed,
@@ -289,6 +289,7 @@ async def test_a_store_outage_is_remembered_briefly_and_retry_after_says_how_lon
     # The cache's own clock only (the event loop keeps the real one).
     later = SimpleNamespace(monotonic=lambda: now + 5.1, perf_counter=time.perf_counter)
     monkeypatch.setattr(model_cache, "time", later)
+    monkeypatch.setattr(failed_loads, "time", later)
     with pytest.raises(StoreUnavailable):  # tried again: the store is asked once more
         async with cache.lease(unreachable):
             pass

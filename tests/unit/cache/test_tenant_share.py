@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tenantserve.cache import MemoryBudget, ModelCache
-from tenantserve.errors import InsufficientMemory, ModelNotReady
+from tenantserve.errors import InsufficientMemory, ModelNotReady, TenantLimitExceeded
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel, Runtime
 from tenantserve.runtimes.base import SharedUsage
@@ -191,8 +191,8 @@ async def test_load_queue_refuses_new_loads_fast_and_counts_them(
     cache = make_cache(MemoryBudget(100 * MB), max_concurrent_loads=1, max_queued_loads=1)
     store.gate = threading.Event()
     running = asyncio.ensure_future(_use(cache, "storm/m1-1"))
-    queued = asyncio.ensure_future(_use(cache, "storm/m2-1"))
-    joined = asyncio.ensure_future(_use(cache, "storm/m2-1"))  # joins a pending load: no error
+    queued = asyncio.ensure_future(_use(cache, "calm/m2-1"))
+    joined = asyncio.ensure_future(_use(cache, "calm/m2-1"))  # joins a pending load: no error
     await asyncio.sleep(0.01)
     with pytest.raises(ModelNotReady) as refused:
         await _use(cache, "storm/m3-1")
@@ -203,5 +203,29 @@ async def test_load_queue_refuses_new_loads_fast_and_counts_them(
     await _use(cache, "storm/m3-1")  # room again once loads finished
     value = metrics.registry.get_sample_value(
         "tenantserve_rejected_requests_total", {"reason": "load_queue_full", "tenant": "storm"}
+    )
+    assert value == 1
+
+
+@pytest.mark.anyio
+async def test_a_tenant_holds_at_most_half_the_load_queue_and_others_still_load(
+    make_cache: CacheFactory, store: _Store, metrics: Metrics
+) -> None:
+    metrics.tenants.observe("noisy")
+    cache = make_cache(MemoryBudget(100 * MB), max_concurrent_loads=1, max_queued_loads=3)
+    store.gate = threading.Event()
+    noisy = [asyncio.ensure_future(_use(cache, f"noisy/m{i}-1")) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    # Misses (new ids, or ids not in the store at all) are part of the tenant's quota: 429.
+    with pytest.raises(TenantLimitExceeded) as refused:
+        await _use(cache, "noisy/m3-1")
+    assert refused.value.retry_after_s > 0
+    calm = asyncio.ensure_future(_use(cache, "calm/m4-1"))  # another tenant still finds room
+    await asyncio.sleep(0.01)
+    assert cache.snapshot().queued_loads == 2
+    store.gate.set()
+    await asyncio.gather(*noisy, calm)
+    value = metrics.registry.get_sample_value(
+        "tenantserve_rejected_requests_total", {"reason": "tenant_loads", "tenant": "noisy"}
     )
     assert value == 1
