@@ -296,16 +296,16 @@ def serve(
 
     values: dict[str, object] = {
         "store": store,
-        "memory_budget_bytes": memory_budget,
+        "memory_budget": memory_budget,
         "host": host,
         "port": port,
         "preload": tuple(preload or ()),
         "pin": tuple(pin or ()),
-        "disk_cache_bytes": disk_cache,
+        "disk_cache": disk_cache,
         "max_concurrent_loads": max_concurrent_loads,
         "eviction": eviction,
         "min_residency_s": min_residency,
-        "max_body_bytes": max_body,
+        "max_body": max_body,
         "log_level": log_level,
     }
     if cache_dir is not None:
@@ -317,7 +317,7 @@ def serve(
     optional = {
         "api_keys": api_keys, "tenant_limits": tenant_limits, "tenant_rate_per_s": tenant_rate,
         "tenant_burst": tenant_burst, "tenant_max_concurrent": tenant_concurrency,
-        "max_tenant_memory_fraction": tenant_memory_fraction, "max_in_flight": max_in_flight,
+        "tenant_max_memory_fraction": tenant_memory_fraction, "max_in_flight": max_in_flight,
         "queue_timeout_s": queue_timeout, "max_queued_loads": max_queued_loads,
         "max_loads_per_s": max_loads_per_s, "top_tenants": top_tenants, "top_models": top_models,
         "predict_timeout_s": predict_timeout_s, "shutdown_grace_s": shutdown_grace_s,

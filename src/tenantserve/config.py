@@ -34,7 +34,7 @@ class Settings(BaseSettings):
 
     store: str = "./models"
     """Model store: a local folder or an fsspec URL (``s3://bucket/prefix``)."""
-    memory_budget_bytes: int = Field(default=4 * 1024**3, gt=0)
+    memory_budget: int = Field(default=4 * 1024**3, gt=0)
     """Bytes resident models may hold in all (measured at load, not file size)."""
     host: str = "127.0.0.1"
     """Interface to bind; loopback by default so nothing is exposed by accident."""
@@ -47,7 +47,7 @@ class Settings(BaseSettings):
         Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tenantserve"
     )
     """Local disk copy of remote artifacts."""
-    disk_cache_bytes: int = Field(default=20 * 1024**3, gt=0)
+    disk_cache: int = Field(default=20 * 1024**3, gt=0)
     """Bytes the local disk copy may take before least-recently-used copies are removed."""
     store_retry_deadline_s: float = Field(default=20.0, gt=0)
     """How long a store read retries transient errors (5xx, resets, SlowDown) before failing."""
@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(default=0.0, ge=0)
     """Seconds, within the grace period, that the server still takes new connections after
     SIGTERM turns readiness to 503, so a load balancer stops routing here first."""
-    max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
+    max_body: int = Field(default=6 * 1024 * 1024, gt=0)
     """Largest request body accepted (SageMaker's limit is 6 MiB)."""
     log_level: str = "info"
     top_models: int = Field(default=10, ge=0)
@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     """Default bucket size: requests a tenant may send at once above its rate."""
     tenant_max_concurrent: int = Field(default=0, ge=0)
     """Default requests one tenant may have in flight; 0 for no cap of its own."""
-    max_tenant_memory_fraction: float = Field(default=1.0, gt=0, le=1)
+    tenant_max_memory_fraction: float = Field(default=1.0, gt=0, le=1)
     """Share of the memory budget one tenant's models may hold (1 = the whole budget)."""
     max_queued_loads: int = Field(default=32, ge=0)
     """Distinct models that may wait for a load slot; first calls past it are refused at once
@@ -158,7 +158,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("memory_budget_bytes", "disk_cache_bytes", "max_body_bytes", mode="before")
+    @field_validator("memory_budget", "disk_cache", "max_body", mode="before")
     @classmethod
     def _sizes(cls, value: str | int) -> int:
         return parse_size(value)

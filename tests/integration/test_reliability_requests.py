@@ -105,7 +105,7 @@ def _thread_server(
 
     port = free_port()
     settings_ = Settings(
-        store=str(store), host="127.0.0.1", port=port, cache_dir=cache_dir, max_body_bytes=MAX_BODY
+        store=str(store), host="127.0.0.1", port=port, cache_dir=cache_dir, max_body=MAX_BODY
     )
     app = build_app(settings_, registry=CollectorRegistry())
     config = uvicorn.Config(

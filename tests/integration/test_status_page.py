@@ -55,7 +55,7 @@ def test_status_page_shows_the_fleet_and_follows_traffic(
     executable = chromium()
     ids = synthetic_store.model_ids
     pinned = ids[0]
-    server = start_server(synthetic_store.root, memory_budget_bytes=48 * MiB, pin=(pinned,))
+    server = start_server(synthetic_store.root, memory_budget=48 * MiB, pin=(pinned,))
     with httpx.Client(base_url=server.url) as client:
         for model_id in (ids[1], ids[2], ids[1]):
             assert infer(client, model_id).status_code == 200

@@ -123,7 +123,7 @@ def deploy(
 
     values: dict[str, object] = {
         "store": store,
-        "memory_budget_bytes": memory_budget,
+        "memory_budget": memory_budget,
         "pin": tuple(pin or ()),
         # The proxy's address stands for the server's: keys are required off loopback.
         "host": host,

@@ -70,7 +70,7 @@ def test_deploy_command_refuses_bad_settings(monkeypatch: pytest.MonkeyPatch) ->
     _install(monkeypatch, _fake_ray_serve({}))
     result = CliRunner().invoke(ray_app, ["deploy", "--memory-budget", "lots"])
     assert result.exit_code == 2
-    assert "memory_budget_bytes" in result.output
+    assert "memory_budget" in result.output
 
 
 def test_deploy_command_without_ray_prints_the_install_hint(
