@@ -27,7 +27,7 @@ test: $(STAMP) lint
 
 # The fuzzers of `make test`, each with many more examples (minutes, not seconds).
 fuzz: $(STAMP)
-	TENANTSERVE_FUZZ_EXAMPLES=$${TENANTSERVE_FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -m fuzz -s
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -m fuzz -s
 
 # Scenarios too heavy for every commit: a two-node Ray cluster with a node killed, longer soaks.
 test-heavy: $(STAMP)

@@ -3,11 +3,12 @@
 One name per setting: the field ``memory_budget`` is the flag ``--memory-budget`` and the
 variable ``TENANTSERVE_MEMORY_BUDGET`` in every entry point (``tenantserve serve``,
 ``tenantserve ray deploy``, the Ray Serve config's app builder). Entry points build Settings
-with :func:`load_settings`.
+with :func:`load_settings`, which also refuses unknown ``TENANTSERVE_*`` variables.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -28,6 +29,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
 ENV_PREFIX = "TENANTSERVE_"
+
+PROJECT_VARIABLES: Mapping[str, str] = {
+    "TENANTSERVE_URL": "server address of `tenantserve status` and `models` (remote/cli.py)",
+    "TENANTSERVE_API_KEY": "API key of `tenantserve status` and `models` (remote/cli.py)",
+    "TENANTSERVE_DATASETS": "datasets folder of `tenantserve fleet build` (fleet/cli.py), "
+    "examples/demo.py, benchmarks/bench_fleet.py and the tests",
+}
+"""The ``TENANTSERVE_*`` variables that are not settings, and what reads them; every other
+unknown name in the prefix is refused. The tests' own knobs (``FUZZ_EXAMPLES``,
+``UPDATE_SCREENSHOT``) are outside it: tests start servers with their environment, and the
+product should not list its tests' switches."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
@@ -222,7 +234,7 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
 
-# -- names: flag and variable ---------------------------------------------------------------------
+# -- names: flag, variable, and the check of the environment ------------------------------------
 
 
 def env_name(field: str) -> str:
@@ -245,6 +257,24 @@ def public_name(field: str) -> str:
     return f"{option} ({env_name(field)})" if option else env_name(field)
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``TENANTSERVE_*`` name in ``environ`` that nothing reads, with the nearest
+    valid name. Names compare upper-cased, as the settings read them case-insensitively."""
+    valid = {env_name(field) for field in Settings.model_fields} | set(PROJECT_VARIABLES)
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in valid:
+            continue
+        # Compare without the shared prefix, which would make every name look close.
+        near = difflib.get_close_matches(
+            upper.removeprefix(ENV_PREFIX), [v.removeprefix(ENV_PREFIX) for v in valid], n=1
+        )
+        hint = f"did you mean {ENV_PREFIX}{near[0]}?" if near else "not a setting"
+        problems.append(f"unknown variable {name}; {hint} (see tenantserve serve --help)")
+    return problems
+
+
 class SettingsError(ValueError):
     """Settings that cannot start a server; ``problems`` has one line for each."""
 
@@ -260,10 +290,10 @@ def load_settings(
     ``defaults`` (the entry point's own, where they differ from the fields'), over the fields'.
 
     Raises:
-        SettingsError: values that do not validate, each named by flag and variable, never by
-            field.
+        SettingsError: unknown ``TENANTSERVE_*`` variables, or values that do not validate,
+            each named by flag and variable, never by field.
     """
-    problems: list[str] = []
+    problems = unknown_variables(os.environ)
     values: dict[str, Any] = dict(given or {})
     settings = None
     try:

@@ -122,5 +122,5 @@ def test_status_page_shows_the_fleet_and_follows_traffic(
     assert problems == []
     assert shot.stat().st_size > 10_000
     # Tests leave the checkout as they found it; refresh the docs' picture only when asked.
-    if os.environ.get("TENANTSERVE_UPDATE_SCREENSHOT") == "1":
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, DOCS_SCREENSHOT)

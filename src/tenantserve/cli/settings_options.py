@@ -107,8 +107,8 @@ def with_settings(
 
     A setting left off the command line falls to its variable, then to ``defaults`` (the
     command's own, shown as ``shown``), then to the field's default. Settings that do not
-    validate end the command with one ``error:`` line each and exit code 2, before ``command``
-    runs.
+    validate, or unknown ``TENANTSERVE_*`` variables, end the command with one ``error:`` line
+    each and exit code 2, before ``command`` runs.
     """
     own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
     clash = {p.name for p in own} & set(Settings.model_fields)
