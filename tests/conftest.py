@@ -13,6 +13,7 @@ pytest_plugins = [
     "fixtures.s3",
     "fixtures.faulty_s3",
     "fixtures.server",
+    "fixtures.entry_points",
 ]
 
 
