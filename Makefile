@@ -27,7 +27,7 @@ test: $(STAMP) lint
 
 # The fuzzers of `make test`, each with many more examples (minutes, not seconds).
 fuzz: $(STAMP)
-	TENANTSERVE_FUZZ_EXAMPLES=$${TENANTSERVE_FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -m fuzz -s
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} $(BIN)/python -m pytest -m fuzz -s
 
 # The soak of docs/reliability.md: 10 minutes at 2x capacity, sampling RSS, files and threads.
 soak: $(STAMP)

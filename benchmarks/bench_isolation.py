@@ -140,7 +140,7 @@ def noisy_neighbour(
     for tenant in ("noisy", "quiet"):
         heavy_model(root / tenant / "m", layers=args.layers)
     flags = ("--threads", str(args.threads), "--preload", "noisy/m", "--preload", "quiet/m",
-             "--tenant-concurrency", str(args.tenant_concurrency))  # fmt: skip
+             "--tenant-max-concurrent", str(args.tenant_max_concurrent))  # fmt: skip
     with serve(root, port, *flags):
         a, b = _oip(port, "noisy/m", "noisy"), _oip(port, "quiet/m", "quiet")
         capacity = pool.submit(
@@ -164,8 +164,8 @@ def noisy_neighbour(
         noisy_out, quiet_out = flood.result(), quiet.result()
     print(
         f"## Noisy neighbour\n\nModel: {args.layers} MatMul+Tanh layers (256 wide), one row "
-        f"per request; server `--threads {args.threads} --tenant-concurrency "
-        f"{args.tenant_concurrency}`, API keys on. Capacity for tenant A alone (closed loop, "
+        f"per request; server `--threads {args.threads} --tenant-max-concurrent "
+        f"{args.tenant_max_concurrent}`, API keys on. Capacity for tenant A alone (closed loop, "
         f"8 clients, 3 s): **{cap_rate:.0f} req/s**. A then floods at 10x = "
         f"{flood_rate:.0f} req/s (open loop) while B sends {args.quiet_rate:.0f} req/s "
         f"(open loop) for {d:.0f} s. Latency from when each request was due.\n"
@@ -186,7 +186,7 @@ def overload(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoolE
     heavy_model(root / "noisy" / "m", layers=args.layers)
     flags = ("--threads", str(args.threads), "--preload", "noisy/m",
              "--max-in-flight", str(args.overload_in_flight),
-             "--queue-timeout", str(args.overload_queue_s))  # fmt: skip
+             "--queue-timeout-s", str(args.overload_queue_s))  # fmt: skip
     with serve(root, port, *flags):
         target = _oip(port, "noisy/m", "noisy")
         capacity = pool.submit(
@@ -213,7 +213,7 @@ def overload(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoolE
     refused = [r for s, r in zip(burst.statuses, burst.retry_after, strict=True) if s != 200]
     print(
         f"## Overload\n\nThe noisy-neighbour model, one tenant, server `--threads "
-        f"{args.threads} --max-in-flight {args.overload_in_flight} --queue-timeout "
+        f"{args.threads} --max-in-flight {args.overload_in_flight} --queue-timeout-s "
         f"{args.overload_queue_s:g}`. Capacity (closed loop, 8 clients, 3 s): "
         f"**{cap_rate:.0f} req/s**. Half of it for {args.recovery_window_s:.0f} s, then a burst "
         f"at 4x = {4 * cap_rate:.0f} req/s for {args.burst_s:.0f} s (open loop), then half "
@@ -369,7 +369,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--layers", type=int, default=3000, help="noisy-neighbour model cost")
     parser.add_argument("--threads", type=int, default=1, help="predict threads (noisy)")
-    parser.add_argument("--tenant-concurrency", type=int, default=32)
+    parser.add_argument("--tenant-max-concurrent", type=int, default=32)
     parser.add_argument("--quiet-rate", type=float, default=10.0)
     parser.add_argument("--warm-rate", type=float, default=100.0)
     parser.add_argument("--storm-models", type=int, default=1000)

@@ -181,7 +181,7 @@ def run_ray(
 
     settings = Settings(
         store=str(store),
-        memory_budget_bytes=args.budget_mib * 2**20,
+        memory_budget=args.budget_mib * 2**20,
         threads=2 // replicas,
         cache_dir=tmp / f"cache-ray-{replicas}",
         log_level="warning",
@@ -228,7 +228,7 @@ def run_two_nodes(store: Path, ids: Sequence[str], args: argparse.Namespace, tmp
         ray.init(address=cluster.address, log_to_driver=False)
         settings = Settings(
             store=str(store),
-            memory_budget_bytes=args.budget_mib * 2**20,
+            memory_budget=args.budget_mib * 2**20,
             threads=1,
             cache_dir=tmp / "cache-nodes",
             log_level="warning",

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--overhead", default="512MiB")
     parser.add_argument("--policy", default="lru", choices=["lru", "cost"])
     parser.add_argument(
-        "--min-residency", type=float, default=1.0, help="the run's --min-residency (cost)"
+        "--min-residency-s", type=float, default=1.0, help="the run's --min-residency-s (cost)"
     )
     args = parser.parse_args(argv)
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parse_instance(args.instance),
         overhead_bytes=parse_size(args.overhead),
         policy=args.policy,
-        min_residency_s=args.min_residency,
+        min_residency_s=args.min_residency_s,
     )
 
     def pct(q: float) -> float:
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print(
         f"{len(trace)} requests from {args.requests.name}, {args.instance}, {args.policy}, "
-        f"min residency {args.min_residency:g} s\n"
+        f"min residency {args.min_residency_s:g} s\n"
     )
     print("| | hit ratio | p50 ms | p99 ms |\n|---|---:|---:|---:|")
     print(f"| measured | {measured_hit:.3f} | {pct(0.5):.1f} | {pct(0.99):.1f} |")

@@ -14,6 +14,7 @@ pytest_plugins = [
     "fixtures.s3",
     "fixtures.faulty_s3",
     "fixtures.server",
+    "fixtures.entry_points",
 ]
 
 

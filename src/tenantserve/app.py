@@ -131,7 +131,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             )  # fmt: skip
         log.info(
             "serving store %s with a %d-byte memory budget", store.url,
-            settings.memory_budget_bytes,
+            settings.memory_budget,
         )  # fmt: skip
         try:
             yield
@@ -144,9 +144,9 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         routes=routes(
             service,
             metrics,
-            max_body_bytes=settings.max_body_bytes,
+            max_body_bytes=settings.max_body,
             store_url=store.url,
-            access=Access(keys, max_body_bytes=settings.max_body_bytes),
+            access=Access(keys, max_body_bytes=settings.max_body),
             protect_metrics=settings.protect_metrics,
         ),
         middleware=[Middleware(_ShutdownCutoff, service=service)],
@@ -195,7 +195,7 @@ def _open_store(settings: Settings) -> ModelStore:
     return open_store(
         settings.store,
         cache_dir=settings.cache_dir,
-        max_cache_bytes=settings.disk_cache_bytes,
+        max_cache_bytes=settings.disk_cache,
         retry_deadline_s=settings.store_retry_deadline_s,
         read_timeout_s=settings.store_read_timeout_s,
         verify_etag=settings.store_verify_etag,
@@ -218,7 +218,7 @@ def _limits(settings: Settings) -> TenantLimits:
         rate_per_s=settings.tenant_rate_per_s,
         burst=settings.tenant_burst,
         max_concurrent=settings.tenant_max_concurrent,
-        max_memory_fraction=settings.max_tenant_memory_fraction,
+        max_memory_fraction=settings.tenant_max_memory_fraction,
     )
     if settings.tenant_limits is None:
         return TenantLimits(default)
@@ -226,10 +226,8 @@ def _limits(settings: Settings) -> TenantLimits:
 
 
 def _budget(settings: Settings, limits: TenantLimits) -> MemoryBudget:
-    default_cap, caps = limits.memory_caps(settings.memory_budget_bytes)
-    return MemoryBudget(
-        settings.memory_budget_bytes, tenant_cap_bytes=default_cap, tenant_caps=caps
-    )
+    default_cap, caps = limits.memory_caps(settings.memory_budget)
+    return MemoryBudget(settings.memory_budget, tenant_cap_bytes=default_cap, tenant_caps=caps)
 
 
 class _ShutdownCutoff:

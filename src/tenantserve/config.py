@@ -1,15 +1,45 @@
-"""Settings: every knob, typed, read once from arguments and TENANTSERVE_* environment variables."""
+"""Settings: every knob, typed, read once from arguments and TENANTSERVE_* environment variables.
+
+One name per setting: the field ``memory_budget`` is the flag ``--memory-budget`` and the
+variable ``TENANTSERVE_MEMORY_BUDGET`` in every entry point (``tenantserve serve``,
+``tenantserve ray deploy``, the Ray Serve config's app builder). Entry points build Settings
+with :func:`load_settings`, which also refuses unknown ``TENANTSERVE_*`` variables.
+"""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as EnvParseError
+
+ENV_PREFIX = "TENANTSERVE_"
+
+PROJECT_VARIABLES: Mapping[str, str] = {
+    "TENANTSERVE_URL": "server address of `tenantserve status` and `models` (remote/cli.py)",
+    "TENANTSERVE_API_KEY": "API key of `tenantserve status` and `models` (remote/cli.py)",
+    "TENANTSERVE_DATASETS": "datasets folder of `tenantserve fleet build` (fleet/cli.py), "
+    "examples/demo.py, benchmarks/bench_fleet.py and the tests",
+}
+"""The ``TENANTSERVE_*`` variables that are not settings, and what reads them; every other
+unknown name in the prefix is refused. The tests' own knobs (``FUZZ_EXAMPLES``,
+``UPDATE_SCREENSHOT``) are outside it: tests start servers with their environment, and the
+product should not list its tests' switches."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
@@ -27,27 +57,58 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
-class Settings(BaseSettings):
-    """Server configuration. Each field is also the environment variable TENANTSERVE_<NAME>."""
+def format_size(size: int) -> str:
+    """``4294967296`` → ``"4GiB"``: the largest binary unit that divides it, else bytes."""
+    for unit in ("TI", "GI", "MI", "KI"):
+        if size and size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit.title()}B"
+    return str(size)
 
-    model_config = SettingsConfigDict(env_prefix="TENANTSERVE_", frozen=True)
+
+def _listed(value: object) -> object:
+    """Model ids from a variable: separated by spaces, or a JSON list."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value) if value.lstrip().startswith("[") else value.split()
+    except json.JSONDecodeError:
+        raise ValueError(f"{value!r} is not a JSON list (or write ids apart by spaces)") from None
+
+
+SIZE = BeforeValidator(parse_size)
+Size = Annotated[int, SIZE]
+"""Bytes, written with units (``4GiB``); an int of bytes once parsed."""
+Listed = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_listed)]
+"""Repeatable on the command line; one variable of space-separated values."""
+
+
+class Settings(BaseSettings):
+    """Server configuration. Each field is also the flag ``--<name>`` and the environment
+    variable ``TENANTSERVE_<NAME>``; its docstring's first paragraph is the flag's help."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, use_attribute_docstrings=True
+    )
 
     store: str = "./models"
-    """Model store: a local folder or an fsspec URL (``s3://bucket/prefix``)."""
-    memory_budget_bytes: int = Field(default=4 * 1024**3, gt=0)
-    """Bytes resident models may hold in all (measured at load, not file size)."""
+    """Model store: a local folder or an fsspec URL (``s3://bucket/prefix``). A model id is an
+    artifact's path under it, e.g. ``acme/macros``."""
+    memory_budget: Size = Field(default=4 * 1024**3, gt=0)
+    """Bytes resident models may hold in all, measured at load, not file size (``4GiB``,
+    ``512MiB`` …); models are evicted to stay within it."""
     host: str = "127.0.0.1"
     """Interface to bind; loopback by default so nothing is exposed by accident."""
     port: int = Field(default=8080, ge=0, le=65535)
-    preload: tuple[str, ...] = ()
-    """Model ids to load at start-up."""
-    pin: tuple[str, ...] = ()
-    """Model ids to load at start-up and never evict."""
+    """TCP port."""
+    preload: Listed = ()
+    """Model ids to load at start-up (patterns such as ``acme/*`` work)."""
+    pin: Listed = ()
+    """Model ids to load at start-up and never evict (patterns work)."""
     cache_dir: Path = (
         Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tenantserve"
     )
     """Local disk copy of remote artifacts."""
-    disk_cache_bytes: int = Field(default=20 * 1024**3, gt=0)
+    disk_cache: Size = Field(default=20 * 1024**3, gt=0)
     """Bytes the local disk copy may take before least-recently-used copies are removed."""
     store_retry_deadline_s: float = Field(default=20.0, gt=0)
     """How long a store read retries transient errors (5xx, resets, SlowDown) before failing."""
@@ -61,13 +122,16 @@ class Settings(BaseSettings):
     """Victim choice when the budget is full: least recently used, or cost-aware (GDSF:
     reload cost per byte and frequency)."""
     min_residency_s: float = Field(default=1.0, ge=0)
-    """Cost-aware eviction offers models younger than this last, against thrash. Kept short: a
-    model loaded in the last ``min_residency_s`` outranks every older one as a victim's last
-    resort, so a long age hands the budget to one-hit models when loads come fast (replaying the
-    quarter-budget benchmark's trace, 5 s cut the cost policy's hit ratio from 0.786 to 0.725;
-    LRU's was 0.720)."""
+    """Cost-aware eviction (``--eviction cost``) offers models younger than this last, against
+    thrash.
+
+    Kept short: a model loaded in the last ``min_residency_s`` outranks every older one as a
+    victim's last resort, so a long age hands the budget to one-hit models when loads come fast
+    (replaying the quarter-budget benchmark's trace, 5 s cut the cost policy's hit ratio from
+    0.786 to 0.725; LRU's was 0.720)."""
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
-    """Threads that run predictions: a fixed budget, whatever the number of models."""
+    """Threads that run predictions (default: one per core): a fixed budget, whatever the number
+    of models."""
     max_concurrent_loads: int = Field(default=2, gt=0)
     """Model loads that may run at once; other first calls wait their turn."""
     max_in_flight: int = Field(default=256, gt=0)
@@ -87,9 +151,10 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(default=0.0, ge=0)
     """Seconds, within the grace period, that the server still takes new connections after
     SIGTERM turns readiness to 503, so a load balancer stops routing here first."""
-    max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
+    max_body: Size = Field(default=6 * 1024 * 1024, gt=0)
     """Largest request body accepted (SageMaker's limit is 6 MiB)."""
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """How much the server logs (JSON lines on stderr)."""
     top_models: int = Field(default=10, ge=0)
     """Models by traffic that get their own ``model`` label on per-model metrics; the rest
     are ``other``, so series stay bounded however many models there are."""
@@ -97,9 +162,11 @@ class Settings(BaseSettings):
     # -- tenant isolation (docs/isolation.md) -----------------------------------------------
     api_keys: Path | None = None
     """JSON or TOML file of API keys: each key's scopes (``acme/*``), roles (``invoke``,
-    ``manage``, ``metrics``) and optional AWS access key pair for SigV4 (boto3) clients."""
+    ``manage``, ``metrics``) and optional AWS access key pair for SigV4 (boto3) clients (see
+    docs/isolation.md). Clients send ``Authorization: Bearer <key>`` or ``X-Api-Key``. Required
+    unless bound to loopback."""
     api_keys_json: SecretStr | None = None
-    """The same document as ``api_keys``, inline as JSON (for secrets passed as environment)."""
+    """The same document as ``api_keys``, inline as JSON; a secret, so a variable only."""
     insecure_no_auth: bool = False
     """Serve without authentication on a non-loopback address (loopback never needs this)."""
     protect_metrics: bool = False
@@ -111,11 +178,13 @@ class Settings(BaseSettings):
     tenant_rate_per_s: float = Field(default=0.0, ge=0)
     """Default requests per second per tenant (token bucket); 0 for no rate limit."""
     tenant_burst: float | None = Field(default=None, gt=0)
-    """Default bucket size: requests a tenant may send at once above its rate."""
+    """Default bucket size: requests a tenant may send at once above its rate (default: one
+    second's worth)."""
     tenant_max_concurrent: int = Field(default=0, ge=0)
     """Default requests one tenant may have in flight; 0 for no cap of its own."""
-    max_tenant_memory_fraction: float = Field(default=1.0, gt=0, le=1)
-    """Share of the memory budget one tenant's models may hold (1 = the whole budget)."""
+    tenant_max_memory_fraction: float = Field(default=1.0, gt=0, le=1)
+    """Default share of the memory budget one tenant's models may hold (1 = the whole budget);
+    a tenant at its share evicts its own models first."""
     max_queued_loads: int = Field(default=32, ge=0)
     """Distinct models that may wait for a load slot; first calls past it are refused at once
     (SageMaker 429, OIP 503, with Retry-After) so a load storm cannot pile up."""
@@ -143,8 +212,9 @@ class Settings(BaseSettings):
         if self.api_keys is None and self.api_keys_json is None:
             raise ValueError(
                 f"refusing to serve on {self.host} without authentication: give API keys with "
-                "--api-keys FILE (or TENANTSERVE_API_KEYS), or pass --insecure-no-auth to "
-                "let anyone who can reach the port use and manage every model"
+                f"{public_name('api_keys')} or {env_name('api_keys_json')}, or pass "
+                f"{public_name('insecure_no_auth')} to let anyone who can reach the port use "
+                "and manage every model"
             )
         return self
 
@@ -152,13 +222,102 @@ class Settings(BaseSettings):
     def _drain_within_grace(self) -> Settings:
         if self.shutdown_drain_s >= self.shutdown_grace_s:
             raise ValueError(
-                f"shutdown_drain_s ({self.shutdown_drain_s:g}) must be shorter than "
-                f"shutdown_grace_s ({self.shutdown_grace_s:g}): the drain is part of the grace "
-                "period"
+                f"{public_name('shutdown_drain_s')} ({self.shutdown_drain_s:g}) must be shorter "
+                f"than {public_name('shutdown_grace_s')} ({self.shutdown_grace_s:g}): the drain "
+                "is part of the grace period"
             )
         return self
 
-    @field_validator("memory_budget_bytes", "disk_cache_bytes", "max_body_bytes", mode="before")
+    @field_validator("log_level", mode="before")
     @classmethod
-    def _sizes(cls, value: str | int) -> int:
-        return parse_size(value)
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+# -- names: flag, variable, and the check of the environment ------------------------------------
+
+
+def env_name(field: str) -> str:
+    """``memory_budget`` → ``TENANTSERVE_MEMORY_BUDGET``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def flag(field: str) -> str | None:
+    """``memory_budget`` → ``--memory-budget``; ``None`` for a secret, which is a variable only
+    (a command line shows in ``ps``)."""
+    annotation = Settings.model_fields[field].annotation
+    if annotation is SecretStr or SecretStr in get_args(annotation):
+        return None
+    return "--" + field.replace("_", "-")
+
+
+def public_name(field: str) -> str:
+    """How messages name a setting: ``--memory-budget (TENANTSERVE_MEMORY_BUDGET)``."""
+    option = flag(field)
+    return f"{option} ({env_name(field)})" if option else env_name(field)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``TENANTSERVE_*`` name in ``environ`` that nothing reads, with the nearest
+    valid name. Names compare upper-cased, as the settings read them case-insensitively."""
+    valid = {env_name(field) for field in Settings.model_fields} | set(PROJECT_VARIABLES)
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in valid:
+            continue
+        # Compare without the shared prefix, which would make every name look close.
+        near = difflib.get_close_matches(
+            upper.removeprefix(ENV_PREFIX), [v.removeprefix(ENV_PREFIX) for v in valid], n=1
+        )
+        hint = f"did you mean {ENV_PREFIX}{near[0]}?" if near else "not a setting"
+        problems.append(f"unknown variable {name}; {hint} (see tenantserve serve --help)")
+    return problems
+
+
+class SettingsError(ValueError):
+    """Settings that cannot start a server; ``problems`` has one line for each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def load_settings(
+    given: Mapping[str, object] | None = None, *, defaults: Mapping[str, object] | None = None
+) -> Settings:
+    """Settings for an entry point: ``given`` (its command line) over the environment, over
+    ``defaults`` (the entry point's own, where they differ from the fields'), over the fields'.
+
+    Raises:
+        SettingsError: unknown ``TENANTSERVE_*`` variables, or values that do not validate,
+            each named by flag and variable, never by field.
+    """
+    problems = unknown_variables(os.environ)
+    values: dict[str, Any] = dict(given or {})
+    settings = None
+    try:
+        settings = Settings(**values)
+        unset: dict[str, Any] = {
+            k: v for k, v in (defaults or {}).items() if k not in settings.model_fields_set
+        }
+        if unset:  # neither given nor in the environment: the entry point's default
+            settings = Settings(**{**unset, **values})
+    except ValidationError as exc:
+        problems += [_describe(error) for error in exc.errors()]
+    except EnvParseError as exc:
+        problems.append(str(exc))
+    if problems or settings is None:
+        raise SettingsError(problems)
+    return settings
+
+
+def _describe(error: Any) -> str:
+    """One validation error as a line naming the setting's flag and variable."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:
+        return message  # a rule across fields, which names its fields itself
+    field = str(error["loc"][0])
+    if error["type"] != "value_error" and flag(field) is not None:  # never echo a secret
+        message = f"{error['input']!r}: {message[:1].lower()}{message[1:]}"
+    return f"{public_name(field)}: {message}"

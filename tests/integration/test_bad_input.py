@@ -27,7 +27,7 @@ def store(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(store: Path, start_server: Callable[..., ThreadServer]) -> ThreadServer:
-    return start_server(store, failed_load_ttl_s=0.5, max_body_bytes=64 * 1024)
+    return start_server(store, failed_load_ttl_s=0.5, max_body=64 * 1024)
 
 
 def test_unknown_model_is_404(server: ThreadServer) -> None:

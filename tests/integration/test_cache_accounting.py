@@ -27,7 +27,7 @@ def test_a_tiny_models_size_is_learned_once_and_the_ledger_stays_within_the_budg
     tmp_path: Path, start_server: Callable[..., ThreadServer]
 ) -> None:
     make_model(tmp_path / "tiny" / "m", size_bytes=2_000)
-    server = start_server(tmp_path, memory_budget_bytes=64 * KiB)
+    server = start_server(tmp_path, memory_budget=64 * KiB)
     codes: list[int] = []
     sizes: list[int] = []
     with httpx.Client(base_url=server.url) as client:
@@ -50,7 +50,7 @@ def test_an_eviction_names_the_load_that_needed_room_and_the_full_budget(
         make_model(tmp_path / "acme" / name, size_bytes=4 * MiB)
     make_model(tmp_path / "globex" / "c", size_bytes=4 * MiB)
     # Room for about one model per tenant (share), and two in all.
-    server = start_server(tmp_path, memory_budget_bytes=24 * MiB, max_tenant_memory_fraction=0.5)
+    server = start_server(tmp_path, memory_budget=24 * MiB, tenant_max_memory_fraction=0.5)
     with httpx.Client(base_url=server.url) as client:
         for model_id in ("acme/a", "acme/b"):
             assert infer(client, model_id).status_code == 200

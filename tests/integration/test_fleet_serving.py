@@ -123,7 +123,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
 
 @pytest.fixture
 def server(start_server: Callable[..., ThreadServer], fleet: Fleet) -> ThreadServer:
-    return start_server(fleet.root, memory_budget_bytes=BUDGET_BYTES)
+    return start_server(fleet.root, memory_budget=BUDGET_BYTES)
 
 
 @pytest.fixture
@@ -364,7 +364,7 @@ def test_a_tfidf_fleet_built_into_s3_is_served_from_s3_end_to_end(
     )
 
     plans = {p.model_id: p for p in plan_banking77(datasets, tenants=TENANTS, seed=SEED)}
-    server = start_server(store, memory_budget_bytes=BUDGET_BYTES)
+    server = start_server(store, memory_budget=BUDGET_BYTES)
     oip = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
     sagemaker = _sagemaker(server.url)
     try:

@@ -56,9 +56,9 @@ CHECKS = [
 
 
 def examples_per_run(runs: int, default: int = 8) -> int:
-    """Examples for each operation and generation mode: ``TENANTSERVE_FUZZ_EXAMPLES`` (``make
+    """Examples for each operation and generation mode: ``FUZZ_EXAMPLES`` (``make
     fuzz`` sets 3000) shared out over the ``runs``, else ``default`` each for ``make test``."""
-    total = os.environ.get("TENANTSERVE_FUZZ_EXAMPLES")
+    total = os.environ.get("FUZZ_EXAMPLES")
     return default if total is None else max(1, -(-int(total) // runs))
 
 

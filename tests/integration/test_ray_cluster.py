@@ -76,7 +76,7 @@ def two_nodes(
     thread.start()
     settings = Settings(
         store=synthetic_store.url,
-        memory_budget_bytes=BUDGET,
+        memory_budget=BUDGET,
         threads=1,
         cache_dir=tmp_path_factory.mktemp("ray-nodes-cache"),
         log_level="warning",

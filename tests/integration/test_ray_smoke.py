@@ -33,7 +33,7 @@ def ray_url(
 
     settings = Settings(
         store=synthetic_store.url,
-        memory_budget_bytes=64 * 1024**2,
+        memory_budget=64 * 1024**2,
         threads=1,
         cache_dir=tmp_path_factory.mktemp("ray-cache"),
     )

@@ -234,7 +234,7 @@ def test_churn_never_evicts_a_young_model_while_a_settled_one_is_idle(
     min_age_s = 0.5
     server = start_process(
         store, "--memory-budget", str(12 * MiB), "--eviction", "cost",
-        "--min-residency", str(min_age_s),
+        "--min-residency-s", str(min_age_s),
     )  # fmt: skip
     rng = random.Random(3)
     latencies: list[float] = []

@@ -583,7 +583,7 @@ def test_hostile_archives_are_refused_and_write_nothing(
     (root / "fine").mkdir()
     (root / "fine" / "m.tar.gz").write_bytes(_tar_gz([_member("model.onnx", model)]))
     before = _files(tmp_path)
-    server = start_server(root, cache_dir=cache, disk_cache_bytes=8 << 20)
+    server = start_server(root, cache_dir=cache, disk_cache=8 << 20)
     rss_before = psutil.Process().memory_info().rss
     with httpx.Client(base_url=server.url) as client:
         assert infer(client, "fine/m.tar.gz").status_code == 200  # archives work at all
@@ -754,9 +754,7 @@ def test_error_bodies_never_echo_paths_buckets_or_secrets(
     (root / "acme" / "linked-out" / "model.onnx").symlink_to("/etc/hostname")
     (root / "acme" / "escape.tar.gz").write_bytes(_tar_gz([_member("../../x")]))
     (root / "acme" / "broken.tar.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated gzip")
-    local = start_server(
-        root, cache_dir=cache, memory_budget_bytes=4 << 20, max_body_bytes=64 * 1024
-    )
+    local = start_server(root, cache_dir=cache, memory_budget=4 << 20, max_body=64 * 1024)
 
     bucket = s3_env.create_bucket("tenant-secret-bucket")
     s3_env.upload_tree(root / "acme" / "good", bucket, "models/acme/good")

@@ -220,7 +220,7 @@ def test_overload_sheds_with_retry_after_and_recovers_fully(
     slow_store: Path, start_process: Callable[..., ProcessServer]
 ) -> None:
     server = start_process(
-        slow_store, "--threads", "1", "--max-in-flight", "8", "--queue-timeout", "0.5",
+        slow_store, "--threads", "1", "--max-in-flight", "8", "--queue-timeout-s", "0.5",
         "--preload", SLOW,
     )  # fmt: skip
     proc = psutil.Process(server.pid)
@@ -271,7 +271,7 @@ def test_a_flooding_tenant_is_capped_and_others_keep_their_latency(
     slow_store: Path, start_process: Callable[..., ProcessServer]
 ) -> None:
     server = start_process(
-        slow_store, "--threads", "2", "--tenant-concurrency", "4", "--max-in-flight", "64",
+        slow_store, "--threads", "2", "--tenant-max-concurrent", "4", "--max-in-flight", "64",
         "--preload", SLOW, "--preload", "calm/m",
     )  # fmt: skip
     flood = _request(server.url, f"/v2/models/{SLOW}/infer", _body(2))
@@ -377,7 +377,7 @@ def test_a_request_past_its_deadline_is_dropped_before_inference(
     slow_store: Path, start_process: Callable[..., ProcessServer]
 ) -> None:
     server = start_process(
-        slow_store, "--threads", "1", "--queue-timeout", "0.3", "--preload", SLOW,
+        slow_store, "--threads", "1", "--queue-timeout-s", "0.3", "--preload", SLOW,
         "--preload", "quick/m",
     )  # fmt: skip
     with httpx.Client(base_url=server.url, timeout=30) as client:

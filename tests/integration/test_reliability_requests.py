@@ -105,7 +105,7 @@ def _thread_server(
 
     port = free_port()
     settings_ = Settings(
-        store=str(store), host="127.0.0.1", port=port, cache_dir=cache_dir, max_body_bytes=MAX_BODY
+        store=str(store), host="127.0.0.1", port=port, cache_dir=cache_dir, max_body=MAX_BODY
     )
     app = build_app(settings_, registry=CollectorRegistry())
     config = uvicorn.Config(
@@ -843,8 +843,8 @@ def test_curl_httpx_and_tritonclient_agree(server: ThreadServer, tmp_path: Path)
 
 
 def fuzz_examples(default: int = 60) -> int:
-    """``TENANTSERVE_FUZZ_EXAMPLES`` (``make fuzz`` sets 3000), else a count for ``make test``."""
-    return int(os.environ.get("TENANTSERVE_FUZZ_EXAMPLES", str(default)))
+    """``FUZZ_EXAMPLES`` (``make fuzz`` sets 3000), else a count for ``make test``."""
+    return int(os.environ.get("FUZZ_EXAMPLES", str(default)))
 
 
 _METHODS = [b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"TRACE",

@@ -39,7 +39,7 @@ def test_models_load_lazily_from_s3_and_answer_like_local_onnxruntime(
     write_model(packed, weight_floats=1024, seed=42)
     s3_env.put_bytes(bucket, "fleet/packed/model.tar.gz", _tar_gz(packed))
     # A budget that holds about two of the 1-2 MB models, so the stream evicts and reloads.
-    server = start_server(f"s3://{bucket}/fleet", memory_budget_bytes=6 * 1024 * 1024)
+    server = start_server(f"s3://{bucket}/fleet", memory_budget=6 * 1024 * 1024)
     x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
     with httpx.Client(base_url=server.url) as client:
         for _ in range(2):

@@ -32,7 +32,7 @@ def status(client: httpx.Client, openapi: dict[str, Any] | None = None) -> dict[
 def test_status_follows_traffic_and_matches_its_schema(
     synthetic_store: ModelStoreDir, start_server: Callable[..., ThreadServer]
 ) -> None:
-    server = start_server(synthetic_store.root, memory_budget_bytes=512 * MiB)
+    server = start_server(synthetic_store.root, memory_budget=512 * MiB)
     ids = list(synthetic_store.model_ids[:3])
     with httpx.Client(base_url=server.url) as client:
         spec = client.get("/openapi.json").json()
@@ -89,7 +89,7 @@ def test_evictions_failures_and_rejections_are_events(
     # new model evicts the last; tenant "slow" may send one request, then is throttled.
     limits = tmp_path / "limits.toml"
     limits.write_text("[tenants.slow]\nrate_per_s = 0.001\nburst = 1\n")
-    server = start_server(store, memory_budget_bytes=6 * MiB, tenant_limits=limits)
+    server = start_server(store, memory_budget=6 * MiB, tenant_limits=limits)
     with httpx.Client(base_url=server.url) as client:
         for i in range(3):
             assert infer(client, f"acme/m{i}").status_code == 200
@@ -121,7 +121,7 @@ def test_evictions_failures_and_rejections_are_events(
 def test_pin_and_unpin_at_run_time(
     synthetic_store: ModelStoreDir, start_server: Callable[..., ThreadServer]
 ) -> None:
-    server = start_server(synthetic_store.root, memory_budget_bytes=512 * MiB)
+    server = start_server(synthetic_store.root, memory_budget=512 * MiB)
     model_id = synthetic_store.model_ids[0]
     with httpx.Client(base_url=server.url) as client:
         # Pinning a model that is not resident loads it.
@@ -208,7 +208,7 @@ def test_tenants_lists_what_each_tenant_holds_sent_and_may_do(
 ) -> None:
     limits = tmp_path / "limits.toml"
     limits.write_text("[tenants.quiet]\nrate_per_s = 5.0\nmax_concurrent = 2\n")
-    server = start_server(synthetic_store.root, memory_budget_bytes=512 * MiB, tenant_limits=limits)
+    server = start_server(synthetic_store.root, memory_budget=512 * MiB, tenant_limits=limits)
     first, second = synthetic_store.model_ids[:2]  # two tenants
     with httpx.Client(base_url=server.url) as client:
         for _ in range(3):

@@ -31,7 +31,7 @@ def _resident(url: str) -> dict[str, bool]:
 def test_status_shows_what_the_server_holds(
     synthetic_store: ModelStoreDir, start_server: Callable[..., ThreadServer]
 ) -> None:
-    server = start_server(synthetic_store.root, memory_budget_bytes=256 * MiB)
+    server = start_server(synthetic_store.root, memory_budget=256 * MiB)
     ids = synthetic_store.model_ids[:2]
     with httpx.Client(base_url=server.url) as client:
         for model_id in ids:
@@ -69,7 +69,7 @@ def test_status_shows_what_the_server_holds(
 def test_models_commands_load_pin_unpin_unload(
     synthetic_store: ModelStoreDir, start_server: Callable[..., ThreadServer]
 ) -> None:
-    server = start_server(synthetic_store.root, memory_budget_bytes=256 * MiB)
+    server = start_server(synthetic_store.root, memory_budget=256 * MiB)
     first, second = synthetic_store.model_ids[:2]
     url = ("--url", server.url)
 

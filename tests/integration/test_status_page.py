@@ -55,7 +55,7 @@ def test_status_page_shows_the_fleet_and_follows_traffic(
     executable = chromium()
     ids = synthetic_store.model_ids
     pinned = ids[0]
-    server = start_server(synthetic_store.root, memory_budget_bytes=48 * MiB, pin=(pinned,))
+    server = start_server(synthetic_store.root, memory_budget=48 * MiB, pin=(pinned,))
     with httpx.Client(base_url=server.url) as client:
         for model_id in (ids[1], ids[2], ids[1]):
             assert infer(client, model_id).status_code == 200
@@ -122,5 +122,5 @@ def test_status_page_shows_the_fleet_and_follows_traffic(
     assert problems == []
     assert shot.stat().st_size > 10_000
     # Tests leave the checkout as they found it; refresh the docs' picture only when asked.
-    if os.environ.get("TENANTSERVE_UPDATE_SCREENSHOT") == "1":
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, DOCS_SCREENSHOT)

@@ -4,6 +4,9 @@ seconds, naming the endpoint tried (for the operator) and nothing of it (for cal
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,3 +91,33 @@ def test_a_cold_call_to_a_store_that_is_down_gets_a_503_naming_the_cause(
     assert "could not be connected to" in answer.json()["error"]
     assert closed_endpoint not in answer.text
     assert "Retry-After" in answer.headers
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tenantserve", "serve", "--port", str(free_port()), *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_serve_refuses_a_missing_store_and_a_typod_pin_in_one_line(tmp_path: Path) -> None:
+    missing = _serve("--store", str(tmp_path / "nostore"), "--cache-dir", str(tmp_path / "c"))
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1, missing.stderr
+    assert f"no folder {tmp_path / 'nostore'}" in missing.stderr
+    make_model(tmp_path / "store" / "acme" / "macros", size_bytes=20_000)
+    typo = _serve("--store", str(tmp_path / "store"), "--pin", "acme/macro",
+                  "--cache-dir", str(tmp_path / "c"))  # fmt: skip
+    assert typo.returncode == 2
+    assert typo.stderr == (
+        "error: --pin 'acme/macro' matches no model in the store; nearest: acme/macros\n"
+    )
+
+
+def test_serve_refuses_an_s3_store_that_is_down_naming_the_endpoint(
+    closed_endpoint: str, tmp_path: Path
+) -> None:
+    down = _serve("--store", "s3://models/fleet", "--cache-dir", str(tmp_path / "c"))
+    assert down.returncode == 2
+    assert down.stderr.count("\n") == 1, down.stderr
+    assert f"at {closed_endpoint}" in down.stderr

@@ -61,7 +61,7 @@ def test_loopback_serves_without_keys(host: str) -> None:
 
 
 def test_a_public_bind_needs_keys_or_an_explicit_opt_out(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="--api-keys FILE"):
+    with pytest.raises(ValidationError, match=r"--api-keys \(TENANTSERVE_API_KEYS\)"):
         Settings(host="0.0.0.0")
     assert not Settings(host="0.0.0.0", insecure_no_auth=True).loopback
     Settings(host="10.0.0.5", api_keys=tmp_path / "keys.toml")

@@ -155,7 +155,7 @@ def simulate(
     """Split ``trace`` over ``instances`` by model (affinity routing), replay each share through
     the real cache, then queue each share's requests on the instance's cores.
 
-    ``min_residency_s`` is the server's default (``--min-residency``) for the cost policy.
+    ``min_residency_s`` is the server's default (``--min-residency-s``) for the cost policy.
     ``load_slots`` is 1 by default: the server fetches up to two models at once, but its runtime
     loads run one at a time (each measures its own RSS growth under one lock)."""
     budget = instance.memory_bytes - overhead_bytes

@@ -5,23 +5,53 @@ from __future__ import annotations
 import math
 import signal
 import threading
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 
-ray_app = typer.Typer(
-    help="Run tenantserve as replicas on Ray Serve, routed by model (needs tenantserve[ray]).",
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
-)
+from tenantserve.config import Settings
+
+SERVE_PORT = 8000
+"""Serve's HTTP port unless ``--port`` or ``TENANTSERVE_PORT`` says otherwise."""
 
 
-_ENV = "TENANTSERVE_"
+class WithSettings(Protocol):
+    """How the CLI gives a command one option per setting (``tenantserve.cli``, a layer up,
+    owns that, so the CLI hands it in)."""
+
+    def __call__(
+        self,
+        command: Callable[..., None],
+        *,
+        defaults: Mapping[str, object] | None = None,
+        shown: Mapping[str, str] | None = None,
+        panel: str | None = None,
+    ) -> Callable[..., None]: ...
 
 
-@ray_app.callback()
+def build_ray_app(with_settings: WithSettings) -> typer.Typer:
+    """``tenantserve ray``: ``deploy`` takes Ray's options and every server setting."""
+    app = typer.Typer(
+        help="Run tenantserve as replicas on Ray Serve, routed by model (needs tenantserve[ray]).",
+        no_args_is_help=True,
+        rich_markup_mode="markdown",
+    )
+    app.callback()(_ray)
+    app.command("deploy")(
+        with_settings(
+            deploy,
+            # --host/--port are where Serve's proxy listens: the address clients reach, so
+            # the server's rule (keys off loopback) applies to it.
+            defaults={"port": SERVE_PORT},
+            shown={"threads": "one per --replica-cpus, rounded up"},
+            panel="Server settings (each replica's; as for tenantserve serve)",
+        )
+    )
+    return app
+
+
 def _ray() -> None:
     """Run tenantserve as replicas on Ray Serve, routed by model (needs tenantserve[ray])."""
 
@@ -37,35 +67,13 @@ def parse_copies(specs: list[str]) -> dict[str, int]:
     return copies
 
 
-@ray_app.command()
 def deploy(
-    store: Annotated[
-        str, typer.Option(envvar=f"{_ENV}STORE", help="Model store: a folder or fsspec URL.")
-    ] = "./models",
-    memory_budget: Annotated[
-        str,
-        typer.Option(
-            envvar=f"{_ENV}MEMORY_BUDGET", help="Bytes resident models may hold, per replica."
-        ),
-    ] = "4GiB",
-    pin: Annotated[
-        list[str] | None,
-        typer.Option(envvar=f"{_ENV}PIN", help="Model id every replica loads and never evicts."),
-    ] = None,
+    settings: Settings,
+    *,
     min_copies: Annotated[
         list[str] | None,
         typer.Option(
             help="MODEL_ID=N: N replicas load and pin this model at start (repeatable).",
-        ),
-    ] = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(envvar=f"{_ENV}CACHE_DIR", help="Local copy of remote artifacts."),
-    ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            envvar=f"{_ENV}THREADS", help="Prediction threads per replica (default: its CPUs)."
         ),
     ] = None,
     address: Annotated[
@@ -90,10 +98,6 @@ def deploy(
         typer.Option(help="Requests a replica takes at once; past it a hot model spills."),
     ] = 16,
     replica_cpus: Annotated[float, typer.Option(help="CPUs Ray reserves per replica.")] = 1.0,
-    host: Annotated[
-        str, typer.Option(help="Where Serve's HTTP proxy listens (loopback by default).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Serve's HTTP port.")] = 8000,
     dashboard: Annotated[
         bool,
         typer.Option(help="Start Ray's dashboard and job API with a local cluster."),
@@ -109,38 +113,18 @@ def deploy(
 
     Every replica runs the same service, cache and protocols (OIP v2 and SageMaker) with its
     own memory budget; Serve's proxy sends each request to a replica that holds its model.
-    Other server settings come from TENANTSERVE_* variables, as for `tenantserve serve`.
+    Server settings are the options and variables of `tenantserve serve`; each applies per
+    replica, and `--host`/`--port` are where Serve's proxy listens.
     """
-    from pydantic import ValidationError
-
-    from tenantserve.config import Settings
-
     try:
         from tenantserve.integrations import ray_serve
     except ModuleNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
-    values: dict[str, object] = {
-        "store": store,
-        "memory_budget_bytes": memory_budget,
-        "pin": tuple(pin or ()),
-        # The proxy's address stands for the server's: keys are required off loopback.
-        "host": host,
-        "port": port,
-        # Each replica gets its own CPUs from Ray; one thread per reserved CPU by default.
-        "threads": threads if threads is not None else max(1, math.ceil(replica_cpus)),
-    }
-    if cache_dir is not None:
-        values["cache_dir"] = cache_dir
-    try:
-        settings = Settings(**values)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            typer.echo(f"error: {field}: {message}" if field else f"error: {message}", err=True)
-        raise typer.Exit(2) from None
+    if "threads" not in settings.model_fields_set:
+        # Each replica gets its own CPUs from Ray: one thread per reserved CPU.
+        settings = settings.model_copy(update={"threads": max(1, math.ceil(replica_cpus))})
     options = ray_serve.RayOptions(
         address=address,
         num_cpus=num_cpus,
@@ -150,8 +134,8 @@ def deploy(
         target_ongoing_requests=target_ongoing_requests,
         max_ongoing_requests=max_ongoing_requests,
         replica_cpus=replica_cpus,
-        http_host=host,
-        http_port=port,
+        http_host=settings.host,
+        http_port=settings.port,
         min_copies=parse_copies(min_copies or []),
         dashboard=dashboard,
         dashboard_host=dashboard_host,

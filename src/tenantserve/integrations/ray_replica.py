@@ -64,7 +64,7 @@ class ReplicaServer:
             }
         )
         self._app = build_app(settings)
-        self._budget_bytes = settings.memory_budget_bytes
+        self._budget_bytes = settings.memory_budget
         return ReplicaHeader(self._app, name)
 
     def routing_stats(self) -> dict[str, Any]:

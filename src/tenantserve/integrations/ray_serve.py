@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp
 
-from tenantserve.config import Settings
+from tenantserve.config import Settings, load_settings
 from tenantserve.integrations import ray_proxy
 from tenantserve.integrations.ray_replica import REPLICA_HEADER, ReplicaServer
 
@@ -167,12 +167,17 @@ def app_builder(args: dict[str, Any]) -> Any:
     ``import_path: tenantserve.integrations.ray_serve:app_builder``; ``args`` take the
     :class:`RayOptions` fields that shape the deployment (replicas, autoscaling bounds,
     ``min_copies`` …). Server settings come from ``TENANTSERVE_*`` variables where Serve
-    builds the app; the cluster's own config decides addresses and the proxy.
+    builds the app, read as ``tenantserve serve`` reads them (an unknown one is an error); the
+    cluster's own config decides addresses and the proxy.
+
+    Raises:
+        ValueError: unknown ``args``; :class:`~tenantserve.config.SettingsError` (a
+            ValueError, one line) for unknown variables or settings that do not validate.
     """
     unknown = sorted(set(args) - _BUILDER_ARGS)
     if unknown:
         raise ValueError(f"unknown args {unknown}; known: {sorted(_BUILDER_ARGS)}")
-    return application(Settings(), RayOptions(**args))
+    return application(load_settings(), RayOptions(**args))
 
 
 def connect(options: RayOptions) -> None:

@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tenantserve import integrations
+from tenantserve.cli import app
 from tenantserve.config import Settings
-from tenantserve.integrations.ray_cli import parse_copies, ray_app
+from tenantserve.integrations.ray_cli import parse_copies
 
 
 def test_parse_copies() -> None:
@@ -54,13 +55,16 @@ def test_deploy_command_passes_settings_and_options(monkeypatch: pytest.MonkeyPa
     calls: dict[str, Any] = {}
     _install(monkeypatch, _fake_ray_serve(calls))
     result = CliRunner().invoke(
-        ray_app,
-        ["deploy", "--store", "/models", "--address", "ray://head:10001", "--detach",
-         "--replica-cpus", "1.5", "--min-copies", "acme/hot=2", "--max-replicas", "4"],
+        app,
+        ["ray", "deploy", "--store", "/models", "--address", "ray://head:10001", "--detach",
+         "--replica-cpus", "1.5", "--min-copies", "acme/hot=2", "--max-replicas", "4",
+         "--host", "127.0.0.2"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "http://127.0.0.1:8000" in result.output
     assert calls["settings"].threads == 2  # one per reserved CPU, rounded up
+    assert calls["settings"].store == "/models"
+    assert (calls["options"]["http_host"], calls["options"]["http_port"]) == ("127.0.0.2", 8000)
     assert calls["options"]["min_copies"] == {"acme/hot": 2}
     assert calls["options"]["max_replicas"] == 4
     assert calls["keep_app"] is True
@@ -68,15 +72,15 @@ def test_deploy_command_passes_settings_and_options(monkeypatch: pytest.MonkeyPa
 
 def test_deploy_command_refuses_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     _install(monkeypatch, _fake_ray_serve({}))
-    result = CliRunner().invoke(ray_app, ["deploy", "--memory-budget", "lots"])
+    result = CliRunner().invoke(app, ["ray", "deploy", "--memory-budget", "lots"])
     assert result.exit_code == 2
-    assert "memory_budget_bytes" in result.output
+    assert "error: --memory-budget (TENANTSERVE_MEMORY_BUDGET): 'lots'" in result.output
 
 
 def test_deploy_command_without_ray_prints_the_install_hint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _install(monkeypatch, None)
-    result = CliRunner().invoke(ray_app, ["deploy"])
+    result = CliRunner().invoke(app, ["ray", "deploy"])
     assert result.exit_code == 1
     assert "pip install 'tenantserve[ray]'" in result.output

@@ -17,7 +17,7 @@ def test_replica_builds_the_app_pins_its_copies_and_reports_its_cache(
 ) -> None:
     pinned, other = synthetic_store.model_ids[:2]
     settings = Settings(
-        store=synthetic_store.url, memory_budget_bytes=64 * 1024**2, threads=1, cache_dir=tmp_path
+        store=synthetic_store.url, memory_budget=64 * 1024**2, threads=1, cache_dir=tmp_path
     )
     replica = ReplicaServer(settings.model_dump(), {pinned: 1, other: 0}, spread=1)
     assert replica.routing_stats() == {}

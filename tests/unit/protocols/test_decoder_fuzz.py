@@ -34,8 +34,8 @@ DATATYPES = sorted(DATATYPE_TO_DTYPE)
 
 
 def fuzz_examples(default: int = 200) -> int:
-    """``TENANTSERVE_FUZZ_EXAMPLES`` (``make fuzz`` sets 3000), else a count for ``make test``."""
-    return int(os.environ.get("TENANTSERVE_FUZZ_EXAMPLES", str(default)))
+    """``FUZZ_EXAMPLES`` (``make fuzz`` sets 3000), else a count for ``make test``."""
+    return int(os.environ.get("FUZZ_EXAMPLES", str(default)))
 
 
 def fuzz(strategy: st.SearchStrategy[Any]) -> Callable[[Callable[[Any], None]], Callable[[], None]]:

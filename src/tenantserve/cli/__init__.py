@@ -1,0 +1,53 @@
+"""The ``tenantserve`` command: ``serve`` (serve.py), ``ray``, ``fleet``, ``bench``, ``status``,
+``models``; the server's options are generated from its Settings (settings_options.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tenantserve import __version__
+from tenantserve.bench.cli import bench_app
+from tenantserve.bench.plan_cli import plan_command, replay_command
+from tenantserve.cli.serve import serve_command
+from tenantserve.cli.settings_options import with_settings
+from tenantserve.fleet.cli import fleet_app
+from tenantserve.integrations.ray_cli import build_ray_app  # imports Ray only when run
+from tenantserve.remote.cli import models_app, status_command
+
+app = typer.Typer(
+    help="tenantserve: thousands of per-tenant models behind one endpoint, loaded on first "
+    "call and kept within a memory budget.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",  # docstrings wrap to the terminal, not to the source's lines
+)
+app.command("serve")(with_settings(serve_command))
+app.add_typer(fleet_app, name="fleet")
+app.add_typer(build_ray_app(with_settings), name="ray")
+app.add_typer(bench_app, name="bench")
+app.command("plan")(plan_command)
+app.command("replay")(replay_command)
+app.command("status")(status_command)
+app.add_typer(models_app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tenantserve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Serve per-tenant models over the KServe v2 and SageMaker APIs."""
+
+
+def main() -> None:
+    app()
