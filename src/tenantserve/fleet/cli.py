@@ -75,7 +75,8 @@ def build(
         typer.Option(
             help="banking77 (77 banking intents; each tenant gets 10-40 of them), clinc150 "
             "(one of its 10 domains per tenant), or the path of a CSV file with columns "
-            "text,label and optionally tenant (one model per tenant in the file).",
+            "text,label and optionally tenant (one model per tenant in the file; without "
+            "the column, one model named after the file: tickets.csv makes tickets/macros).",
         ),
     ],
     store: Annotated[
@@ -136,6 +137,7 @@ def build(
     except (FleetBuildError, OSError) as exc:
         raise _fail(str(exc), 1) from None
     console.print(_summary(results, title=f"{kind.value} fleet from {dataset} in {store}"))
+    _warn_near_chance(results)
 
 
 @fleet_app.command(
@@ -179,6 +181,22 @@ def synth(
     if len(written) > _SYNTH_ROWS_SHOWN:
         table.add_row(f"… {len(written) - _SYNTH_ROWS_SHOWN} more", "")
     console.print(table)
+
+
+def _warn_near_chance(results: list[TenantBuild]) -> None:
+    from tenantserve.fleet.build import NEAR_CHANCE_POINTS
+
+    err = Console(stderr=True, soft_wrap=True)
+    for r in results:
+        if r.near_chance:
+            err.print(
+                f"[bold yellow]warning:[/] tenant {r.tenant!r}: held-out accuracy "
+                f"{r.holdout_accuracy:.1%} is within {NEAR_CHANCE_POINTS * 100:.0f} points of "
+                f"chance ({r.chance_accuracy:.1%}: a guess among {r.macros} labels, or always the "
+                "commonest one), so its model learnt next to nothing; check that the text "
+                "tells its labels apart and add examples of each",
+                highlight=False,
+            )
 
 
 def _summary(results: list[TenantBuild], *, title: str) -> Table:

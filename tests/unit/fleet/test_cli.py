@@ -129,20 +129,55 @@ def test_csv_with_tenant_column_builds_one_model_per_tenant(datasets: Path, tmp_
     assert acme_manifest["metadata"]["holdout_rows"] == "18"
 
 
-def test_csv_without_tenant_column_is_split_like_a_dataset(datasets: Path, tmp_path: Path) -> None:
+def test_csv_without_tenant_column_builds_one_model_named_after_the_file(
+    datasets: Path, tmp_path: Path
+) -> None:
     intents = sorted({r.intent for r in load_banking77(datasets / "banking77" / "train.csv")})
-    path = _write_csv(tmp_path / "t.csv", _banking_rows(datasets, intents[:12], 20),
+    path = _write_csv(tmp_path / "tickets.csv", _banking_rows(datasets, intents[:12], 20),
                       ["text", "label"])  # fmt: skip
     store = tmp_path / "store"
 
-    result = _invoke("fleet", "build", "--dataset", str(path), "--tenants", "2",
-                     "--store", str(store), "--seed", "5")  # fmt: skip
+    result = _invoke("fleet", "build", "--dataset", str(path), "--store", str(store))
 
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in store.iterdir()) == sorted(tenant_names(2, seed=5))
-    for tenant in tenant_names(2, seed=5):
-        # 10-40 macros drawn, but only 12 labels exist: each tenant gets all of them.
-        assert _assert_artifact(store / tenant / "macros")["labels"] == intents[:12]
+    assert _files(store) == ["tickets/macros/model.json", "tickets/macros/model.onnx"]
+    manifest = _assert_artifact(store / "tickets" / "macros")
+    assert manifest["labels"] == intents[:12]
+    assert float(manifest["metadata"]["holdout_accuracy"]) > 0.5
+    assert "warning" not in result.stderr
+
+
+def test_csv_without_tenant_column_refuses_more_tenants(tmp_path: Path) -> None:
+    rows = [{"text": f"ticket {i}", "label": f"l{i % 2}"} for i in range(12)]
+    path = _write_csv(tmp_path / "tickets.csv", rows, ["text", "label"])
+    store = tmp_path / "store"
+
+    result = _invoke("fleet", "build", "--dataset", str(path), "--tenants", "3",
+                     "--store", str(store))  # fmt: skip
+
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "no tenant column, so it makes one model (tickets/macros), not --tenants 3" in message
+    assert "add a tenant column" in message
+    assert not store.exists()
+
+
+def test_a_model_at_chance_level_is_warned_about(tmp_path: Path) -> None:
+    # The text says nothing about the label (the numbers occur once each, below min_df), so
+    # the model always answers the commonest label: 60% held out, exactly the majority share.
+    rows = [{"text": f"ticket number {i}", "label": "a" if i < 30 else "b"} for i in range(50)]
+    path = _write_csv(tmp_path / "noise.csv", rows, ["text", "label"])
+
+    result = _invoke("fleet", "build", "--dataset", str(path), "--store", str(tmp_path / "s"))
+
+    assert result.exit_code == 0, result.output
+    assert "60.0%" in result.stdout
+    warning = " ".join(result.stderr.split())
+    assert (
+        "warning: tenant 'noise': held-out accuracy 60.0% is within 5 points of chance (60.0%"
+        in warning
+    )
+    assert "add examples of each" in warning
 
 
 def _bad_csvs(tmp: Path) -> dict[str, tuple[Path, str]]:
