@@ -13,6 +13,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from tenantserve.fleet.build import TenantBuild
+    from tenantserve.fleet.publish import Publisher
 
 fleet_app = typer.Typer(
     help="Build fleets of per-tenant models into a model store (a folder or s3://…): one "
@@ -22,6 +23,15 @@ fleet_app = typer.Typer(
 )
 
 _MB = 1_000_000
+CreateBucketOpt = Annotated[
+    bool,
+    typer.Option(
+        "--create-bucket",
+        help="Create the s3:// store's bucket if it does not exist. Without it a missing "
+        "bucket stops the command before anything is built, so a mistyped name never "
+        "becomes a new bucket.",
+    ),
+]
 _SYNTH_ROWS_SHOWN = 10
 
 
@@ -83,7 +93,8 @@ def build(
         str,
         typer.Option(
             help="Where artifacts go: a local folder or an fsspec URL (s3://bucket/prefix; "
-            "credentials from AWS_* variables). Each tenant's model is `<tenant>/macros`.",
+            "endpoint and keys from AWS_* variables), uploaded as they are built. Each "
+            "tenant's model is `<tenant>/macros`.",
         ),
     ],
     tenants: Annotated[
@@ -112,10 +123,10 @@ def build(
             "that ships with tenantserve).",
         ),
     ] = None,
+    create_bucket: CreateBucketOpt = False,
 ) -> None:
     """Build a tenant classifier fleet (help text above, shown by ``--help``)."""
     from tenantserve.fleet.build import FleetBuildError, build_fleet
-    from tenantserve.fleet.publish import open_publisher
     from tenantserve.fleet.sources import FleetInputError, plan_fleet
 
     console = Console()
@@ -126,9 +137,9 @@ def build(
             seed=seed,
             datasets_dir=datasets,
         )
-        publisher = open_publisher(store)
     except (FleetInputError, ValueError, ImportError) as exc:
         raise _fail(str(exc), 2) from None
+    publisher = _open_store(store, create_bucket=create_bucket, console=console)
     try:
         with _progress_bar(console) as bar:
             results = build_fleet(
@@ -152,16 +163,13 @@ def synth(
     ],
     store: Annotated[str, typer.Option(help="A local folder or an fsspec URL (s3://…).")],
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    create_bucket: CreateBucketOpt = False,
 ) -> None:
     """Write a synthetic fleet (help text above, shown by ``--help``)."""
     from tenantserve.fleet.build import synth_fleet
-    from tenantserve.fleet.publish import open_publisher
 
     console = Console()
-    try:
-        publisher = open_publisher(store)
-    except (ValueError, ImportError) as exc:
-        raise _fail(str(exc), 2) from None
+    publisher = _open_store(store, create_bucket=create_bucket, console=console)
     try:
         with _progress_bar(console) as bar:
             written = synth_fleet(
@@ -181,6 +189,22 @@ def synth(
     if len(written) > _SYNTH_ROWS_SHOWN:
         table.add_row(f"… {len(written) - _SYNTH_ROWS_SHOWN} more", "")
     console.print(table)
+
+
+def _open_store(store: str, *, create_bucket: bool, console: Console) -> Publisher:
+    from tenantserve.fleet.publish import MissingBucket, open_publisher
+
+    try:
+        publisher = open_publisher(store, create_bucket=create_bucket)
+    except MissingBucket as exc:
+        raise _fail(f"{exc}: check the name in --store, or add --create-bucket", 2) from None
+    except (ValueError, ImportError) as exc:
+        raise _fail(str(exc), 2) from None
+    except OSError as exc:
+        raise _fail(f"cannot open the store {store}: {exc}", 1) from None
+    if publisher.created_bucket:
+        console.print(f"created bucket {publisher.created_bucket!r}", highlight=False)
+    return publisher
 
 
 def _warn_near_chance(results: list[TenantBuild]) -> None:

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +304,53 @@ def test_fleet_publishes_whole_artifacts_to_s3(
 
     store = open_store(url, cache_dir=tmp_path / "cache", max_cache_bytes=10**9)
     assert store.list() == sorted(f"{n}/macros" for n in names)
+
+
+@pytest.mark.s3
+def test_a_missing_bucket_is_refused_unless_create_bucket_is_given(
+    datasets: Path, s3_env: S3Server
+) -> None:
+    bucket = f"nobucket-{secrets.token_hex(3)}"
+    args = ["fleet", "build", "--dataset", "clinc150", "--tenants", "1",
+            "--store", f"s3://{bucket}/fleet", "--datasets", str(datasets)]  # fmt: skip
+
+    refused = _invoke(*args)
+
+    assert refused.exit_code == 2, refused.output
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert f"error: bucket '{bucket}' does not exist at {s3_env.endpoint_url}" in lines[0]
+    assert "add --create-bucket" in lines[0]
+    buckets = [b["Name"] for b in s3_env.client().list_buckets()["Buckets"]]
+    assert bucket not in buckets
+
+    created = _invoke(*args, "--create-bucket")
+
+    assert created.exit_code == 0, created.output
+    assert f"created bucket '{bucket}'" in created.stdout
+    listed = s3_env.client().list_objects_v2(Bucket=bucket)
+    keys = sorted(item["Key"] for item in listed.get("Contents", []))
+    assert len(keys) == 2
+    assert all(
+        key.startswith("fleet/") and key.endswith(("/macros/model.json", "/macros/model.onnx"))
+        for key in keys
+    )
+    # An existing bucket is used as it is, with or without the flag.
+    assert _invoke(*args, "--create-bucket").exit_code == 0
+    assert _invoke(*args).exit_code == 0
+
+
+@pytest.mark.s3
+def test_unreachable_s3_endpoint_fails_with_one_line(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+
+    result = _invoke("fleet", "synth", "--models", "1", "--size-mb", "0.01",
+                     "--store", "s3://any/fleet")  # fmt: skip
+
+    assert result.exit_code == 1, result.output
+    assert "error: cannot open the store s3://any/fleet: cannot check bucket 'any'" in " ".join(
+        result.stderr.split()
+    )
