@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ TOP_K = 5
 # MiniLM file is dequantised to float32 when its session is made (93 MB for a 23 MB file).
 _TFIDF_MEMORY_FACTOR = 4
 _MINILM_MEMORY_FACTOR = 8.0  # the head alone: its weights plus activation buffers
+# Held-out accuracy this close to chance means the model learnt (next to) nothing.
+NEAR_CHANCE_POINTS = 0.05
 
 
 class FleetBuildError(RuntimeError):
@@ -60,6 +63,20 @@ class TenantBuild:
     holdout_accuracy: float
     artifact_bytes: int
     build_seconds: float
+    chance_accuracy: float
+
+    @property
+    def near_chance(self) -> bool:
+        """Held-out accuracy within ``NEAR_CHANCE_POINTS`` of chance, or below it."""
+        return self.holdout_accuracy < self.chance_accuracy + NEAR_CHANCE_POINTS
+
+
+def chance_accuracy(plan: TenantPlan) -> float:
+    """What a model that learnt nothing scores on ``plan``'s held-out rows: the better of a
+    uniform guess among its labels and always answering the commonest held-out label."""
+    counts = Counter(row.intent for row in plan.holdout)
+    majority = max(counts.values()) / len(plan.holdout) if plan.holdout else 0.0
+    return max(1 / max(len(plan.macros), 1), majority)
 
 
 def build_fleet(
@@ -108,6 +125,7 @@ def build_fleet(
                     holdout_accuracy=accuracy,
                     artifact_bytes=size,
                     build_seconds=time.perf_counter() - started,
+                    chance_accuracy=chance_accuracy(plan),
                 )
             )
             if progress is not None:

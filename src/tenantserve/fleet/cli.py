@@ -13,6 +13,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from tenantserve.fleet.build import TenantBuild
+    from tenantserve.fleet.publish import Publisher
 
 fleet_app = typer.Typer(
     help="Build fleets of per-tenant models into a model store (a folder or s3://…): one "
@@ -22,6 +23,15 @@ fleet_app = typer.Typer(
 )
 
 _MB = 1_000_000
+CreateBucketOpt = Annotated[
+    bool,
+    typer.Option(
+        "--create-bucket",
+        help="Create the s3:// store's bucket if it does not exist. Without it a missing "
+        "bucket stops the command before anything is built, so a mistyped name never "
+        "becomes a new bucket.",
+    ),
+]
 _SYNTH_ROWS_SHOWN = 10
 
 
@@ -64,7 +74,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 @fleet_app.command(
     help="Train one intent classifier (a macro suggester) per tenant and publish it to the "
-    "store.\n\nEach artifact is <tenant>/macros/ holding model.onnx and model.json (labels, "
+    "store.\n\nEach artifact is `<tenant>/macros/` holding model.onnx and model.json (labels, "
     "sha256, memory hint, top-5 post-processing), plus tokenizer.json for minilm. Every tenant "
     "is checked before anything is written; each artifact is built in a temporary folder and "
     "published whole. Ends with a table of held-out accuracy and artifact size per tenant."
@@ -75,14 +85,16 @@ def build(
         typer.Option(
             help="banking77 (77 banking intents; each tenant gets 10-40 of them), clinc150 "
             "(one of its 10 domains per tenant), or the path of a CSV file with columns "
-            "text,label and optionally tenant (one model per tenant in the file).",
+            "text,label and optionally tenant (one model per tenant in the file; without "
+            "the column, one model named after the file: tickets.csv makes tickets/macros).",
         ),
     ],
     store: Annotated[
         str,
         typer.Option(
             help="Where artifacts go: a local folder or an fsspec URL (s3://bucket/prefix; "
-            "credentials from AWS_* variables). Each tenant's model is <tenant>/macros.",
+            "endpoint and keys from AWS_* variables), uploaded as they are built. Each "
+            "tenant's model is `<tenant>/macros`.",
         ),
     ],
     tenants: Annotated[
@@ -111,10 +123,10 @@ def build(
             "that ships with tenantserve).",
         ),
     ] = None,
+    create_bucket: CreateBucketOpt = False,
 ) -> None:
     """Build a tenant classifier fleet (help text above, shown by ``--help``)."""
     from tenantserve.fleet.build import FleetBuildError, build_fleet
-    from tenantserve.fleet.publish import open_publisher
     from tenantserve.fleet.sources import FleetInputError, plan_fleet
 
     console = Console()
@@ -125,9 +137,9 @@ def build(
             seed=seed,
             datasets_dir=datasets,
         )
-        publisher = open_publisher(store)
     except (FleetInputError, ValueError, ImportError) as exc:
         raise _fail(str(exc), 2) from None
+    publisher = _open_store(store, create_bucket=create_bucket, console=console)
     try:
         with _progress_bar(console) as bar:
             results = build_fleet(
@@ -136,11 +148,12 @@ def build(
     except (FleetBuildError, OSError) as exc:
         raise _fail(str(exc), 1) from None
     console.print(_summary(results, title=f"{kind.value} fleet from {dataset} in {store}"))
+    _warn_near_chance(results)
 
 
 @fleet_app.command(
     help="Write numeric models of a chosen size for load and eviction benchmarks.\n\nModel i "
-    "is tenant-<i>/model-<i> (input FP32 [N, 16], output FP32 [N, 4]); its random weights are "
+    "is `tenant-<i>/model-<i>` (input FP32 [N, 16], output FP32 [N, 4]); its random weights are "
     "fixed by (seed, i), so a fleet can be rebuilt byte for byte."
 )
 def synth(
@@ -150,16 +163,13 @@ def synth(
     ],
     store: Annotated[str, typer.Option(help="A local folder or an fsspec URL (s3://…).")],
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    create_bucket: CreateBucketOpt = False,
 ) -> None:
     """Write a synthetic fleet (help text above, shown by ``--help``)."""
     from tenantserve.fleet.build import synth_fleet
-    from tenantserve.fleet.publish import open_publisher
 
     console = Console()
-    try:
-        publisher = open_publisher(store)
-    except (ValueError, ImportError) as exc:
-        raise _fail(str(exc), 2) from None
+    publisher = _open_store(store, create_bucket=create_bucket, console=console)
     try:
         with _progress_bar(console) as bar:
             written = synth_fleet(
@@ -179,6 +189,38 @@ def synth(
     if len(written) > _SYNTH_ROWS_SHOWN:
         table.add_row(f"… {len(written) - _SYNTH_ROWS_SHOWN} more", "")
     console.print(table)
+
+
+def _open_store(store: str, *, create_bucket: bool, console: Console) -> Publisher:
+    from tenantserve.fleet.publish import MissingBucket, open_publisher
+
+    try:
+        publisher = open_publisher(store, create_bucket=create_bucket)
+    except MissingBucket as exc:
+        raise _fail(f"{exc}: check the name in --store, or add --create-bucket", 2) from None
+    except (ValueError, ImportError) as exc:
+        raise _fail(str(exc), 2) from None
+    except OSError as exc:
+        raise _fail(f"cannot open the store {store}: {exc}", 1) from None
+    if publisher.created_bucket:
+        console.print(f"created bucket {publisher.created_bucket!r}", highlight=False)
+    return publisher
+
+
+def _warn_near_chance(results: list[TenantBuild]) -> None:
+    from tenantserve.fleet.build import NEAR_CHANCE_POINTS
+
+    err = Console(stderr=True, soft_wrap=True)
+    for r in results:
+        if r.near_chance:
+            err.print(
+                f"[bold yellow]warning:[/] tenant {r.tenant!r}: held-out accuracy "
+                f"{r.holdout_accuracy:.1%} is within {NEAR_CHANCE_POINTS * 100:.0f} points of "
+                f"chance ({r.chance_accuracy:.1%}: a guess among {r.macros} labels, or always the "
+                "commonest one), so its model learnt next to nothing; check that the text "
+                "tells its labels apart and add examples of each",
+                highlight=False,
+            )
 
 
 def _summary(results: list[TenantBuild], *, title: str) -> Table:

@@ -12,21 +12,42 @@ from typing import Any, Protocol
 MANIFEST_NAME = "model.json"
 
 
+class MissingBucket(ValueError):
+    """The store's S3 bucket does not exist, and it was not to be created."""
+
+    def __init__(self, bucket: str, endpoint: str | None) -> None:
+        self.bucket = bucket
+        where = f" at {endpoint}" if endpoint else ""
+        super().__init__(f"bucket {bucket!r} does not exist{where}")
+
+
 class Publisher(Protocol):
     """Puts a finished artifact folder into a store under a model id."""
 
     @property
     def url(self) -> str: ...
 
+    @property
+    def created_bucket(self) -> str | None:
+        """The bucket that opening the store created, if it did."""
+        ...
+
     def publish(self, folder: Path, model_id: str) -> None:
         """Make ``folder``'s files the artifact ``model_id``; replace an older one."""
         ...
 
 
-def open_publisher(url: str) -> Publisher:
+def open_publisher(url: str, *, create_bucket: bool = False) -> Publisher:
     """A publisher for a local folder (plain path or ``file://``) or any fsspec URL.
 
     Credentials come from the environment as the filesystem reads them (``AWS_*`` for S3).
+    An ``s3://`` store's bucket must exist, or be created with ``create_bucket``: some servers
+    (SeaweedFS, for admin keys) would otherwise create it silently on the first upload, and a
+    mistyped name would become a new bucket.
+
+    Raises:
+        MissingBucket: the bucket does not exist and ``create_bucket`` is false.
+        OSError: the bucket could not be checked or created (endpoint, keys, permissions).
     """
     if "://" not in url or url.startswith("file://"):
         return LocalPublisher(url, Path(url.removeprefix("file://")).expanduser())
@@ -35,11 +56,38 @@ def open_publisher(url: str) -> Publisher:
     # A fresh filesystem: fsspec's instance cache would share a client (and its credentials)
     # with other users in this process, and a listing cache would hide our own writes.
     fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, use_listings_cache=False)
-    return FsspecPublisher(url, fs, root)
+    publisher = FsspecPublisher(url, fs, root)
+    if "s3" in fs.protocol:
+        publisher.created_bucket = _ensure_bucket(fs, root.split("/", 1)[0], create=create_bucket)
+    return publisher
+
+
+def _ensure_bucket(fs: Any, bucket: str, *, create: bool) -> str | None:
+    """Check that ``bucket`` exists; create it when told to. Returns the name if created."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        try:
+            fs.call_s3("head_bucket", Bucket=bucket)
+            return None
+        except FileNotFoundError:
+            if not create:
+                raise MissingBucket(bucket, fs.s3.meta.endpoint_url) from None
+        params: dict[str, Any] = {"Bucket": bucket}
+        region = fs.s3.meta.region_name
+        if region and region != "us-east-1":  # AWS refuses us-east-1 as a location constraint
+            params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        fs.call_s3("create_bucket", **params)
+    except BotoCoreError as exc:  # no endpoint, no credentials: not an OSError in botocore
+        raise OSError(f"cannot check bucket {bucket!r}: {exc}") from exc
+    fs.invalidate_cache()
+    return bucket
 
 
 class LocalPublisher:
     """Copies into a hidden folder beside the destination, then renames it into place."""
+
+    created_bucket: str | None = None
 
     def __init__(self, url: str, root: Path) -> None:
         self.url = url
@@ -89,6 +137,7 @@ class FsspecPublisher:
 
     def __init__(self, url: str, fs: Any, root: str) -> None:
         self.url = url
+        self.created_bucket: str | None = None
         self._fs = fs
         self._root = root.rstrip("/")
 

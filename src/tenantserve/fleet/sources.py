@@ -60,7 +60,8 @@ def plan_fleet(
     """Plan a fleet from ``banking77``, ``clinc150`` or a path to a CSV file.
 
     ``tenants`` is how many tenants to simulate (default 10); for a CSV with a ``tenant``
-    column every tenant in the file is built, or the first ``tenants`` of them in name order.
+    column every tenant in the file is built, or the first ``tenants`` of them in name order; a
+    CSV without one is one tenant, named after the file.
     ``datasets_dir`` holds ``banking77/`` and ``clinc150/``; ``None`` reads
     ``$TENANTSERVE_DATASETS``, else the copy that ships with the package.
 
@@ -122,15 +123,17 @@ def plan_clinc150(datasets_dir: Path, *, tenants: int, seed: int) -> list[Tenant
 
 
 def plan_csv(path: Path, *, tenants: int | None, seed: int) -> list[TenantPlan]:
-    """Tenants from a ``text,label[,tenant]`` CSV; each label's rows split 80/20 by ``seed``."""
+    """Tenants from a ``text,label[,tenant]`` CSV; each label's rows split 80/20 by ``seed``.
+
+    Without a ``tenant`` column the file is one tenant's history: one model, named after the
+    file (``tickets.csv`` → ``tickets/macros``). Sharing its labels out among simulated tenants
+    would give every tenant the same few labels, so the same model, several times over.
+    """
     rows, has_tenant = read_labelled_csv(path)
     source = path.name
     if not has_tenant:
-        by_label = _group(rows, key=lambda row: row[1])
-        _check_labels(f"{path}", by_label)
-        train, holdout = _split(by_label, seed=seed)
-        labels = sorted(by_label)
-        return _random_subsets(source, train, holdout, labels, tenants=tenants or 10, seed=seed)
+        tenant = _file_tenant(path, tenants)
+        rows = [(text, label, tenant, line) for text, label, _, line in rows]
     by_tenant = _group(rows, key=lambda row: row[2])
     problems: list[str] = []
     for tenant, tenant_rows in sorted(by_tenant.items()):
@@ -156,6 +159,26 @@ def plan_csv(path: Path, *, tenants: int | None, seed: int) -> list[TenantPlan]:
             TenantPlan(tenant, source, tuple(sorted(by_label)), tuple(train), tuple(holdout))
         )
     return plans
+
+
+def _file_tenant(path: Path, tenants: int | None) -> str:
+    """The one tenant of a CSV without a ``tenant`` column: the file's name without ``.csv``."""
+    tenant = path.stem
+    fix = "add a tenant column naming each row's tenant"
+    if tenants is not None and tenants > 1:
+        raise FleetInputError(
+            f"{path} has no tenant column, so it makes one model ({tenant}/{MODEL_NAME}), not "
+            f"--tenants {tenants}: {fix}, or leave out --tenants"
+        )
+    try:
+        ModelId.parse(f"{tenant}/{MODEL_NAME}")
+    except InvalidModelId:
+        raise FleetInputError(
+            f"{path} has no tenant column, so its model is named after the file, but "
+            f"{tenant!r} is not a tenant name (a letter or digit first, then only letters, "
+            f"digits, '.', '_' or '-'): rename the file, or {fix}"
+        ) from None
+    return tenant
 
 
 def read_labelled_csv(path: Path) -> tuple[list[_Row], bool]:

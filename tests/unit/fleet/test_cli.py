@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -129,20 +130,55 @@ def test_csv_with_tenant_column_builds_one_model_per_tenant(datasets: Path, tmp_
     assert acme_manifest["metadata"]["holdout_rows"] == "18"
 
 
-def test_csv_without_tenant_column_is_split_like_a_dataset(datasets: Path, tmp_path: Path) -> None:
+def test_csv_without_tenant_column_builds_one_model_named_after_the_file(
+    datasets: Path, tmp_path: Path
+) -> None:
     intents = sorted({r.intent for r in load_banking77(datasets / "banking77" / "train.csv")})
-    path = _write_csv(tmp_path / "t.csv", _banking_rows(datasets, intents[:12], 20),
+    path = _write_csv(tmp_path / "tickets.csv", _banking_rows(datasets, intents[:12], 20),
                       ["text", "label"])  # fmt: skip
     store = tmp_path / "store"
 
-    result = _invoke("fleet", "build", "--dataset", str(path), "--tenants", "2",
-                     "--store", str(store), "--seed", "5")  # fmt: skip
+    result = _invoke("fleet", "build", "--dataset", str(path), "--store", str(store))
 
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in store.iterdir()) == sorted(tenant_names(2, seed=5))
-    for tenant in tenant_names(2, seed=5):
-        # 10-40 macros drawn, but only 12 labels exist: each tenant gets all of them.
-        assert _assert_artifact(store / tenant / "macros")["labels"] == intents[:12]
+    assert _files(store) == ["tickets/macros/model.json", "tickets/macros/model.onnx"]
+    manifest = _assert_artifact(store / "tickets" / "macros")
+    assert manifest["labels"] == intents[:12]
+    assert float(manifest["metadata"]["holdout_accuracy"]) > 0.5
+    assert "warning" not in result.stderr
+
+
+def test_csv_without_tenant_column_refuses_more_tenants(tmp_path: Path) -> None:
+    rows = [{"text": f"ticket {i}", "label": f"l{i % 2}"} for i in range(12)]
+    path = _write_csv(tmp_path / "tickets.csv", rows, ["text", "label"])
+    store = tmp_path / "store"
+
+    result = _invoke("fleet", "build", "--dataset", str(path), "--tenants", "3",
+                     "--store", str(store))  # fmt: skip
+
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "no tenant column, so it makes one model (tickets/macros), not --tenants 3" in message
+    assert "add a tenant column" in message
+    assert not store.exists()
+
+
+def test_a_model_at_chance_level_is_warned_about(tmp_path: Path) -> None:
+    # The text says nothing about the label (the numbers occur once each, below min_df), so
+    # the model always answers the commonest label: 60% held out, exactly the majority share.
+    rows = [{"text": f"ticket number {i}", "label": "a" if i < 30 else "b"} for i in range(50)]
+    path = _write_csv(tmp_path / "noise.csv", rows, ["text", "label"])
+
+    result = _invoke("fleet", "build", "--dataset", str(path), "--store", str(tmp_path / "s"))
+
+    assert result.exit_code == 0, result.output
+    assert "60.0%" in result.stdout
+    warning = " ".join(result.stderr.split())
+    assert (
+        "warning: tenant 'noise': held-out accuracy 60.0% is within 5 points of chance (60.0%"
+        in warning
+    )
+    assert "add examples of each" in warning
 
 
 def _bad_csvs(tmp: Path) -> dict[str, tuple[Path, str]]:
@@ -268,3 +304,53 @@ def test_fleet_publishes_whole_artifacts_to_s3(
 
     store = open_store(url, cache_dir=tmp_path / "cache", max_cache_bytes=10**9)
     assert store.list() == sorted(f"{n}/macros" for n in names)
+
+
+@pytest.mark.s3
+def test_a_missing_bucket_is_refused_unless_create_bucket_is_given(
+    datasets: Path, s3_env: S3Server
+) -> None:
+    bucket = f"nobucket-{secrets.token_hex(3)}"
+    args = ["fleet", "build", "--dataset", "clinc150", "--tenants", "1",
+            "--store", f"s3://{bucket}/fleet", "--datasets", str(datasets)]  # fmt: skip
+
+    refused = _invoke(*args)
+
+    assert refused.exit_code == 2, refused.output
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert f"error: bucket '{bucket}' does not exist at {s3_env.endpoint_url}" in lines[0]
+    assert "add --create-bucket" in lines[0]
+    buckets = [b["Name"] for b in s3_env.client().list_buckets()["Buckets"]]
+    assert bucket not in buckets
+
+    created = _invoke(*args, "--create-bucket")
+
+    assert created.exit_code == 0, created.output
+    assert f"created bucket '{bucket}'" in created.stdout
+    listed = s3_env.client().list_objects_v2(Bucket=bucket)
+    keys = sorted(item["Key"] for item in listed.get("Contents", []))
+    assert len(keys) == 2
+    assert all(
+        key.startswith("fleet/") and key.endswith(("/macros/model.json", "/macros/model.onnx"))
+        for key in keys
+    )
+    # An existing bucket is used as it is, with or without the flag.
+    assert _invoke(*args, "--create-bucket").exit_code == 0
+    assert _invoke(*args).exit_code == 0
+
+
+@pytest.mark.s3
+def test_unreachable_s3_endpoint_fails_with_one_line(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+
+    result = _invoke("fleet", "synth", "--models", "1", "--size-mb", "0.01",
+                     "--store", "s3://any/fleet")  # fmt: skip
+
+    assert result.exit_code == 1, result.output
+    assert "error: cannot open the store s3://any/fleet: cannot check bucket 'any'" in " ".join(
+        result.stderr.split()
+    )

@@ -74,6 +74,24 @@ def test_csv_refuses_a_tenant_name_that_is_not_a_model_id(tmp_path: Path) -> Non
         plan_csv(path, tenants=None, seed=0)
 
 
+def test_csv_without_tenant_column_is_one_tenant_named_after_the_file(tmp_path: Path) -> None:
+    rows = [f"ticket {i},l{i % 2}" for i in range(2 * MIN_ROWS_PER_LABEL)]
+    good = tmp_path / "acme-2024.csv"
+    good.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    bad = tmp_path / "my tickets.csv"
+    bad.write_text(good.read_text(encoding="utf-8"), encoding="utf-8")
+
+    (plan,) = plan_csv(good, tenants=1, seed=0)
+
+    assert plan.model_id == "acme-2024/macros"
+    assert plan.macros == ("l0", "l1")
+    assert len(plan.train) + len(plan.holdout) == len(rows)
+    with pytest.raises(
+        FleetInputError, match=r"'my tickets' is not a tenant name.*rename the file"
+    ):
+        plan_csv(bad, tenants=None, seed=0)
+
+
 def test_bad_arguments_are_named(tmp_path: Path) -> None:
     with pytest.raises(FleetInputError, match="at least 1"):
         plan_fleet("banking77", tenants=0, seed=0, datasets_dir=tmp_path)
