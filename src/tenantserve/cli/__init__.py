@@ -21,7 +21,10 @@ app = typer.Typer(
     "call and kept within a memory budget.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="markdown",  # docstrings wrap to the terminal, not to the source's lines
+    # Plain click help: it wraps to the terminal and keeps every flag and variable name whole
+    # at 80 columns (rich's boxed tables cut them); -h as well as --help, on every command.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("serve")(with_settings(serve_command))
 app.add_typer(fleet_app, name="fleet")

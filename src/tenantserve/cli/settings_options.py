@@ -52,7 +52,8 @@ def settings_parameters(
         if option is None:
             continue
         types = {field.annotation, *get_args(field.annotation)} - {type(None)}
-        help_text = (field.description or "").split("\n\n")[0]
+        # The first paragraph of the docstring, its reST literals as plain text.
+        help_text = (field.description or "").split("\n\n")[0].replace("``", "")
         default = _default_text(field, (defaults or {}).get(name, field.default))
         metavar: str | None = None
         annotation: Any = str | None

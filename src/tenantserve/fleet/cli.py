@@ -74,7 +74,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 @fleet_app.command(
     help="Train one intent classifier (a macro suggester) per tenant and publish it to the "
-    "store.\n\nEach artifact is `<tenant>/macros/` holding model.onnx and model.json (labels, "
+    "store.\n\nEach artifact is <tenant>/macros/ holding model.onnx and model.json (labels, "
     "sha256, memory hint, top-5 post-processing), plus tokenizer.json for minilm. Every tenant "
     "is checked before anything is written; each artifact is built in a temporary folder and "
     "published whole. Ends with a table of held-out accuracy and artifact size per tenant."
@@ -94,7 +94,7 @@ def build(
         typer.Option(
             help="Where artifacts go: a local folder or an fsspec URL (s3://bucket/prefix; "
             "endpoint and keys from AWS_* variables), uploaded as they are built. Each "
-            "tenant's model is `<tenant>/macros`.",
+            "tenant's model is <tenant>/macros.",
         ),
     ],
     tenants: Annotated[
@@ -153,7 +153,7 @@ def build(
 
 @fleet_app.command(
     help="Write numeric models of a chosen size for load and eviction benchmarks.\n\nModel i "
-    "is `tenant-<i>/model-<i>` (input FP32 [N, 16], output FP32 [N, 4]); its random weights are "
+    "is tenant-<i>/model-<i> (input FP32 [N, 16], output FP32 [N, 4]); its random weights are "
     "fixed by (seed, i), so a fleet can be rebuilt byte for byte."
 )
 def synth(

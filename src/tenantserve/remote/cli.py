@@ -30,7 +30,7 @@ KeyOpt = Annotated[
     typer.Option(
         "--api-key",
         envvar="TENANTSERVE_API_KEY",
-        help="API key, sent as `Authorization: Bearer <key>` (needs the manage role).",
+        help="API key, sent as 'Authorization: Bearer <key>' (needs the manage role).",
         show_default=False,
     ),
 ]
