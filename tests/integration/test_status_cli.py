@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 from typer.testing import CliRunner
 
-from fixtures.models import ModelStoreDir
+from fixtures.models import ModelStoreDir, make_model
 from fixtures.oip import infer
 from fixtures.server import ThreadServer, free_port
 from tenantserve.cli import app
@@ -92,8 +93,8 @@ def test_models_commands_load_pin_unpin_unload(
     assert everything.exit_code == 0, everything.output
     for model_id in synthetic_store.model_ids:
         assert model_id in everything.stdout
-    assert everything.stdout.count("ready") == 2
-    assert "unavailable" in everything.stdout
+    assert everything.stdout.count("│ loaded") == 2
+    assert "not loaded" in everything.stdout
 
     assert _cli("models", "unpin", second, *url).exit_code == 0
     assert _resident(server.url) == {first: False, second: False}
@@ -142,3 +143,46 @@ def test_api_key_is_sent_as_a_bearer_token(
     assert seen == ["Bearer s3cret"]
     result = _cli("status", "--url", server.url, env={"TENANTSERVE_API_KEY": "s3cret"})
     assert result.exit_code == 0, result.output
+
+
+def test_at_80_columns_status_and_tenants_keep_every_id_whole(
+    tmp_path: Path, start_server: Callable[..., ThreadServer]
+) -> None:
+    long_ids = [f"a-tenant-with-a-long-name/macros-for-the-support-desk-{i}" for i in range(2)]
+    for i, model_id in enumerate(long_ids):
+        make_model(tmp_path / model_id, size_bytes=100_000, seed=i)
+    server = start_server(tmp_path, memory_budget=256 * MiB)
+    with httpx.Client(base_url=server.url) as client:
+        for model_id in long_ids:
+            assert infer(client, model_id).status_code == 200
+    bare = server.url.removeprefix("http://")  # as people type it: host:port
+    for args in (["status"], ["tenants", "list"], ["models", "list", "--all"]):
+        result = CliRunner().invoke(app, [*args, "--url", bare], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert [line for line in lines if len(line) > 80] == [], result.stdout
+        expected = ["a-tenant-with-a-long-name"] if args[0] == "tenants" else long_ids
+        for word in expected:
+            assert any(word in line for line in lines), (args, word, result.stdout)
+
+
+def test_tenants_list_and_the_store_listing_say_what_each_holds(
+    synthetic_store: ModelStoreDir, start_server: Callable[..., ThreadServer]
+) -> None:
+    server = start_server(synthetic_store.root, memory_budget=256 * MiB)
+    first = synthetic_store.model_ids[0]
+    with httpx.Client(base_url=server.url) as client:
+        assert infer(client, first).status_code == 200
+    tenants = _cli("tenants", "list", "--url", server.url)
+    assert tenants.exit_code == 0, tenants.output
+    row = next(line for line in tenants.stdout.splitlines() if first.split("/")[0] in line)
+    assert re.search(r"│\s+1\s+│", row), row  # one model, one request
+    listing = _cli("models", "list", "--all", "--url", server.url)
+    assert listing.exit_code == 0, listing.output
+    states = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in listing.stdout.splitlines()
+        if line.count("│") == 3
+    }
+    assert states[first] == "loaded"
+    assert states[synthetic_store.model_ids[1]] == "not loaded"

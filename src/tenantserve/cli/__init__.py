@@ -1,5 +1,5 @@
 """The ``tenantserve`` command: ``serve`` (serve.py), ``ray``, ``fleet``, ``bench``, ``status``,
-``models``; the server's options are generated from its Settings (settings_options.py)."""
+``models``, ``tenants``; the server's options come from its Settings (settings_options.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tenantserve.cli.serve import serve_command
 from tenantserve.cli.settings_options import with_settings
 from tenantserve.fleet.cli import fleet_app
 from tenantserve.integrations.ray_cli import build_ray_app  # imports Ray only when run
-from tenantserve.remote.cli import models_app, status_command
+from tenantserve.remote.cli import models_app, status_command, tenants_app
 
 app = typer.Typer(
     help="tenantserve: thousands of per-tenant models behind one endpoint, loaded on first "
@@ -34,6 +34,7 @@ app.command("plan")(plan_command)
 app.command("replay")(replay_command)
 app.command("status")(status_command)
 app.add_typer(models_app, name="models")
+app.add_typer(tenants_app, name="tenants")
 
 
 def _version(value: bool) -> None:

@@ -1,4 +1,5 @@
-"""``tenantserve status`` and ``tenantserve models list|load|unload|pin|unpin`` against a server."""
+"""``tenantserve status``, ``models list|load|unload|pin|unpin`` and ``tenants list`` against a
+running server."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import orjson
 import typer
 from rich.console import Console, RenderableType
 
-from tenantserve.remote.render import fmt_bytes, models_table, status_view
+from tenantserve.remote.render import (
+    fmt_bytes,
+    index_table,
+    models_table,
+    status_view,
+    tenants_table,
+)
 
 if TYPE_CHECKING:
     from tenantserve.remote.client import StatusClient
@@ -38,6 +45,10 @@ ModelArg = Annotated[str, typer.Argument(help="Model id, e.g. acme/macros.", sho
 
 models_app = typer.Typer(
     help="Resident models of a running server: list them, load, unload, pin and unpin.",
+    no_args_is_help=True,
+)
+tenants_app = typer.Typer(
+    help="Tenants of a running server: what each holds, has sent and may do.",
     no_args_is_help=True,
 )
 
@@ -116,15 +127,7 @@ def list_models(
         if not all_models:
             console.print(models_table(client.status()))
             return
-        from rich.table import Table
-
-        table = Table(title="Models in the store", title_justify="left", title_style="bold")
-        table.add_column("Model", overflow="fold")
-        table.add_column("State")
-        for entry in client.index():
-            state = str(entry.get("state", ""))
-            table.add_row(str(entry.get("name", "")), state.lower())
-        console.print(table)
+        console.print(index_table(client.index()))
 
 
 @models_app.command("load")
@@ -173,3 +176,22 @@ def _echo_model(client: StatusClient, model_id: str, done: str) -> None:
     resident = next((m for m in doc["models"] if m["id"] == model_id), None)
     size = f" ({fmt_bytes(resident['bytes'])})" if resident else ""
     typer.echo(f"{done} {model_id}{size}")
+
+
+@tenants_app.command("list")
+def list_tenants(
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the raw /v1/tenants document.")
+    ] = False,
+) -> None:
+    """Every tenant that holds a model, sent a request or has limits of its own: models and
+    memory held (of its cap), requests in flight, requests, errors and refusals since start,
+    last use, rate and concurrency limits."""
+    with _client(url, api_key) as client:
+        doc = client.tenants()
+        if as_json:
+            typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+            return
+        Console().print(tenants_table(doc, now_s=time.time()))

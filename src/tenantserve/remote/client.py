@@ -14,15 +14,17 @@ class RemoteError(Exception):
 
 
 class StatusClient:
-    """``GET /v1/status``, the OIP repository (index, load, unload) and pin / unpin.
+    """``GET /v1/status`` and ``/v1/tenants``, the OIP repository (index, load, unload), pin.
 
     Args:
-        url: the server's base URL (``http://host:port``, optionally with a path prefix).
+        url: the server's base URL (``http://host:port``, optionally with a path prefix;
+            ``host:port`` alone means ``http://``).
         api_key: sent as ``Authorization: Bearer <key>`` when the server checks keys.
     """
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 10.0) -> None:
-        self.url = url.rstrip("/")
+        # "127.0.0.1:8080" is what people type: the server speaks plain HTTP unless told.
+        self.url = (url if "://" in url else f"http://{url}").rstrip("/")
         self._api_key = api_key
         self._timeout_s = timeout_s
         self._http: httpx.Client | None = None
@@ -46,6 +48,12 @@ class StatusClient:
         doc = self._call("GET", "/v1/status")
         if not isinstance(doc, dict) or "memory" not in doc:
             raise RemoteError(f"{self.url} answered /v1/status without a status document")
+        return doc
+
+    def tenants(self) -> dict[str, Any]:
+        doc = self._call("GET", "/v1/tenants")
+        if not isinstance(doc, dict) or "tenants" not in doc:
+            raise RemoteError(f"{self.url} answered /v1/tenants without a tenants document")
         return doc
 
     def index(self) -> list[dict[str, Any]]:

@@ -6,8 +6,9 @@ import time
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
+
+from tenantserve.remote.records import Column, Records
 
 _BAR_WIDTH = 40
 _SPARKS = " ▁▂▃▄▅▆▇█"
@@ -108,6 +109,9 @@ def status_view(doc: dict[str, Any], *, url: str, limit: int = 20) -> Renderable
         "ready" if doc["ready"] else "not ready", style="green" if doc["ready"] else "red"
     )
     header.append(f" · up {_span(now_s - doc['started_s'])}")
+    store = doc.get("store")
+    if store is not None and not store["ok"]:
+        header.append(f"\nStore {store['url']}: {store['problem']}", style="red")
 
     mem = Text("Memory   ")
     mem.append_text(budget_bar(memory))
@@ -135,32 +139,28 @@ def status_view(doc: dict[str, Any], *, url: str, limit: int = 20) -> Renderable
     )
     parts: list[RenderableType] = [header, mem, traffic, spark, churn, Text()]
     parts.append(models_table(doc, limit=limit))
-    hot = Table.grid(padding=(0, 4))
-    hot.add_row(
-        _hot_table("Hottest models", doc["hot"]["models"], doc["hot"]["window_s"]),
-        _hot_table("Hottest tenants", doc["hot"]["tenants"], doc["hot"]["window_s"]),
-    )
-    parts += [Text(), hot, Text(), events_table(doc["events"], limit=10)]
+    window_s = doc["hot"]["window_s"]
+    parts += [
+        Text(),
+        _hot_table("Hottest models", doc["hot"]["models"], window_s),
+        Text(),
+        _hot_table("Hottest tenants", doc["hot"]["tenants"], window_s),
+        Text(),
+        events_table(doc["events"], limit=10),
+    ]
     return Group(*parts)
 
 
-def models_table(doc: dict[str, Any], *, limit: int | None = None) -> Table:
+def models_table(doc: dict[str, Any], *, limit: int | None = None) -> Records:
     models = doc["models"]
     now_s = doc["time_s"]
     shown = models if limit is None else models[:limit]
     title = f"Resident models ({doc['models_total']:,})"
     if len(shown) < doc["models_total"]:
         title += f" · {len(shown)} most recently used shown"
-    table = Table(title=title, title_justify="left", title_style="bold", expand=False)
-    table.add_column("Model", overflow="fold")
-    table.add_column("Size", justify="right")
-    table.add_column("Pinned", justify="center")
-    table.add_column("In flight", justify="right")
-    table.add_column("Hits", justify="right")
-    table.add_column("Last use", justify="right")
-    table.add_column("Load", justify="right")
+    records = Records(title, _MODEL_COLUMNS, empty="no model is resident yet")
     for model in shown:
-        table.add_row(
+        records.add(
             model["id"],
             fmt_bytes(model["bytes"]),
             Text("pinned", style="magenta") if model["pinned"] else Text(""),
@@ -169,49 +169,43 @@ def models_table(doc: dict[str, Any], *, limit: int | None = None) -> Table:
             fmt_ago(now_s, model["last_used_s"]),
             fmt_seconds(model["load_seconds"]),
         )
-    if not shown:
-        table.add_row(Text("no model is resident yet", style="dim"), "", "", "", "", "", "")
-    return table
+    return records
 
 
-def _hot_table(title: str, entries: list[dict[str, Any]], window_s: float) -> Table:
-    table = Table(
-        title=f"{title} (last {_range(window_s)})",
-        title_justify="left",
-        title_style="bold",
-    )
-    table.add_column("Id", overflow="fold")
-    table.add_column("Requests", justify="right")
-    table.add_column("Cold", justify="right")
-    table.add_column("Rejected", justify="right")
+_MODEL_COLUMNS = (
+    Column("Model"), Column("Size", "right"), Column("Pinned", "center"),
+    Column("In flight", "right"), Column("Hits", "right"), Column("Last use", "right"),
+    Column("Load", "right"),
+)  # fmt: skip
+_HOT_COLUMNS = (
+    Column("Id"), Column("Requests", "right"), Column("Cold", "right"),
+    Column("Rejected", "right"),
+)  # fmt: skip
+_EVENT_COLUMNS = (Column("Model"), Column("Time"), Column("Event"), Column("Detail"))
+
+
+def _hot_table(title: str, entries: list[dict[str, Any]], window_s: float) -> Records:
+    records = Records(f"{title} (last {_range(window_s)})", _HOT_COLUMNS, empty="no traffic yet")
     for entry in entries:
         approx = "≤" if entry["error_bound"] else ""
-        table.add_row(
+        records.add(
             entry["id"], f"{approx}{entry['requests']:,}", f"{entry['misses']:,}",
             f"{entry['rejected']:,}",
         )  # fmt: skip
-    if not entries:
-        table.add_row(Text("no traffic yet", style="dim"), "", "", "")
-    return table
+    return records
 
 
-def events_table(events: list[dict[str, Any]], *, limit: int) -> Table:
-    table = Table(title="Recent events", title_justify="left", title_style="bold")
-    table.add_column("Time")
-    table.add_column("Event")
-    table.add_column("Model", overflow="fold")
-    table.add_column("Detail", overflow="fold")
+def events_table(events: list[dict[str, Any]], *, limit: int) -> Records:
+    records = Records("Recent events", _EVENT_COLUMNS, empty="nothing yet")
     for event in events[:limit]:
         kind = event["kind"]
-        table.add_row(
+        records.add(
+            event["model"],
             time.strftime("%H:%M:%S", time.localtime(event["time_s"])),
             Text(kind.replace("_", " "), style=_KIND_STYLES.get(kind, "")),
-            event["model"],
             _describe(event),
         )
-    if not events:
-        table.add_row("", Text("nothing yet", style="dim"), "", "")
-    return table
+    return records
 
 
 def _describe(event: dict[str, Any]) -> str:
@@ -225,3 +219,48 @@ def _describe(event: dict[str, Any]) -> str:
     if kind == "rejected" and event["count"] > 1:
         return f"{event['detail']} (x{event['count']})"
     return str(event["detail"])
+
+
+_TENANT_COLUMNS = (
+    Column("Tenant"), Column("Models", "right"), Column("Memory", "right"),
+    Column("In flight", "right"), Column("Requests", "right"), Column("Errors", "right"),
+    Column("Rejected", "right"), Column("Last use", "right"), Column("Limits"),
+)  # fmt: skip
+
+
+def tenants_table(doc: dict[str, Any], *, now_s: float) -> Records:
+    """``/v1/tenants`` as records: what each tenant holds, sent and may do."""
+    records = Records(f"Tenants ({len(doc['tenants']):,})", _TENANT_COLUMNS, empty="no tenant yet")
+    for row in doc["tenants"]:
+        cap = row["memory_cap_bytes"]
+        memory = fmt_bytes(row["bytes"]) + (f" of {fmt_bytes(cap)}" if cap is not None else "")
+        last = row["last_request_s"]
+        records.add(
+            row["tenant"], str(row["models"]), memory, str(row["in_flight"]),
+            f"{row['requests']:,}", f"{row['errors']:,}", f"{row['rejected']:,}",
+            fmt_ago(now_s, last) if last is not None else "never", _limits(row["limits"]),
+        )  # fmt: skip
+    return records
+
+
+def _limits(limits: dict[str, Any]) -> str:
+    parts = []
+    if limits["rate_per_s"]:
+        parts.append(f"{limits['rate_per_s']:g}/s (burst {limits['burst']:g})")
+    if limits["max_concurrent"]:
+        parts.append(f"{limits['max_concurrent']} at once")
+    return ", ".join(parts) or "none"
+
+
+_INDEX_STATES = {"READY": "loaded", "LOADING": "loading"}
+
+
+def index_table(entries: list[dict[str, Any]]) -> Records:
+    """Every model in the store (``POST /v2/repository/index``) with its state here."""
+    records = Records("Models in the store", (Column("Model"), Column("State")), empty="none")
+    for entry in entries:
+        state, reason = str(entry.get("state", "")), str(entry.get("reason", ""))
+        # A model that is simply cold is "not loaded"; "unavailable" only with a reason.
+        shown = _INDEX_STATES.get(state) or (f"unavailable: {reason}" if reason else "not loaded")
+        records.add(str(entry.get("name", "")), shown)
+    return records
