@@ -42,8 +42,8 @@ from tenantserve.bench.loadgen import LoadSpec, replay, warm_up
 from tenantserve.bench.results import STATUS_CONNECTION_ERROR, STATUS_TIMEOUT, RunResult
 from tenantserve.bench.servers import Served, served_tenantserve
 from tenantserve.bench.traces import generate
-from tenantserve.config import parse_size
 from tenantserve.fleet.synth import write_fleet
+from tenantserve.units import parse_size
 
 PROBE_MODELS = 32
 CAPACITY_CLIENTS = 16

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tenantserve.bench.plan import FleetProfile, simulate
 from tenantserve.bench.plan_cli import parse_instance
-from tenantserve.config import parse_size
+from tenantserve.units import parse_size
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from difflib import get_close_matches
 from types import FrameType
 from typing import Any
 
@@ -158,19 +159,33 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     return app
 
 
-def preflight(settings: Settings) -> None:
+def preflight(settings: Settings) -> list[str]:
     """What ``serve`` checks before it listens: the store answers, and every ``--pin`` and
-    ``--preload`` names a model in it. Nothing is loaded.
+    ``--preload`` names a model in it. Nothing is loaded. Returns warnings: tenants of the
+    ``--tenant-limits`` file with no model in the store (a typo there limits nobody).
 
     Raises:
         StoreUnavailable: the store cannot be used; ``for_operator()`` says what to fix.
         ModelNotFound: a pin or preload matches no model (the message names the nearest).
         InvalidModelId: a pin or preload that is not a model id.
+        ValueError: a keys or limits file that cannot be read or is malformed.
     """
+    _keys(settings)
+    limits = _limits(settings)
     store = _open_store(settings)
     store.check()
     resolve_patterns(settings.pin, store.list, what="--pin")
     resolve_patterns(settings.preload, store.list, what="--preload")
+    named = sorted((limits.tenants or {}).keys())
+    missing = [tenant for tenant in named if not store.list(tenant)]
+    if not missing:
+        return []
+    held = sorted({model_id.split("/", 1)[0] for model_id in store.list("")})
+    return [
+        f"--tenant-limits names tenant {tenant!r}, which has no model in the store"
+        + (f" (nearest: {', '.join(near)})" if (near := get_close_matches(tenant, held)) else "")
+        for tenant in missing
+    ]
 
 
 async def _store_problem(store: ModelStore, executor: BoundedExecutor) -> str | None:

@@ -12,7 +12,6 @@ import difflib
 import ipaddress
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -28,6 +27,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
+from tenantserve.units import parse_size
+
 ENV_PREFIX = "TENANTSERVE_"
 
 PROJECT_VARIABLES: Mapping[str, str] = {
@@ -40,29 +41,6 @@ PROJECT_VARIABLES: Mapping[str, str] = {
 unknown name in the prefix is refused. The tests' own knobs (``FUZZ_EXAMPLES``,
 ``UPDATE_SCREENSHOT``) are outside it: tests start servers with their environment, and the
 product should not list its tests' switches."""
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
-          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}  # fmt: skip
-
-
-def parse_size(text: str | int) -> int:
-    """``"4GiB"`` → 4294967296, ``"500MB"`` → 500000000, ``1024`` → 1024."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a size; write e.g. 4GiB, 512MiB, 500MB or 1048576")
-    unit = (match.group(2) or "").upper().removesuffix("B") if match.group(2) != "B" else "B"
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def format_size(size: int) -> str:
-    """``4294967296`` → ``"4GiB"``: the largest binary unit that divides it, else bytes."""
-    for unit in ("TI", "GI", "MI", "KI"):
-        if size and size % _UNITS[unit] == 0:
-            return f"{size // _UNITS[unit]}{unit.title()}B"
-    return str(size)
 
 
 def _listed(value: object) -> object:

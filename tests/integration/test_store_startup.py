@@ -15,7 +15,7 @@ import pytest
 
 from fixtures.models import make_model
 from fixtures.polling import until
-from fixtures.server import ThreadServer, free_port
+from fixtures.server import ProcessServer, ThreadServer, free_port
 from tenantserve.app import preflight
 from tenantserve.config import Settings
 from tenantserve.errors import StoreUnavailable, StoreUnreachable
@@ -121,3 +121,19 @@ def test_serve_refuses_an_s3_store_that_is_down_naming_the_endpoint(
     assert down.returncode == 2
     assert down.stderr.count("\n") == 1, down.stderr
     assert f"at {closed_endpoint}" in down.stderr
+
+
+def test_a_limits_file_takes_sizes_and_a_tenant_with_no_model_is_warned_of(
+    tmp_path: Path, start_process: Callable[..., ProcessServer]
+) -> None:
+    make_model(tmp_path / "store" / "acme" / "macros", size_bytes=20_000)
+    limits = tmp_path / "limits.toml"
+    limits.write_text('[tenants.acme]\nmax_memory_bytes = "1GiB"\n[tenants.acem]\nrate_per_s = 1\n')
+    server = start_process(tmp_path / "store", "--tenant-limits", str(limits))
+    tenants = httpx.get(f"{server.url}/v1/tenants", timeout=10).json()["tenants"]
+    assert {t["tenant"]: t["memory_cap_bytes"] for t in tenants}["acme"] == 1024**3
+    warnings = [line for line in server.log_path.read_text().splitlines() if "warning:" in line]
+    assert warnings == [
+        "warning: --tenant-limits names tenant 'acem', which has no model in the store "
+        "(nearest: acme)"
+    ]

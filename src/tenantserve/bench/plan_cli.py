@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tenantserve.bench.traces import KINDS as KINDS  # re-exported: the CLI names them
-from tenantserve.config import parse_size
+from tenantserve.units import parse_size
 
 if TYPE_CHECKING:
     from tenantserve.bench.plan import FleetProfile, InstanceType

@@ -23,7 +23,11 @@ def serve_command(settings: Settings) -> None:
     try:
         # Before listening: a store that cannot be used or a pin that names nothing is a
         # start-up error, not a server that says "ready" and answers every call 404.
-        preflight(settings)
+        for warning in preflight(settings):
+            typer.echo(f"warning: {warning}", err=True)
+    except ValueError as exc:  # an unreadable or malformed key or limits file
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except StoreUnavailable as exc:
         typer.echo(f"error: --store {settings.store}: {exc.for_operator()}", err=True)
         raise typer.Exit(2) from None

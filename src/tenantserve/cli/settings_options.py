@@ -27,9 +27,9 @@ from tenantserve.config import (
     SettingsError,
     env_name,
     flag,
-    format_size,
     load_settings,
 )
+from tenantserve.units import format_size
 
 _CONTEXT = "typer_context"  # typer passes its context to the parameter typed typer.Context
 _METAVARS: dict[object, str] = {int: "INTEGER", float: "FLOAT", Path: "PATH", str: "TEXT"}

@@ -14,6 +14,7 @@ from typing import Any
 
 from tenantserve.errors import TenantLimitExceeded
 from tenantserve.metrics import Metrics
+from tenantserve.units import parse_size
 
 # Buckets of tenants that went quiet are full again, the same as new ones: past this many the
 # full ones are dropped, so the table does not grow with every tenant ever seen.
@@ -117,13 +118,20 @@ def _limit(spec: object, base: TenantLimit, *, where: str) -> TenantLimit:
     unknown = set(spec) - known
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    spec = dict(spec)
+    if isinstance(spec.get("max_memory_bytes"), str):
+        # The same sizes as the flags: max_memory_bytes = "1GiB".
+        try:
+            spec["max_memory_bytes"] = parse_size(spec["max_memory_bytes"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: max_memory_bytes: {exc}") from None
     for name, value in spec.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"{where}: {name} must be a number ≥ 0")
     if "max_concurrent" in spec and not isinstance(spec["max_concurrent"], int):
         raise ValueError(f"{where}: max_concurrent must be a whole number")
     if "max_memory_bytes" in spec and not isinstance(spec["max_memory_bytes"], int):
-        raise ValueError(f"{where}: max_memory_bytes must be a whole number of bytes")
+        raise ValueError(f'{where}: max_memory_bytes must be a size ("1GiB") or whole bytes')
     if spec.get("max_memory_fraction", 0) > 1:
         raise ValueError(f"{where}: max_memory_fraction must be between 0 and 1")
     return replace(base, **spec)
