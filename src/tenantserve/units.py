@@ -1,4 +1,4 @@
-"""Sizes as people write them: ``"4GiB"`` ⇄ bytes, for flags, variables and limits files."""
+"""Sizes as people write and read them: ``"4GiB"`` ⇄ bytes, ``1.7 KiB`` in tables."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ def format_size(size: int) -> str:
         if size and size % _UNITS[unit] == 0:
             return f"{size // _UNITS[unit]}{unit.title()}B"
     return str(size)
+
+
+def human_bytes(n: float | None) -> str:
+    """A size to read at a glance: ``1.7 KiB``, ``10.1 MiB``, ``512 B``; ``-`` for none."""
+    if n is None:
+        return "-"
+    value = float(n)
+    unit = "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.0f} {unit}" if unit == "B" or value >= 100 else f"{value:.1f} {unit}"

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TimeElapsedColumn
 from rich.table import Table
 
+from tenantserve.units import human_bytes
+
 if TYPE_CHECKING:
     from tenantserve.fleet.build import TenantBuild
     from tenantserve.fleet.publish import Publisher
@@ -183,9 +185,9 @@ def synth(
         raise _fail(str(exc), 1) from None
     table = Table(title=f"{len(written)} synthetic models in {store}")
     table.add_column("model id")
-    table.add_column("size (MB)", justify="right")
+    table.add_column("size", justify="right")
     for model_id, nbytes in written[:_SYNTH_ROWS_SHOWN]:
-        table.add_row(model_id, f"{nbytes / _MB:.2f}")
+        table.add_row(model_id, human_bytes(nbytes))
     if len(written) > _SYNTH_ROWS_SHOWN:
         table.add_row(f"… {len(written) - _SYNTH_ROWS_SHOWN} more", "")
     console.print(table)
@@ -231,7 +233,7 @@ def _summary(results: list[TenantBuild], *, title: str) -> Table:
         ("examples", "right"),
         ("held-out", "right"),
         ("accuracy", "right"),
-        ("artifact (MB)", "right"),
+        ("artifact", "right"),
     ):
         table.add_column(name, justify=justify, no_wrap=name == "tenant")  # type: ignore[arg-type]
     for r in results:
@@ -241,7 +243,7 @@ def _summary(results: list[TenantBuild], *, title: str) -> Table:
             str(r.train_rows),
             str(r.holdout_rows),
             f"{r.holdout_accuracy:.1%}",
-            f"{r.artifact_bytes / _MB:.2f}",
+            human_bytes(r.artifact_bytes),  # a tiny model reads 1.7 KiB, not 0.00 MB
         )
     if results:
         mean = sum(r.holdout_accuracy for r in results) / len(results)

@@ -13,12 +13,12 @@ import typer
 from rich.console import Console, RenderableType
 
 from tenantserve.remote.render import (
-    fmt_bytes,
     index_table,
     models_table,
     status_view,
     tenants_table,
 )
+from tenantserve.units import human_bytes
 
 if TYPE_CHECKING:
     from tenantserve.remote.client import StatusClient
@@ -174,7 +174,7 @@ def unpin_model(model_id: ModelArg, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt =
 def _echo_model(client: StatusClient, model_id: str, done: str) -> None:
     doc = client.status()
     resident = next((m for m in doc["models"] if m["id"] == model_id), None)
-    size = f" ({fmt_bytes(resident['bytes'])})" if resident else ""
+    size = f" ({human_bytes(resident['bytes'])})" if resident else ""
     typer.echo(f"{done} {model_id}{size}")
 
 

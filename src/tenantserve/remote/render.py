@@ -9,6 +9,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from tenantserve.remote.records import Column, Records
+from tenantserve.units import human_bytes as fmt_bytes
 
 _BAR_WIDTH = 40
 _SPARKS = " ▁▂▃▄▅▆▇█"
@@ -19,18 +20,6 @@ _KIND_STYLES = {
     "load_failed": "red",
     "rejected": "magenta",
 }
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    unit = "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    return f"{value:.0f} {unit}" if unit == "B" or value >= 100 else f"{value:.1f} {unit}"
 
 
 def fmt_seconds(s: float | None) -> str:
