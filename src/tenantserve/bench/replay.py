@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
+from tenantserve.bench.simulated import Inline, SimRuntime, SimStore
 from tenantserve.cache import LRU, CostAware, EvictionPolicy, MemoryBudget, ModelCache
 from tenantserve.errors import InsufficientMemory
 from tenantserve.metrics import Metrics
-from tenantserve.runtimes import SharedUsage
-from tenantserve.runtimes.base import LoadedModel
-from tenantserve.store.base import LocalArtifact
-from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from tenantserve.types import ModelId
 
 POLICIES = ("lru", "cost", "belady")
 
@@ -43,76 +38,25 @@ class ReplayResult:
         return self.hits / self.requests if self.requests else 0.0
 
 
-class _Inline(Executor):
-    """Runs work at once on the calling thread: a replay has nothing to overlap."""
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        future: Future[T] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
-class _SimModel:
-    platform = "simulated"
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
-
-    def predict(self, tensors: Tensors) -> Tensors:
-        return tensors
-
-    def close(self) -> None:
-        return None
-
-
-class _SimRuntime:
-    name = "onnx"
-
-    def warm_up(self) -> None:
-        return None
-
-    def shared_usage(self) -> SharedUsage:
-        return SharedUsage()
-
-    def shared_estimate(self, manifest: ModelManifest, artifact_path: Path) -> int:
-        return 0
-
-    def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
-        return _SimModel()
-
-
-class _SimStore:
-    """Every model of the fleet, by size; nothing is read from disk."""
-
-    url = "simulated://"
-
-    def __init__(self, sizes: Mapping[str, int]) -> None:
-        self._sizes = sizes
-
-    def fetch(self, model_id: ModelId) -> LocalArtifact:
-        size = self._sizes[model_id.value]
-        return LocalArtifact(model_id, Path("."), ModelManifest(memory_hint_bytes=size), size)
-
-    def list(self, prefix: str = "") -> list[str]:
-        return sorted(m for m in self._sizes if m.startswith(prefix))
-
-    def check(self) -> None:
-        return None
-
-
 class _GivenLoadCost:
     """Hands the policy each model's real load time; simulated loads take none."""
 
-    def __init__(self, inner: EvictionPolicy[ModelId], load_seconds: Mapping[str, float]) -> None:
+    def __init__(
+        self,
+        inner: EvictionPolicy[ModelId],
+        load_seconds: Mapping[str, float],
+        on_change: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self._inner = inner
         self._load_seconds = load_seconds
+        self._on_change = on_change
         self.resident = 0  # the router ranks instances by it (fewer models first)
 
     def add(self, key: ModelId, *, nbytes: int, load_seconds: float) -> None:
         self.resident += 1
         self._inner.add(key, nbytes=nbytes, load_seconds=self._load_seconds.get(key.value, 0.0))
+        if self._on_change is not None:
+            self._on_change(key.value, True)
 
     def touch(self, key: ModelId) -> None:
         self._inner.touch(key)
@@ -120,6 +64,8 @@ class _GivenLoadCost:
     def remove(self, key: ModelId, *, evicted: bool = False) -> None:
         self.resident -= 1
         self._inner.remove(key, evicted=evicted)
+        if self._on_change is not None:
+            self._on_change(key.value, False)
 
     def candidates(self) -> Iterator[ModelId]:
         return self._inner.candidates()
@@ -170,20 +116,35 @@ def replay(
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    return asyncio.run(
-        _replay(
-            trace, sizes, budget_bytes, policy, dict(load_seconds or {}), min_residency_s,
-            record_hits,
-        )
-    )  # fmt: skip
+    with quiet_cache_log():
+        return asyncio.run(
+            _replay(
+                trace, sizes, budget_bytes, policy, dict(load_seconds or {}), min_residency_s,
+                record_hits,
+            )
+        )  # fmt: skip
+
+
+@contextmanager
+def quiet_cache_log() -> Iterator[None]:
+    """The cache warns of each refused load; replayed, thousands would bury the answer (the
+    refusals are counted instead)."""
+    logger = logging.getLogger("tenantserve.cache.model_cache")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class CacheSim:
     """One instance's ModelCache, fed one request at a time (create and use it in one loop).
 
     A hit only moves the model in the eviction policy's order, so :meth:`hit` does that
-    directly: a lease would do the same and cost five times as much (the planner's hot spot).
+    directly: a lease would do the same at seven times the cost (the planner's hot spot).
     Misses go through :meth:`load`, the cache's own lease: admission, eviction, the budget.
+    ``on_change(model_id, resident)`` hears each model arrive and leave.
     """
 
     def __init__(
@@ -193,15 +154,16 @@ class CacheSim:
         policy: EvictionPolicy[ModelId],
         load_seconds: Mapping[str, float],
         clock: list[float],
+        on_change: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._sizes = sizes
         self._now = clock
-        self._policy = _GivenLoadCost(policy, load_seconds)
+        self._policy = _GivenLoadCost(policy, load_seconds, on_change)
         self._metrics = Metrics()
         self._budget = MemoryBudget(budget_bytes)
-        inline = _Inline()
+        inline = Inline()
         self._cache = ModelCache(
-            store=_SimStore(sizes), runtimes={"onnx": _SimRuntime()}, budget=self._budget,
+            store=SimStore(sizes), runtimes={"onnx": SimRuntime()}, budget=self._budget,
             metrics=self._metrics, io_executor=inline, load_executor=inline,
             policy=self._policy, max_concurrent_loads=1, load_wait_s=1.0,
             failed_load_ttl_s=0.0, measure_memory=False,
