@@ -36,6 +36,7 @@ class CoreQueue:
         self._ready_at: dict[str, float] = {}
         self._finishes: list[float] = []  # of requests admitted: what the router counts
         self.busy_s = 0.0
+        self.loading_s = 0.0  # the part of busy_s that loads took
 
     def ongoing(self, t_s: float) -> int:
         """Requests admitted and not finished at ``t_s`` (queued, loading or running)."""
@@ -59,6 +60,7 @@ class CoreQueue:
             heapq.heappush(self._core_free, ready)
             self._ready_at[model_id] = ready
             self.busy_s += load_s
+            self.loading_s += load_s
         start = max(ready, heapq.heappop(self._core_free))
         finish = start + work_s
         heapq.heappush(self._core_free, finish)
@@ -81,6 +83,8 @@ class FleetRun:
     busy_s_per_instance: list[float]
     holders: dict[str, set[int]] = field(default_factory=dict)
     """Per model, every instance that served it: a hot model's copies."""
+    loading_s: float = 0.0
+    """Core seconds the instances spent loading models (part of ``busy_s_per_instance``)."""
     slow: int = 0
     """Requests that took longer than ``slow_s``."""
     complete: bool = True
@@ -166,6 +170,7 @@ async def _run(
         run.refused += cache.refused
         await cache.close()
     run.busy_s_per_instance = [queue.busy_s for queue in queues]
+    run.loading_s = sum(queue.loading_s for queue in queues)
     run.holders = router.served
     return run
 

@@ -182,8 +182,9 @@ def plan(
         if below_floor:
             headline = floor_headline(trace, profile, opts, p99_target_s, floor_s)
         row = predict(trace, instance, count, run, p99_target_s)
+        fewer = search.runs.get(count - 1) if row.meets_target else None
         why = explain(trace, profile, instance, opts, row, run, headline=headline,
-                      target_s=p99_target_s)  # fmt: skip
+                      target_s=p99_target_s, fewer=fewer)  # fmt: skip
         rows.append(replace(row, reason=why))
     return rows
 

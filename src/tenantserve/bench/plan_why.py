@@ -40,11 +40,17 @@ def explain(
     *,
     headline: str,
     target_s: float,
+    fewer: FleetRun | None = None,
 ) -> str:
-    """``headline`` (how the search ended) and, for a miss, what holds the p99 up."""
-    if row.meets_target:
-        return _spread_note(trace, profile, instance, opts, row)
-    return f"{headline} {_diagnosis(trace, profile, instance, opts, row, run, target_s)}"
+    """For a miss, ``headline`` (how the search ended) and what holds the p99 up. For a
+    match, whether the hot model spread, and what one instance fewer (``fewer``) missed by."""
+    if not row.meets_target:
+        return f"{headline} {_diagnosis(trace, profile, instance, opts, run, target_s)}"
+    said = _spread_note(trace, profile, instance, opts, row)
+    if fewer is not None:
+        why = _diagnosis(trace, profile, instance, opts, fewer, target_s)
+        said += f" With {row.instances - 1}: {why[0].lower()}{why[1:]}" if why else ""
+    return said.strip()
 
 
 def floor_headline(trace: Sequence[tuple[float, str]], profile: FleetProfile, opts: Options,
@@ -83,10 +89,11 @@ def _diagnosis(
     profile: FleetProfile,
     instance: InstanceType,
     opts: Options,
-    row: Prediction,
     run: FleetRun,
     target_s: float,
 ) -> str:
+    """What made requests slow in ``run`` (complete, or as far as it went)."""
+    served = len(run.latencies)
     budget = instance.memory_bytes - opts.overhead_bytes
     too_big = sorted(
         {m for _, m in trace if profile.models[m].resident_bytes > budget},
@@ -96,20 +103,23 @@ def _diagnosis(
         need = profile.models[too_big[0]].resident_bytes
         return (
             f"{too_big[0]} needs {_mib(need)}, more than the {_mib(budget)} an instance has "
-            f"for models after --overhead ({len(too_big)} models do not fit): the server "
-            "would refuse their requests. Use an instance with more memory."
+            f"for models after --overhead ({len(too_big)} such "
+            f"model{'s' if len(too_big) > 1 else ''}): the server would refuse their requests. "
+            "Use an instance with more memory."
         )
     slow = [i for i, latency in enumerate(run.latencies) if latency > target_s]
     cold = [i for i in slow if run.cold[i]]
     if not slow:
         return ""
-    if len(cold) * 2 >= len(slow):
-        load_s = statistics.median(profile.models[trace[i][1]].load_s for i in cold)
+    loading = run.loading_s / max(sum(run.busy_s_per_instance), 1e-9)
+    if len(cold) * 2 >= len(slow) or loading >= 0.5:
+        load_s = statistics.median(profile.models[m].load_s for m in run.holders)
         first = sum(len(held) for held in run.holders.values())  # a first call per copy
         said = (
-            f"{len(cold) / len(slow):.0%} of the requests over the target wait for a model "
-            f"load (about {_ms(load_s)} each; {run.loads:,} loads, hit ratio "
-            f"{row.hit_ratio:.3f})"
+            f"Loads hold the p99 up: {len(cold) / len(slow):.0%} of the requests over the "
+            f"target wait for their model's load, and loads take {loading:.0%} of the cores' "
+            f"busy time ({run.loads:,} loads of about {_ms(load_s)}; hit ratio "
+            f"{run.hits / served:.3f})"
         )
         if run.loads <= 1.1 * first:
             return said + (
@@ -119,17 +129,20 @@ def _diagnosis(
         return said + ": instances with more memory keep more models resident."
     by_model = Counter(trace[i][1] for i in slow if not run.cold[i])
     model_id, count = by_model.most_common(1)[0]
-    if count * 2 < len(slow) - len(cold):
+    copies = len(run.holders.get(model_id, ()))
+    # One model's queue is the cause only where it could spread further.
+    if count * 2 < len(slow) - len(cold) or copies >= len(run.requests_per_instance):
+        span_s = _span(trace[:served])
+        busy = [busy_s / (instance.cores * span_s) for busy_s in run.busy_s_per_instance]
         return (
-            f"Requests queue on the instances' cores (busiest {row.cpu_max:.0%} busy, mean "
-            f"{row.cpu_mean:.0%})."
+            f"Requests queue on the instances' cores: the trace asks {sum(busy) / len(busy):.0%} "
+            f"of their time (the busiest instance's, {max(busy):.0%})."
         )
-    rate = sum(1 for _, m in trace if m == model_id) / _span(trace)
+    rate = sum(1 for _, m in trace[:served] if m == model_id) / _span(trace[:served])
     work_s = opts.request_cpu_s + profile.models[model_id].inference_s
     cores = instance.cores
     deepest = cores * math.floor(target_s / work_s)  # the queue whose last request meets it
     waits_s = ((opts.max_ongoing - 1) // cores + 1) * work_s
-    copies = len(run.holders.get(model_id, ()))
     said = (
         f"{model_id} ({rate:,.0f} req/s; one instance serves at most {cores / work_s:,.0f} "
         f"req/s of it) is slow on the {copies} instance{'s' if copies != 1 else ''} holding "

@@ -171,3 +171,13 @@ def test_a_model_larger_than_the_instance_misses_and_says_so() -> None:
                   overhead_bytes=0, max_instances=4)  # fmt: skip
     assert not row.meets_target
     assert "a/big needs" in row.reason
+
+
+def test_loads_that_hold_the_p99_up_are_named() -> None:
+    fleet = FleetProfile({f"t{i:02d}/m": ModelCost(MB, 0.2, 0.001) for i in range(50)}, 0)
+    trace = zipf_requests(sorted(fleet.models), 2000, rate=100)
+    (row,) = plan(trace, fleet, [InstanceType(1000 * MB, 2, "2 cores")], p99_target_s=0.1,
+                  overhead_bytes=0, max_instances=4)  # fmt: skip
+    assert not row.meets_target
+    assert "Loads hold the p99 up" in row.reason
+    assert "first calls as the fleet starts" in row.reason

@@ -118,6 +118,7 @@ def test_three_tiny_models_spread_the_hot_one_and_meet_the_target(tiny: Path) ->
     assert row["instances"] <= 4
     assert row["p99_s"] <= 0.005
     assert "spread over" in row["reason"]
+    assert f"With {row['instances'] - 1}: " in row["reason"]  # what one fewer missed by
 
 
 def test_a_hot_model_that_cannot_spread_in_time_is_explained(tiny: Path) -> None:
