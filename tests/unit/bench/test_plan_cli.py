@@ -213,3 +213,8 @@ def test_help_documents_every_column() -> None:
     for column in REPLAY_COLUMNS:
         assert f"{column}:" in replay_help, column
 
+
+def test_docs_document_every_column() -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "planning.md").read_text()
+    for column in (*PLAN_COLUMNS, *REPLAY_COLUMNS):
+        assert f"| {column} |" in doc, column
