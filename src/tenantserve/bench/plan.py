@@ -22,7 +22,8 @@ from tenantserve.bench.fleet_sim import FleetRun, FleetShape, Progress, run_flee
 DEFAULT_REQUEST_CPU_S = 0.0013
 # `tenantserve ray deploy --max-ongoing-requests`: a holder this busy spills its model.
 DEFAULT_MAX_ONGOING = 16
-# More instances "stop helping" when doubling them improves the p99 by less than this.
+# Doubling the instances "stops helping" when the share of requests over the target stays
+# above this fraction of what it was.
 _PLATEAU = 0.95
 
 OnRun = Callable[[str, int], Progress | None]
@@ -167,9 +168,9 @@ def plan(
     """For each instance type, the fewest instances whose predicted p99 meets the target.
 
     The search starts at the fewest instances whose cores can do the trace's work, steps up
-    by 1, 2, 4 … until the target is met, then bisects the last step. It stops early when
-    doubling the instances no longer improves the p99 (the reason is given), and at
-    ``max_instances``."""
+    by 1, 2, 4 … until the target is met, then bisects the last step. It gives up when twice
+    the instances leave as large a share of requests over the target, and at
+    ``max_instances``; each row's ``reason`` says why."""
     from tenantserve.bench.plan_why import explain, floor_headline, service_floor_s
 
     opts = Options(**options)  # type: ignore[arg-type]
@@ -216,11 +217,8 @@ class _Search:
             progress=progress,
         )  # fmt: skip
         self.runs[count] = run
-        return (
-            run.complete
-            and pct(sorted(run.latencies), 0.99) <= self._target_s
-            and (run.refused == 0)
-        )
+        p99 = pct(sorted(run.latencies), 0.99)
+        return run.complete and run.refused == 0 and p99 <= self._target_s
 
     def lowest(self) -> int:
         """The fewest instances whose cores can do the trace's work (loads aside)."""
