@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
+from tenantserve.bench.simulated import Inline, SimRuntime, SimStore
 from tenantserve.cache import LRU, CostAware, EvictionPolicy, MemoryBudget, ModelCache
 from tenantserve.errors import InsufficientMemory
 from tenantserve.metrics import Metrics
-from tenantserve.runtimes import Runtime, SharedUsage
-from tenantserve.runtimes.base import LoadedModel
-from tenantserve.store.base import LocalArtifact
-from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from tenantserve.types import ModelId
 
 POLICIES = ("lru", "cost", "belady")
 
@@ -43,80 +38,34 @@ class ReplayResult:
         return self.hits / self.requests if self.requests else 0.0
 
 
-class _Inline(Executor):
-    """Runs work at once on the calling thread: a replay has nothing to overlap."""
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        future: Future[T] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
-class _SimModel:
-    platform = "simulated"
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
-
-    def predict(self, tensors: Tensors) -> Tensors:
-        return tensors
-
-    def close(self) -> None:
-        return None
-
-
-class _SimRuntime:
-    name = "onnx"
-
-    def warm_up(self) -> None:
-        return None
-
-    def shared_usage(self) -> SharedUsage:
-        return SharedUsage()
-
-    def shared_estimate(self, manifest: ModelManifest, artifact_path: Path) -> int:
-        return 0
-
-    def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
-        return _SimModel()
-
-
-class _SimStore:
-    """Every model of the fleet, by size; nothing is read from disk."""
-
-    url = "simulated://"
-
-    def __init__(self, sizes: Mapping[str, int]) -> None:
-        self._sizes = sizes
-
-    def fetch(self, model_id: ModelId) -> LocalArtifact:
-        size = self._sizes[model_id.value]
-        return LocalArtifact(model_id, Path("."), ModelManifest(memory_hint_bytes=size), size)
-
-    def list(self, prefix: str = "") -> list[str]:
-        return sorted(m for m in self._sizes if m.startswith(prefix))
-
-    def check(self) -> None:
-        return None
-
-
 class _GivenLoadCost:
     """Hands the policy each model's real load time; simulated loads take none."""
 
-    def __init__(self, inner: EvictionPolicy[ModelId], load_seconds: Mapping[str, float]) -> None:
+    def __init__(
+        self,
+        inner: EvictionPolicy[ModelId],
+        load_seconds: Mapping[str, float],
+        on_change: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self._inner = inner
         self._load_seconds = load_seconds
+        self._on_change = on_change
+        self.resident = 0  # the router ranks instances by it (fewer models first)
 
     def add(self, key: ModelId, *, nbytes: int, load_seconds: float) -> None:
+        self.resident += 1
         self._inner.add(key, nbytes=nbytes, load_seconds=self._load_seconds.get(key.value, 0.0))
+        if self._on_change is not None:
+            self._on_change(key.value, True)
 
     def touch(self, key: ModelId) -> None:
         self._inner.touch(key)
 
     def remove(self, key: ModelId, *, evicted: bool = False) -> None:
+        self.resident -= 1
         self._inner.remove(key, evicted=evicted)
+        if self._on_change is not None:
+            self._on_change(key.value, False)
 
     def candidates(self) -> Iterator[ModelId]:
         return self._inner.candidates()
@@ -167,12 +116,102 @@ def replay(
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    return asyncio.run(
-        _replay(
-            trace, sizes, budget_bytes, policy, dict(load_seconds or {}), min_residency_s,
-            record_hits,
-        )
-    )  # fmt: skip
+    with quiet_cache_log():
+        return asyncio.run(
+            _replay(
+                trace, sizes, budget_bytes, policy, dict(load_seconds or {}), min_residency_s,
+                record_hits,
+            )
+        )  # fmt: skip
+
+
+@contextmanager
+def quiet_cache_log() -> Iterator[None]:
+    """The cache warns of each refused load; replayed, thousands would bury the answer (the
+    refusals are counted instead)."""
+    logger = logging.getLogger("tenantserve.cache.model_cache")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class CacheSim:
+    """One instance's ModelCache, fed one request at a time (create and use it in one loop).
+
+    A hit only moves the model in the eviction policy's order, so :meth:`hit` does that
+    directly: a lease would do the same at seven times the cost (the planner's hot spot).
+    Misses go through :meth:`load`, the cache's own lease: admission, eviction, the budget.
+    ``on_change(model_id, resident)`` hears each model arrive and leave.
+    """
+
+    def __init__(
+        self,
+        sizes: Mapping[str, int],
+        budget_bytes: int,
+        policy: EvictionPolicy[ModelId],
+        load_seconds: Mapping[str, float],
+        clock: list[float],
+        on_change: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self._sizes = sizes
+        self._now = clock
+        self._policy = _GivenLoadCost(policy, load_seconds, on_change)
+        self._metrics = Metrics()
+        self._budget = MemoryBudget(budget_bytes)
+        inline = Inline()
+        self._cache = ModelCache(
+            store=SimStore(sizes), runtimes={"onnx": SimRuntime()}, budget=self._budget,
+            metrics=self._metrics, io_executor=inline, load_executor=inline,
+            policy=self._policy, max_concurrent_loads=1, load_wait_s=1.0,
+            failed_load_ttl_s=0.0, measure_memory=False,
+        )  # fmt: skip
+        self._ids: dict[str, ModelId] = {}
+        self.hits = self.loads = self.bytes_loaded = self.refused = 0
+
+    def _id(self, raw: str) -> ModelId:
+        return self._ids.get(raw) or self._ids.setdefault(raw, ModelId.parse(raw))
+
+    def holds(self, raw: str) -> bool:
+        return self._cache.is_resident(self._id(raw))
+
+    @property
+    def free_bytes(self) -> int:
+        return self._budget.free_bytes
+
+    @property
+    def models(self) -> int:
+        return self._policy.resident
+
+    def hit(self, t_s: float, raw: str) -> bool:
+        """Serve ``raw`` at ``t_s`` if resident (True); else the caller awaits :meth:`load`."""
+        model_id = self._id(raw)
+        if not self._cache.is_resident(model_id):
+            return False
+        self._now[0] = t_s
+        self._policy.touch(model_id)
+        self.hits += 1
+        return True
+
+    async def load(self, t_s: float, raw: str) -> None:
+        """A request for a model that is not resident: the cache loads it, evicting for room."""
+        self._now[0] = t_s
+        self.loads += 1
+        self.bytes_loaded += self._sizes[raw]
+        try:
+            async with self._cache.lease(self._id(raw)):
+                pass
+        except InsufficientMemory:
+            self.refused += 1
+
+    @property
+    def evictions(self) -> int:
+        return int(_counter(self._metrics, "tenantserve_model_evictions_total"))
+
+    async def close(self) -> None:
+        await self._cache.close()
 
 
 async def _replay(
@@ -186,48 +225,36 @@ async def _replay(
 ) -> ReplayResult:
     now = [0.0]
     belady = Belady([model_id for _, model_id in trace]) if policy_name == "belady" else None
-    inner: EvictionPolicy[ModelId]
-    if belady is not None:
-        inner = belady
-    elif policy_name == "cost":
-        inner = CostAware(min_residency_s=min_residency_s, clock=lambda: now[0])
-    else:
-        inner = LRU()
-    metrics = Metrics()
-    runtimes: dict[str, Runtime] = {"onnx": _SimRuntime()}
-    inline = _Inline()
-    cache = ModelCache(
-        store=_SimStore(sizes), runtimes=runtimes, budget=MemoryBudget(budget_bytes),
-        metrics=metrics, io_executor=inline, load_executor=inline,
-        policy=_GivenLoadCost(inner, load_seconds), max_concurrent_loads=1,
-        load_wait_s=1.0, failed_load_ttl_s=0.0, measure_memory=False,
-    )  # fmt: skip
-    hits = loads = bytes_loaded = refused = 0
+    sim = CacheSim(sizes, budget_bytes, make_policy(policy_name, min_residency_s, now, belady),
+                   load_seconds, now)  # fmt: skip
     flags: list[bool] = []
-    ids: dict[str, ModelId] = {}
     for position, (t_s, raw) in enumerate(trace):
-        now[0] = t_s
         if belady is not None:
             belady.position = position
-        model_id = ids.get(raw) or ids.setdefault(raw, ModelId.parse(raw))
-        resident = cache.is_resident(model_id)
+        resident = sim.hit(t_s, raw)
+        if not resident:
+            await sim.load(t_s, raw)
         if record_hits:
             flags.append(resident)
-        if resident:
-            hits += 1
-        else:
-            loads += 1
-            bytes_loaded += sizes[raw]
-        try:
-            async with cache.lease(model_id):
-                pass
-        except InsufficientMemory:
-            refused += 1
-    evictions = int(_counter(metrics, "tenantserve_model_evictions_total"))
-    await cache.close()
+    evictions = sim.evictions
+    await sim.close()
     return ReplayResult(
-        policy_name, len(trace), hits, loads, bytes_loaded, evictions, refused, tuple(flags)
-    )
+        policy_name, len(trace), sim.hits, sim.loads, sim.bytes_loaded, evictions, sim.refused,
+        tuple(flags),
+    )  # fmt: skip
+
+
+def make_policy(
+    name: str, min_residency_s: float, clock: list[float], belady: Belady | None = None
+) -> EvictionPolicy[ModelId]:
+    """The server's eviction policy ``name`` on the trace's clock (Belady's needs the trace)."""
+    if name == "belady" and belady is not None:
+        return belady
+    if name == "cost":
+        return CostAware(min_residency_s=min_residency_s, clock=lambda: clock[0])
+    if name == "lru":
+        return LRU()
+    raise ValueError(f"unknown policy {name!r}; choose one of lru, cost")
 
 
 def _counter(metrics: Metrics, name: str) -> float:

@@ -36,7 +36,7 @@ def build_ray_app(with_settings: WithSettings) -> typer.Typer:
     app = typer.Typer(
         help="Run tenantserve as replicas on Ray Serve, routed by model (needs tenantserve[ray]).",
         no_args_is_help=True,
-        rich_markup_mode="markdown",
+        rich_markup_mode=None,  # plain help, as every command (cli/__init__.py says why)
     )
     app.callback()(_ray)
     app.command("deploy")(

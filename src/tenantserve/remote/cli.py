@@ -121,7 +121,7 @@ def list_models(
         bool, typer.Option("--all", help="Every model in the store, resident or not.")
     ] = False,
 ) -> None:
-    """Resident models, most recently used first (``--all``: the whole store)."""
+    """Resident models, most recently used first (--all: the whole store)."""
     console = Console()
     with _client(url, api_key) as client:
         if not all_models:

@@ -1,0 +1,125 @@
+"""A fleet profile: what each model costs in memory, load time and inference time."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tenantserve import memory
+from tenantserve.runtimes import default_runtimes, runtime_for
+from tenantserve.store import open_store
+from tenantserve.types import DATATYPE_TO_DTYPE, ModelId, TensorSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCost:
+    """What one model costs: bytes resident, seconds to load, seconds per inference."""
+
+    resident_bytes: int
+    load_s: float
+    inference_s: float
+
+
+@dataclass(frozen=True)
+class FleetProfile:
+    """Every model's cost; measured on a sample and scaled by file size for the rest."""
+
+    models: dict[str, ModelCost]
+    measured: int
+
+    def save(self, path: Path) -> None:
+        doc = {"measured": self.measured, "models": {k: asdict(v) for k, v in self.models.items()}}
+        path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+
+    @classmethod
+    def load(cls, path: Path) -> FleetProfile:
+        """Read a profile written by :meth:`save`.
+
+        Raises:
+            OSError: the file cannot be read. ValueError: it is not a fleet profile.
+        """
+        data = path.read_bytes()
+        try:
+            doc: Any = orjson.loads(data)
+            models = {str(k): ModelCost(**v) for k, v in doc["models"].items()}
+            profile = cls(models, int(doc["measured"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+            raise ValueError(
+                f"{path} is not a fleet profile (JSON with 'measured' and 'models', as "
+                "written by --save-profile)"
+            ) from None
+        if not models:
+            raise ValueError(f"{path} holds no models")
+        return profile
+
+
+def _zeros(spec: TensorSpec) -> Any:
+    shape = [1 if dim < 0 else dim for dim in spec.shape] or [1]
+    if spec.datatype == "BYTES":
+        return np.full(shape, "how do I reset my password", dtype=object)
+    return np.zeros(shape, dtype=DATATYPE_TO_DTYPE[spec.datatype])
+
+
+def profile_store(store_url: str, *, sample: int = 12, cache_dir: Path) -> FleetProfile:
+    """Measure ``sample`` models for real (RSS growth, load time, one inference); scale the rest.
+
+    Sizes scale with the artifact's bytes on disk, the ratio taken from the measured sample.
+    """
+    store = open_store(store_url, cache_dir=cache_dir, max_cache_bytes=64 * 1024**3)
+    ids = store.list("")
+    if not ids:
+        raise ValueError(
+            f"no models found in {store_url}: give --store a folder or URL that holds model "
+            "artifacts (tenantserve fleet build makes some)"
+        )
+    runtimes = default_runtimes()
+    for runtime in runtimes.values():
+        runtime.warm_up()
+    disk = {model_id: store.fetch(ModelId.parse(model_id)) for model_id in ids}
+    step = max(1, len(ids) // sample)
+    measured: dict[str, ModelCost] = {}
+    held = []  # keep sessions alive so each RSS delta is that model's own
+    for model_id in ids[::step][:sample]:
+        # Timed as the server loads: fetch, then trim / load / trim (its size measurement).
+        started = time.perf_counter()
+        artifact = store.fetch(ModelId.parse(model_id))
+        runtime = runtime_for(runtimes, artifact.manifest)
+        memory.trim()
+        before = memory.rss_bytes()
+        model = runtime.load(artifact.path, artifact.manifest)
+        memory.trim()
+        load_s = time.perf_counter() - started
+        grown = max(memory.rss_bytes() - before, artifact.nbytes)
+        feed = {spec.name: _zeros(spec) for spec in model.inputs}
+        model.predict(feed)  # first run allocates; time the second
+        started = time.perf_counter()
+        model.predict(feed)
+        measured[model_id] = ModelCost(grown, load_s, time.perf_counter() - started)
+        held.append(model)
+    # Under a full budget every load also evicts: the server closes the victim and trims.
+    releases = []
+    for model in held:
+        started = time.perf_counter()
+        model.close()
+        memory.trim()
+        releases.append(time.perf_counter() - started)
+    release_s = statistics.median(releases)
+    measured = {
+        m: ModelCost(c.resident_bytes, c.load_s + release_s, c.inference_s)
+        for m, c in measured.items()
+    }
+    ratio = statistics.median(c.resident_bytes / disk[m].nbytes for m, c in measured.items())
+    load_per_byte = statistics.median(c.load_s / disk[m].nbytes for m, c in measured.items())
+    inference_s = statistics.median(c.inference_s for c in measured.values())
+    models = {
+        model_id: measured.get(model_id)
+        or ModelCost(int(artifact.nbytes * ratio), artifact.nbytes * load_per_byte, inference_s)
+        for model_id, artifact in disk.items()
+    }
+    return FleetProfile(models, len(measured))
