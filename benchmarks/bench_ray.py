@@ -232,6 +232,8 @@ def run_two_nodes(store: Path, ids: Sequence[str], args: argparse.Namespace, tmp
             threads=1,
             cache_dir=tmp / "cache-nodes",
             log_level="warning",
+            # Simulated nodes of this machine: nothing beyond loopback reaches the proxy.
+            insecure_no_auth=True,
         )
         options = RayOptions(
             address=cluster.address,

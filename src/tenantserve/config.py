@@ -185,16 +185,25 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _auth_or_loopback(self) -> Settings:
-        if self.loopback or self.insecure_no_auth:
-            return self
-        if self.api_keys is None and self.api_keys_json is None:
-            raise ValueError(
-                f"refusing to serve on {self.host} without authentication: give API keys with "
-                f"{public_name('api_keys')} or {env_name('api_keys_json')}, or pass "
-                f"{public_name('insecure_no_auth')} to let anyone who can reach the port use "
-                "and manage every model"
-            )
+        if not self.loopback:
+            self.require_auth(f"on {self.host}")
         return self
+
+    def require_auth(self, where: str) -> None:
+        """Refuse to serve ``where`` (a listener that may be reachable from elsewhere) without
+        API keys, unless ``insecure_no_auth`` says so explicitly.
+
+        Raises:
+            ValueError: no keys, and no explicit ``insecure_no_auth``.
+        """
+        if self.insecure_no_auth or self.api_keys is not None or self.api_keys_json is not None:
+            return
+        raise ValueError(
+            f"refusing to serve {where} without authentication: give API keys with "
+            f"{public_name('api_keys')} or {env_name('api_keys_json')}, or pass "
+            f"{public_name('insecure_no_auth')} to let anyone who can reach the port use "
+            "and manage every model"
+        )
 
     @model_validator(mode="after")
     def _drain_within_grace(self) -> Settings:

@@ -80,6 +80,8 @@ def two_nodes(
         threads=1,
         cache_dir=tmp_path_factory.mktemp("ray-nodes-cache"),
         log_level="warning",
+        # Simulated nodes of this machine: nothing beyond loopback reaches the proxy.
+        insecure_no_auth=True,
     )
     options = RayOptions(
         address=cluster.address,

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp
 
-from tenantserve.config import Settings, load_settings
+from tenantserve.config import Settings, SettingsError, load_settings
 from tenantserve.integrations import ray_proxy
 from tenantserve.integrations.ray_replica import REPLICA_HEADER, ReplicaServer
 
@@ -177,7 +177,18 @@ def app_builder(args: dict[str, Any]) -> Any:
     unknown = sorted(set(args) - _BUILDER_ARGS)
     if unknown:
         raise ValueError(f"unknown args {unknown}; known: {sorted(_BUILDER_ARGS)}")
-    return application(load_settings(), RayOptions(**args))
+    settings = load_settings()
+    # Requests come through Serve's proxy, whose address the cluster's config sets (KubeRay
+    # binds 0.0.0.0), not TENANTSERVE_HOST: keys are needed unless waived explicitly.
+    _require_auth(settings, "through Ray Serve's proxy (its address is the cluster's config)")
+    return application(settings, RayOptions(**args))
+
+
+def _require_auth(settings: Settings, where: str) -> None:
+    try:
+        settings.require_auth(where)
+    except ValueError as exc:
+        raise SettingsError([str(exc)]) from None
 
 
 def connect(options: RayOptions) -> None:
@@ -208,6 +219,13 @@ def deploy(settings: Settings, options: RayOptions) -> str:
     which hands it to the proxies it starts. A Serve already running on the cluster keeps
     its proxies: set ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` on its nodes instead.
     """
+    if options.address is not None:
+        # A Serve already running there keeps its proxies and their address, whatever
+        # http_host says: where requests come from is unknown here.
+        _require_auth(settings, f"on the Ray cluster at {options.address}, whose Serve proxy "
+                      "may already listen beyond loopback")  # fmt: skip
+    elif not Settings.model_construct(host=options.http_host).loopback:
+        _require_auth(settings, f"through Ray Serve's proxy on {options.http_host}")
     connect(options)
     serve.start(
         http_options={"host": options.http_host, "port": options.http_port},

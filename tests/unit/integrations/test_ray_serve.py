@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ import yaml  # type: ignore[import-untyped]
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID
 from ray.serve.request_router import ReplicaID
 
-from tenantserve.config import Settings
+from tenantserve.config import Settings, SettingsError
 from tenantserve.integrations import ray_serve
 from tenantserve.integrations.ray_router import ModelAffinityRouter
 
@@ -54,7 +55,10 @@ def test_router_ranks_holders_first_and_remembers_where_it_sent_a_model() -> Non
     asyncio.run(scenario())
 
 
-def test_options_shape_the_deployment(caplog: pytest.LogCaptureFixture) -> None:
+def test_options_shape_the_deployment(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENANTSERVE_INSECURE_NO_AUTH", "true")
     fixed = ray_serve.RayOptions(replicas=3)
     assert not fixed.autoscaling
     assert fixed.spread == 3
@@ -70,7 +74,37 @@ def test_options_shape_the_deployment(caplog: pytest.LogCaptureFixture) -> None:
     assert ray_serve.app_builder({"replicas": 1, "min_copies": {"acme/hot": 1}}) is not None
 
 
-def test_kuberay_example_builds_and_names_real_settings() -> None:
+KEYS_JSON = json.dumps(
+    {"keys": [{"name": "ops", "key": "k-0123456789abcdef", "scopes": ["*"],
+               "roles": ["invoke", "manage", "metrics"]}]}
+)  # fmt: skip
+
+
+def test_the_config_entry_point_and_a_shared_cluster_need_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("TENANTSERVE_API_KEYS_JSON", "TENANTSERVE_INSECURE_NO_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    # Serve's proxy listens where the cluster says (KubeRay: 0.0.0.0), whatever TENANTSERVE_HOST.
+    with pytest.raises(SettingsError, match="through Ray Serve's proxy"):
+        ray_serve.app_builder({"replicas": 1})
+    # Onto a running cluster: its Serve keeps its own proxies. Refused before connecting.
+    shared = ray_serve.RayOptions(address="ray://elsewhere:10001")
+    with pytest.raises(SettingsError, match="on the Ray cluster at ray://elsewhere:10001"):
+        ray_serve.deploy(Settings(), shared)
+    public = ray_serve.RayOptions(http_host="0.0.0.0")
+    with pytest.raises(SettingsError, match=r"proxy on 0\.0\.0\.0"):
+        ray_serve.deploy(Settings(), public)
+    monkeypatch.setenv("TENANTSERVE_API_KEYS_JSON", KEYS_JSON)
+    assert ray_serve.app_builder({"replicas": 1}) is not None
+    monkeypatch.delenv("TENANTSERVE_API_KEYS_JSON")
+    monkeypatch.setenv("TENANTSERVE_INSECURE_NO_AUTH", "true")  # an explicit waiver
+    assert ray_serve.app_builder({"replicas": 1}) is not None
+
+
+def test_kuberay_example_builds_and_names_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The example reads its keys from a Secret: stand one in.
+    monkeypatch.setenv("TENANTSERVE_API_KEYS_JSON", KEYS_JSON)
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
     from tenantserve.integrations.ray_proxy import CALLBACK, CALLBACK_ENV
