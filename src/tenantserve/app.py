@@ -148,7 +148,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             max_body_bytes=settings.max_body,
             store_url=store.url,
             access=Access(keys, max_body_bytes=settings.max_body),
-            protect_metrics=settings.protect_metrics,
+            open_metrics=settings.open_metrics,
         ),
         middleware=[Middleware(_ShutdownCutoff, service=service)],
         exception_handlers={HTTPException: _http_error},

@@ -147,8 +147,9 @@ class Settings(BaseSettings):
     """The same document as ``api_keys``, inline as JSON; a secret, so a variable only."""
     insecure_no_auth: bool = False
     """Serve without authentication on a non-loopback address (loopback never needs this)."""
-    protect_metrics: bool = False
-    """``/metrics`` needs a key with the ``metrics`` role (it is open otherwise)."""
+    open_metrics: bool = False
+    """With API keys on, serve ``/metrics`` without a key too. It names model ids and tenants,
+    so by default it needs a key with the ``metrics`` role; without keys it is always open."""
     tenant_limits: Path | None = None
     """JSON or TOML file of per-tenant quotas: a ``default`` table and ``tenants.<name>``
     overrides of ``rate_per_s``, ``burst``, ``max_concurrent``, ``max_memory_fraction``,

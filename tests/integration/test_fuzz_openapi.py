@@ -67,7 +67,7 @@ def server(tmp_path: Path, start_server: Callable[..., ThreadServer]) -> ThreadS
     store = tmp_path / "store"
     for seed, model_id in enumerate(MODEL_IDS):
         write_model(store / model_id, weight_floats=64, seed=seed)
-    return start_server(store, api_keys_json=json.dumps(KEYS), protect_metrics=True)
+    return start_server(store, api_keys_json=json.dumps(KEYS))
 
 
 ROW = [0.25] * N_FEATURES

@@ -691,7 +691,7 @@ def test_every_management_route_needs_a_manage_key(
 ) -> None:
     root = tmp_path / "fleet"
     _write_fleet(root)
-    server = start_server(root, api_keys=_keys_file(tmp_path), protect_metrics=True)
+    server = start_server(root, api_keys=_keys_file(tmp_path))
     credentials: dict[str, dict[str, str]] = {
         "none": {},
         "unknown key": {"X-Api-Key": "not-a-key-anyone-was-given"},
@@ -725,6 +725,20 @@ def test_every_management_route_needs_a_manage_key(
         # Open routes stay open.
         for path in ("/v2/health/live", "/v2/health/ready", "/ping", "/v2", "/openapi.json"):
             assert client.get(path).status_code == 200, path
+
+
+def test_metrics_need_a_key_with_keys_on_unless_the_operator_opens_them(
+    tmp_path: Path, start_server: Callable[..., ThreadServer]
+) -> None:
+    root = tmp_path / "fleet"
+    _write_fleet(root)
+    # With keys on and nothing said, /metrics (every tenant's model ids) is keyed: above.
+    opened = start_server(root, api_keys=_keys_file(tmp_path), open_metrics=True)
+    with httpx.Client(base_url=opened.url) as client:
+        answer = client.get("/metrics")
+        assert answer.status_code == 200
+        assert "tenantserve_" in answer.text
+        assert client.post("/v2/repository/index", json={}).status_code == 401  # only metrics
 
 
 # -- 42: what errors never say ----------------------------------------------------------------

@@ -37,7 +37,7 @@ def routes(
     max_body_bytes: int,
     store_url: str = "",
     access: Access | None = None,
-    protect_metrics: bool = False,
+    open_metrics: bool = False,
 ) -> list[BaseRoute]:
     """Every HTTP route of the server: OIP v2, SageMaker, ``/metrics`` and ``/openapi.json``.
 
@@ -48,7 +48,8 @@ def routes(
         store_url: the configured store's URL; SageMaker ``POST /models`` accepts
             ``<store_url>/<id>`` as well as the bare id.
         access: API-key authentication and scopes; ``None`` serves everyone (loopback only).
-        protect_metrics: ``/metrics`` needs a key with the ``metrics`` role.
+        open_metrics: with keys on, ``/metrics`` is open anyway (it names every tenant's
+            models, so by default it needs a key with the ``metrics`` role).
     """
     access = access or Access(None, max_body_bytes=max_body_bytes)
     version = _version()
@@ -63,7 +64,7 @@ def routes(
         return Response(openapi, media_type="application/json")
 
     metrics_route: Handler = metrics_text
-    if protect_metrics:
+    if access.enabled and not open_metrics:
         metrics_route = guarded(access.protect(metrics_text, Role.METRICS), "oip")
     return [
         *oip_routes(

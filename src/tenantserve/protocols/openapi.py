@@ -342,7 +342,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         "paths": {
             **_oip_paths(),
             **_sagemaker_paths(),
-            # Keyed only when the server runs with --protect-metrics.
+            # Keyed whenever keys are on, unless the server runs with --open-metrics.
             "/metrics": {"get": _keyed(_op("Prometheus metrics", {"200": metrics}), optional=True)},
             "/openapi.json": {"get": _op("This document", _responses(_json({"type": "object"})))},
             **_management_paths(),

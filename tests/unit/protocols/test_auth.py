@@ -123,7 +123,7 @@ def app(service: FakeService) -> Starlette:
     access = Access(KeyRing.from_document(KEYS, where="test"), max_body_bytes=1 << 20)
     built = routes(
         cast(InferenceService, service), Metrics(CollectorRegistry()), max_body_bytes=1 << 20,
-        access=access, protect_metrics=True,
+        access=access,
     )  # fmt: skip
     return Starlette(routes=built)
 
