@@ -30,6 +30,7 @@ from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes
 from tenantserve.protocols.auth import Access
 from tenantserve.protocols.keys import KeyRing
+from tenantserve.protocols.origin_guard import OriginGuard
 from tenantserve.runtimes import default_runtimes
 from tenantserve.scheduling.admission import Admission
 from tenantserve.scheduling.executor import BoundedExecutor
@@ -141,6 +142,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
                 watcher.cancel()
             await service.close()  # within the grace period, whatever still runs
 
+    guarded = keys is None and not settings.insecure_no_auth
     app = Starlette(
         routes=routes(
             service,
@@ -150,7 +152,12 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             access=Access(keys, max_body_bytes=settings.max_body),
             open_metrics=settings.open_metrics,
         ),
-        middleware=[Middleware(_ShutdownCutoff, service=service)],
+        middleware=[
+            Middleware(_ShutdownCutoff, service=service),
+            # Keys off on loopback: this machine's clients only, never a web page it has open
+            # (--insecure-no-auth waives keys for everyone, and with them this guard).
+            *([Middleware(OriginGuard, allowed_hosts=settings.allowed_hosts)] if guarded else []),
+        ],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )

@@ -117,9 +117,12 @@ def test_unreachable_s3_store_is_503_with_cause(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-never-shown")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    # The server starts (and warns): the store may come back.
-    server = start_server("s3://nowhere/models", store_retry_deadline_s=1.0)
+    # Built as an app (Ray replicas, tests): it runs, not ready, until the store comes back.
+    server = start_server(
+        "s3://nowhere/models", probe="/v2/health/live", store_retry_deadline_s=1.0
+    )
     with httpx.Client(base_url=server.url) as client:
+        assert client.get("/v2/health/ready").status_code == 503
         response = infer(client, "acme/good")
     assert response.status_code == 503
     assert "test-secret-never-shown" not in response.text

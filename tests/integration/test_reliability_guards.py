@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import orjson
 import psutil
 import pytest
 
@@ -236,7 +237,8 @@ def _write_fleet(root: Path) -> None:
 
 
 def _misses(server: ThreadServer) -> int:
-    with httpx.Client(base_url=server.url) as client:
+    # /metrics is keyed when keys are on: read it as the operator.
+    with httpx.Client(base_url=server.url, headers={"X-Api-Key": OPS_KEY}) as client:
         return int(scrape(client).get("tenantserve_model_cache_misses_total", 0))
 
 
@@ -727,6 +729,49 @@ def test_every_management_route_needs_a_manage_key(
             assert client.get(path).status_code == 200, path
 
 
+def test_without_keys_a_web_page_cannot_reach_the_server(
+    tmp_path: Path, start_server: Callable[..., ThreadServer]
+) -> None:
+    root = tmp_path / "fleet"
+    _write_fleet(root)
+    server = start_server(root, allowed_hosts=("models.internal",))
+    port = server.url.rsplit(":", 1)[1]
+    load = {"model_name": "tenant-a/m", "url": "tenant-a/m"}
+    with httpx.Client(base_url=server.url) as client:
+        # DNS rebinding: a page's own name resolved to 127.0.0.1, sent in Host.
+        rebound = client.get("/v2/models/tenant-a/m", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 403
+        assert "--allowed-hosts" in rebound.json()["error"]
+        # A cross-site form post, text/plain, with no preflight: it must not load a model.
+        form = client.post(
+            "/models", content=orjson.dumps(load),
+            headers={"Content-Type": "text/plain", "Origin": "https://attacker.example"},
+        )  # fmt: skip
+        assert form.status_code == 403
+        plain = client.post("/models", content=orjson.dumps(load),
+                            headers={"Content-Type": "text/plain"})  # fmt: skip
+        assert plain.status_code == 403
+        assert "JSON body" in plain.json()["error"]
+        unload = client.post(
+            "/v2/repository/models/tenant-a/m/unload",
+            content=b"x=1", headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )  # fmt: skip
+        assert unload.status_code == 403
+        fetch = client.delete("/models/tenant-a/m", headers={"Sec-Fetch-Site": "cross-site"})
+        assert fetch.status_code == 403
+        resident = client.get("/models", headers={"Host": f"localhost:{port}"}).json()
+        assert resident["models"] == []  # nothing above loaded or unloaded a model
+        # This machine's own clients, a same-origin page and an allowed name pass.
+        assert client.post("/models", json=load).status_code == 200
+        same = client.post("/v2/repository/models/tenant-a/m/load",
+                           headers={"Origin": f"http://localhost:{port}"})  # fmt: skip
+        assert same.status_code == 200
+        named = client.get("/v2/models/tenant-a/m", headers={"Host": f"models.internal:{port}"})
+        assert named.status_code == 200
+        ipv6 = client.get("/v2/health/ready", headers={"Host": f"[::1]:{port}"})
+        assert ipv6.status_code == 200
+
+
 def test_metrics_need_a_key_with_keys_on_unless_the_operator_opens_them(
     tmp_path: Path, start_server: Callable[..., ThreadServer]
 ) -> None:
@@ -772,10 +817,14 @@ def test_error_bodies_never_echo_paths_buckets_or_secrets(
 
     bucket = s3_env.create_bucket("tenant-secret-bucket")
     s3_env.upload_tree(root / "acme" / "good", bucket, "models/acme/good")
-    no_bucket = start_server("s3://no-such-bucket-7c1d/models", store_retry_deadline_s=1.0)
+    no_bucket = start_server(
+        "s3://no-such-bucket-7c1d/models", probe="/v2/health/live", store_retry_deadline_s=1.0
+    )
     wrong_secret = "wrong-" + s3_env.secret_key[::-1]
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong_secret)
-    denied = start_server(f"s3://{bucket}/models", store_retry_deadline_s=1.0)
+    denied = start_server(
+        f"s3://{bucket}/models", probe="/v2/health/live", store_retry_deadline_s=1.0
+    )
 
     forbidden = [
         str(tmp_path), str(secret_dir), str(cache), "/tmp/", "/etc/", "/dev/shm",
