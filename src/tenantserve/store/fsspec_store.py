@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from fsspec import AbstractFileSystem
 
 from tenantserve.errors import (
+    Forbidden,
     InvalidModelId,
     LoadFailed,
     ModelNotFound,
@@ -286,7 +287,7 @@ class FsspecStore:
         assert self._local_root is not None
         path = (self._local_root / relative).resolve()
         if not path.is_relative_to(self._local_root / relative.split("/", 1)[0]):
-            raise LoadFailed(
+            raise Forbidden(
                 "the artifact resolves to a location outside the model store or its tenant"
             )
         return path

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from tenantserve.errors import LoadFailed, ModelNotFound
+from tenantserve.errors import Forbidden, LoadFailed, ModelNotFound
 from tenantserve.types import ModelManifest, SharedBase, TextPreprocess, TopKPostprocess
 
 MANIFEST_NAME = "model.json"
@@ -92,8 +92,8 @@ def checked_manifest(
 
     Raises:
         ModelNotFound: the folder holds neither ``model.json`` nor the default model file.
-        LoadFailed: the manifest is invalid, names a missing file, a file resolves outside
-            ``root``, or the digest differs.
+        LoadFailed: the manifest is invalid, names a missing file, or the digest differs.
+        Forbidden: a file resolves outside ``root`` (a policy refusal: 403, not a 500).
     """
     inside = root.resolve() if root is not None else None
     # Checked before it is read: a linked manifest would bring another model's labels.
@@ -126,7 +126,7 @@ def _check_inside(path: Path, root: Path | None, label: str, what: str) -> None:
     # resolve() follows every link, a dangling one too, so a link to a missing file elsewhere
     # is refused as well; the message never shows either path.
     if root is not None and not path.resolve().is_relative_to(root):
-        raise LoadFailed(f"{label}: {what} resolves outside the model's folder in the store")
+        raise Forbidden(f"{label}: {what} resolves outside the model's folder in the store")
 
 
 class VerifiedFiles:

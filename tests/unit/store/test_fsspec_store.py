@@ -17,7 +17,13 @@ import pytest
 from botocore.exceptions import ClientError
 from fsspec.implementations.memory import MemoryFileSystem
 
-from tenantserve.errors import InvalidModelId, LoadFailed, ModelNotFound, StoreUnavailable
+from tenantserve.errors import (
+    Forbidden,
+    InvalidModelId,
+    LoadFailed,
+    ModelNotFound,
+    StoreUnavailable,
+)
 from tenantserve.store import ModelStore, open_store
 from tenantserve.store.disk_cache import DiskCache
 from tenantserve.store.fsspec_store import FsspecStore
@@ -121,7 +127,7 @@ def test_sha256_is_checked(store_root: Path, tmp_path: Path) -> None:
 def test_symlink_out_of_the_store_is_refused(store_root: Path, tmp_path: Path) -> None:
     outside = _write(tmp_path / "outside", {"model.onnx": b"other tenant"})
     (store_root / "acme" / "escape").symlink_to(outside)
-    with pytest.raises(LoadFailed, match="outside the model store") as info:
+    with pytest.raises(Forbidden, match="outside the model store") as info:
         _local(store_root, tmp_path).fetch(ModelId.parse("acme/escape"))
     assert str(tmp_path) not in str(info.value)
 
@@ -130,9 +136,7 @@ def test_a_manifest_linked_to_another_tenants_is_refused(store_root: Path, tmp_p
     _write(store_root, {"globex/m/model.json": b'{"labels": ["globex-only"]}'})
     _write(store_root, {"globex/m/model.onnx": b"globex", "acme/linked/model.onnx": b"acme"})
     (store_root / "acme/linked/model.json").symlink_to("../../globex/m/model.json")
-    with pytest.raises(
-        LoadFailed, match=r"model\.json resolves outside the model's folder"
-    ) as info:
+    with pytest.raises(Forbidden, match=r"model\.json resolves outside the model's folder") as info:
         _local(store_root, tmp_path).fetch(ModelId.parse("acme/linked"))
     assert str(tmp_path) not in str(info.value)
     assert "globex" not in str(info.value)
@@ -165,7 +169,7 @@ def test_every_file_an_artifact_reads_stays_in_its_own_folder(
     store = _local(store_root, tmp_path)
     assert store.fetch(ModelId.parse("acme/donor")).manifest.base is not None
     with pytest.raises(
-        LoadFailed, match=re.escape(f"{what} resolves outside the model's folder")
+        Forbidden, match=re.escape(f"{what} resolves outside the model's folder")
     ) as info:
         store.fetch(ModelId.parse("acme/taker"))
     assert str(tmp_path) not in str(info.value)
