@@ -8,7 +8,8 @@
     │   ├── InvalidInput          tensors that do not match the model (name, shape, dtype)
     │   └── PayloadTooLarge       a body over the configured size
     ├── Unauthenticated           no API key, or one the server does not know (401)
-    ├── Forbidden                 a known key used outside its model scope or roles (403)
+    ├── Forbidden                 a known key used outside its model scope or roles, or an
+    │                             artifact that links out of its folder or tenant (403)
     ├── ModelNotFound             no artifact under that id in the store
     ├── ModelAlreadyLoaded        explicit load of a resident model (SageMaker 409)
     ├── ModelNotReady             still loading past the caller's wait limit
@@ -50,7 +51,8 @@ class Unauthenticated(TenantServeError):
 
 
 class Forbidden(TenantServeError):
-    """Known credentials used for a model outside their scope, or without the needed role."""
+    """Known credentials used for a model outside their scope, or without the needed role;
+    or an artifact in a local store whose links lead out of its folder or its tenant's."""
 
 
 class ModelNotFound(TenantServeError):

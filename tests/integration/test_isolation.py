@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
-from fixtures.models import ModelStoreDir, heavy_model, make_model
+from fixtures.models import ModelStoreDir, heavy_model, make_model, slow_load_model
 from fixtures.polling import until
 from fixtures.server import ThreadServer
 
@@ -31,6 +31,7 @@ AWS_ID, AWS_SECRET = "AKIATENANT000", "tenant-000-secret-access-key"
 HEAVY = "slow/heavy"
 LIGHT = "quick/light"
 HEAVY_ROWS = 2048  # about 5 s of one core: long enough to act while it runs
+SLOW_LOAD = "storm/slow-load"  # about 1 s to load: holds the one load slot during a storm
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def slow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_model(root / LIGHT, size_bytes=100_000, seed=3)
     for i in range(24):
         make_model(root / f"storm/m{i:02d}", size_bytes=20_000, seed=i)
+    slow_load_model(root / SLOW_LOAD)
     return root
 
 
@@ -297,15 +299,23 @@ def test_a_storm_of_first_calls_is_answered_fast_or_served(
         return httpx.post(f"{server.url}/invocations", content="0," * 15 + "0",
                           headers=headers, timeout=60)  # fmt: skip
 
-    with ThreadPoolExecutor(24) as pool:
-        answers = list(pool.map(oip, ids[:12])) + list(pool.map(sagemaker, ids[12:]))
+    with ThreadPoolExecutor(25) as pool:
+        # One load slot, no queue: while a slow load holds the slot, the storm overflows, and
+        # each first call must be refused at once rather than wait.
+        holder = pool.submit(oip, SLOW_LOAD)
+        until(lambda: _value(server.url, "tenantserve_requests_in_flight") == 1)
+        calls = [pool.submit(oip, m) for m in ids[:12]]
+        calls += [pool.submit(sagemaker, m) for m in ids[12:]]
+        answers = [call.result() for call in calls]
+        assert holder.result().status_code == 200, holder.result().text
     for answer in answers[:12]:
         assert answer.status_code in (200, 503), answer.text
     for answer in answers[12:]:
         assert answer.status_code in (200, 429), answer.text
-    for answer in answers:
-        if answer.status_code != 200:
-            assert int(answer.headers["Retry-After"]) >= 1
+    refused = [answer for answer in answers if answer.status_code != 200]
+    assert {answer.status_code for answer in refused} == {503, 429}, [a.text for a in answers]
+    for answer in refused:
+        assert int(answer.headers["Retry-After"]) >= 1
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     for model_id in ids:  # served once the storm passed
         until(lambda m=model_id: oip(m).status_code == 200)  # type: ignore[misc]

@@ -394,13 +394,22 @@ def test_links_in_a_local_store_cannot_cross_tenants(
     linked_file.mkdir()
     (linked_file / "model.onnx").symlink_to(root / "tenant-b" / "m" / "model.onnx")
     (root / "tenant-a" / "whole").symlink_to(root / "tenant-b")
+    # A manifest linked to another tenant's would serve its labels on tenant-a's own model.
+    (root / "tenant-b" / "m" / "model.json").write_text('{"labels": ["tenant-b-only"]}')
+    write_model(root / "tenant-a" / "manifest-link", weight_floats=64, seed=6)
+    (root / "tenant-a" / "manifest-link" / "model.json").symlink_to("../../tenant-b/m/model.json")
+    linked = ("tenant-a/alias", "tenant-a/file-link", "tenant-a/whole/m", "tenant-a/manifest-link")
     server = start_server(root, api_keys=_keys_file(tmp_path))
     with httpx.Client(base_url=server.url, headers={"X-Api-Key": TENANT_A_KEY}) as client:
         assert infer(client, "tenant-a/m").status_code == 200
-        for model_id in ("tenant-a/alias", "tenant-a/file-link", "tenant-a/whole/m"):
+        for model_id in linked:
+            # A policy refusal (403), not a server fault: the link, not the caller, is wrong.
             response = infer(client, model_id)
-            assert response.status_code in (403, 404, 500), (model_id, response.text)
+            assert response.status_code == 403, (model_id, response.text)
+            assert "resolves" in response.json()["error"], response.text
+            assert "outside" in response.json()["error"], response.text
             assert str(root) not in response.text
+            assert "tenant-b-only" not in response.text
 
 
 # -- 10: locations are the configured store and nothing else -------------------------------

@@ -48,8 +48,7 @@ def to_array(name: str, datatype: str, data: Any) -> npt.NDArray[Any]:
         if kind not in "iu":
             # numpy infers float64 for integers that share no integer type (1 and 2**64 - 1):
             # look at what was really sent before refusing.
-            return _exact_integers(name, datatype, data)
-            raise InvalidInput(f"input {name!r}: {datatype} data must be integers")
+            return _exact_integers(name, datatype, data)  # refuses what is not an integer
         limits = np.iinfo(target)
         if found.size and (found.min() < limits.min or found.max() > limits.max):
             raise InvalidInput(f"input {name!r}: a value is out of range for {datatype}")

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive
 
 from tenantserve.errors import Forbidden, InvalidModelId, PayloadTooLarge, Unauthenticated
+from tenantserve.logging import model_var
 from tenantserve.protocols import sigv4
 from tenantserve.protocols.keys import ANONYMOUS, KeyRing, Principal, Role
 from tenantserve.types import ModelId
@@ -115,13 +116,18 @@ class Access:
 
 
 def authorize(request: Request, model_id: ModelId) -> None:
-    """Refuse ``model_id`` unless the request's key covers it (call before any store access).
+    """Refuse ``model_id`` unless the request's key covers it (call before any store access);
+    once allowed, it is the model the request's log lines name.
 
     Raises:
         Forbidden: outside the key's scopes, whether or not such a model exists.
     """
     if not _principal(request).covers(model_id):
         raise Forbidden(f"this key may not use model {model_id}")
+    # Every route that names a model comes through here: from now on this request's log lines
+    # (a load, an eviction it causes, a warning) carry its model and tenant. Each request runs
+    # in its own task, so the value ends with the request.
+    model_var.set(model_id.value)
 
 
 def covers(request: Request, model_id: str) -> bool:

@@ -21,15 +21,21 @@ from tenantserve.errors import Unauthenticated
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "sagemaker"
 MAX_SKEW_S = 15 * 60
+# ASCII: ``\d`` and ``\s`` would otherwise take any Unicode digit or space.
 _HEADER = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+)\s*,\s*"
-    r"SignedHeaders=(?P<signed>[^,\s]+)\s*,\s*Signature=(?P<signature>[0-9a-f]{64})\s*"
+    r"SignedHeaders=(?P<signed>[^,\s]+)\s*,\s*Signature=(?P<signature>[0-9a-f]{64})\s*",
+    re.ASCII,
 )
 _CREDENTIAL = re.compile(
     r"(?P<key_id>[A-Za-z0-9]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)/(?P<service>[a-z0-9-]+)"
-    r"/aws4_request"
+    r"/aws4_request",
+    re.ASCII,
 )
-_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z", re.ASCII)
+# The host that is signed is the Host header (always among the signed headers); the URL's host
+# is never read, and a hostile Host such as "[::1" would make urlsplit raise.
+_URL_HOST = "sigv4.invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +100,19 @@ def verify(
     amz_date = (received.get("x-amz-date") or [""])[0]
     if not _AMZ_DATE.fullmatch(amz_date) or amz_date[:8] != signed.date:
         raise Unauthenticated("SigV4 requests need an X-Amz-Date matching the credential date")
-    sent_s = calendar.timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+    try:
+        sent_s = calendar.timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+    except ValueError:  # the right shape, not a date: 20241399T256199Z
+        raise Unauthenticated("SigV4 X-Amz-Date is not a valid date (YYYYMMDDTHHMMSSZ)") from None
     if abs((time.time() if now_s is None else now_s) - sent_s) > MAX_SKEW_S:
         raise Unauthenticated("request signature is older or newer than 15 minutes; check clocks")
     declared = received.get("x-amz-content-sha256")
     if declared is not None and declared[0] != hashlib.sha256(body).hexdigest():
         raise Unauthenticated("X-Amz-Content-SHA256 does not match the body")
 
-    host = (received.get("host") or [""])[0]
-    url = f"http://{host}{raw_path.decode('latin-1')}"
+    if not raw_path.startswith(b"/"):  # else it would run on into the URL's host
+        raise Unauthenticated("SigV4 requests need a path that starts with '/'")
+    url = f"http://{_URL_HOST}{raw_path.decode('latin-1')}"
     if query:
         url += "?" + query.decode("latin-1")
     request = AWSRequest(method=method, url=url, data=body)

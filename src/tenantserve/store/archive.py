@@ -12,6 +12,7 @@ from typing import IO
 
 from tenantserve.errors import LoadFailed
 from tenantserve.store.manifest import DEFAULT_MODEL_FILE, MANIFEST_NAME
+from tenantserve.store.tar_stream import open_tar_stream
 
 DEFAULT_MAX_MEMBERS = 10_000
 _CHUNK_BYTES = 1024 * 1024
@@ -27,8 +28,10 @@ def extract_archive(
 
     Only regular files and folders with relative paths are accepted; links, devices, fifos,
     sparse members, ``..`` and absolute names are refused. The bytes written are counted as
-    they are written, so the cap holds whatever the headers claim. Everything is written to a
-    temporary sibling that is renamed to ``dest`` only when the whole archive was good.
+    they are written, so the cap holds whatever the headers claim; long-name and PAX headers
+    and the decompressed stream are bounded too (see ``tar_stream``), so a refused archive
+    costs no more memory than a good one. Everything is written to a temporary sibling that is
+    renamed to ``dest`` only when the whole archive was good.
 
     Raises:
         LoadFailed: the archive is malformed, unsafe, or over ``max_bytes`` / ``max_members``.
@@ -71,9 +74,11 @@ def _holds_model(folder: Path) -> bool:
 def _extract_into(archive: Path, staging: Path, *, max_bytes: int, max_members: int) -> None:
     written = 0
     try:
-        # Stream mode ("r|gz") reads the archive once, front to back, and never seeks.
-        with tarfile.open(archive, mode="r|gz") as tar:
-            for count, member in enumerate(tar, start=1):
+        with open_tar_stream(archive, max_bytes=max_bytes, max_members=max_members) as (
+            tar,
+            members,
+        ):
+            for count, member in enumerate(members, start=1):
                 if count > max_members:
                     raise LoadFailed(f"archive has more than {max_members} members")
                 parts = _checked_parts(member)

@@ -33,6 +33,7 @@ class ModelStore(Protocol):
             ModelNotFound: nothing under that id.
             StoreUnavailable: the store did not answer.
             LoadFailed: the artifact is malformed (bad archive, bad manifest, checksum).
+            Forbidden: a local artifact links out of its folder or its tenant's.
         """
         ...
 

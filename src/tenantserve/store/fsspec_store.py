@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from fsspec import AbstractFileSystem
 
 from tenantserve.errors import (
+    Forbidden,
     InvalidModelId,
     LoadFailed,
     ModelNotFound,
@@ -167,11 +168,9 @@ class FsspecStore:
     def _fetch_folder(self, model_id: ModelId, rpath: str, deadline: float) -> LocalArtifact:
         if self._local_root is not None:
             folder = self._inside_root(model_id.value)
+            # Every file it reads stays in its own (resolved) folder: no link to another model.
             manifest = checked_manifest(
-                folder,
-                f"model {model_id}",
-                root=self._local_root / model_id.tenant,
-                verified=self._verified,
+                folder, f"model {model_id}", root=folder, verified=self._verified
             )
             return LocalArtifact(model_id, folder, manifest, tree_bytes(folder))
         listing: Mapping[str, Info] = self._call(
@@ -288,7 +287,7 @@ class FsspecStore:
         assert self._local_root is not None
         path = (self._local_root / relative).resolve()
         if not path.is_relative_to(self._local_root / relative.split("/", 1)[0]):
-            raise LoadFailed(
+            raise Forbidden(
                 "the artifact resolves to a location outside the model store or its tenant"
             )
         return path

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from tenantserve.errors import LoadFailed, ModelNotFound
+from tenantserve.errors import Forbidden, LoadFailed, ModelNotFound
 from tenantserve.types import ModelManifest, SharedBase, TextPreprocess, TopKPostprocess
 
 MANIFEST_NAME = "model.json"
@@ -86,37 +86,47 @@ def checked_manifest(
     Args:
         folder: the artifact folder.
         label: how messages name the artifact, e.g. ``model acme/macros``.
-        root: when given, the model file (links resolved) must lie under it.
+        root: when given, every file the artifact reads (``model.json``, the model, tokenizer
+            and base files), links resolved, must lie under it: a local store served in place
+            passes the artifact's own folder, so no link reaches another model or tenant.
 
     Raises:
         ModelNotFound: the folder holds neither ``model.json`` nor the default model file.
         LoadFailed: the manifest is invalid, names a missing file, or the digest differs.
+        Forbidden: a file resolves outside ``root`` (a policy refusal: 403, not a 500).
     """
+    inside = root.resolve() if root is not None else None
+    # Checked before it is read: a linked manifest would bring another model's labels.
+    _check_inside(folder / MANIFEST_NAME, inside, label, MANIFEST_NAME)
     manifest = read_manifest(folder)
     model_path = folder / manifest.model_file
     if not model_path.is_file():
         if not (folder / MANIFEST_NAME).is_file():
             raise ModelNotFound(f"{label} not found in the store (no model file)")
         raise LoadFailed(f"{label}: {MANIFEST_NAME} names a model file that is missing")
-    if root is not None and not model_path.resolve().is_relative_to(root):
-        raise LoadFailed(f"{label}: the model file resolves outside the model store")
+    _check_inside(model_path, inside, label, "the model file")
     if manifest.preprocess is not None:
         # The runtime opens the tokenizer as it opens the model: same checks, same place.
         tokenizer_path = folder / manifest.preprocess.tokenizer_file
         if not tokenizer_path.is_file():
             raise LoadFailed(f"{label}: {MANIFEST_NAME} names a tokenizer file that is missing")
-        if root is not None and not tokenizer_path.resolve().is_relative_to(root):
-            raise LoadFailed(f"{label}: the tokenizer file resolves outside the model store")
+        _check_inside(tokenizer_path, inside, label, "the tokenizer file")
     if manifest.base is not None:
         # Its digest is verified by the runtime when the shared session is first created;
         # hashing it here too would cost every load of every tenant a pass over the base.
         base_path = folder / manifest.base.model_file
         if not base_path.is_file():
             raise LoadFailed(f"{label}: {MANIFEST_NAME} names a base model file that is missing")
-        if root is not None and not base_path.resolve().is_relative_to(root):
-            raise LoadFailed(f"{label}: the base model file resolves outside the model store")
+        _check_inside(base_path, inside, label, "the base model file")
     verify_sha256(model_path, manifest, verified, label=label)
     return manifest
+
+
+def _check_inside(path: Path, root: Path | None, label: str, what: str) -> None:
+    # resolve() follows every link, a dangling one too, so a link to a missing file elsewhere
+    # is refused as well; the message never shows either path.
+    if root is not None and not path.resolve().is_relative_to(root):
+        raise Forbidden(f"{label}: {what} resolves outside the model's folder in the store")
 
 
 class VerifiedFiles:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
+from ray import serve
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID
 from ray.serve.request_router import ReplicaID
 
@@ -67,11 +68,27 @@ def test_options_shape_the_deployment(
     assert scaled.spread == 2
     assert ray_serve.RayOptions(max_replicas=4).spread == 1  # scales down to its floor of 1
     with caplog.at_level(logging.WARNING, logger="tenantserve.ray"):
-        assert ray_serve.application(Settings(), scaled) is not None
+        autoscaled = _deployment(ray_serve.application(Settings(), scaled))
     assert "acme/hot" in caplog.text
+    scaling = autoscaled._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (2, 5)
+    assert scaling.target_ongoing_requests == 4.0
+    assert autoscaled.max_ongoing_requests == 16
+    assert autoscaled.init_args[1:] == ({"acme/hot": 4}, 2)  # min copies, spread
     with pytest.raises(ValueError, match="unknown args"):
         ray_serve.app_builder({"address": "ray://elsewhere:10001"})
-    assert ray_serve.app_builder({"replicas": 1, "min_copies": {"acme/hot": 1}}) is not None
+    fixed_app = _deployment(ray_serve.app_builder({"replicas": 1, "min_copies": {"acme/hot": 1}}))
+    assert fixed_app.num_replicas == 1
+    assert fixed_app._deployment_config.autoscaling_config is None
+    assert fixed_app.init_args[1:] == ({"acme/hot": 1}, 1)
+
+
+def _deployment(app: Any) -> Any:
+    """The one deployment a Serve application binds (Serve has no public accessor)."""
+    assert isinstance(app, serve.Application), type(app)
+    deployment = app._bound_deployment
+    assert deployment.name == ray_serve.DEPLOYMENT_NAME
+    return deployment
 
 
 KEYS_JSON = json.dumps(
@@ -114,7 +131,15 @@ def test_kuberay_example_builds_and_names_real_settings(monkeypatch: pytest.Monk
     (serve_app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     assert serve_app["import_path"] == "tenantserve.integrations.ray_serve:app_builder"
     built = call_user_app_builder_with_args_if_necessary(ray_serve.app_builder, serve_app["args"])
-    assert built is not None
+    deployment = _deployment(built)
+    args = serve_app["args"]
+    scaling = deployment._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (
+        args["min_replicas"],
+        args["max_replicas"],
+    )
+    assert deployment.ray_actor_options["num_cpus"] == args["replica_cpus"]
+    assert deployment.init_args[1] == args["min_copies"]
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     env = {item["name"]: item.get("value") for item in head["containers"][0]["env"]}
     assert env[CALLBACK_ENV] == CALLBACK

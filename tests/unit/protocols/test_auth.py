@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -304,6 +305,25 @@ async def test_sigv4_signed_requests_are_checked(
     assert other.status_code == 403
     assert other.headers["x-amzn-ErrorType"] == "AccessDeniedException"
     assert service.seen == ["acme/m"]
+
+
+@pytest.mark.anyio
+async def test_a_sigv4_date_that_is_no_date_is_401_naming_it(
+    client: httpx.AsyncClient, service: FakeService, caplog: pytest.LogCaptureFixture
+) -> None:
+    scope = f"{AWS_ID}/20241399/eu-west-1/sagemaker/aws4_request"
+    headers = {
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={scope}, "
+        f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}",
+        "X-Amz-Date": "20241399T120000Z",
+        "X-Amzn-SageMaker-Target-Model": "acme/m",
+    }
+    with caplog.at_level(logging.WARNING):
+        response = await client.post("/endpoints/e/invocations", content=b"[[1]]", headers=headers)
+    assert response.status_code == 401, response.text
+    assert "X-Amz-Date is not a valid date" in response.json()["message"]
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert service.seen == []
 
 
 def test_scopes_end_at_a_segment_boundary() -> None:

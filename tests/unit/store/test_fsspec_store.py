@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import secrets
 import tarfile
 from collections.abc import Iterator
@@ -16,7 +17,13 @@ import pytest
 from botocore.exceptions import ClientError
 from fsspec.implementations.memory import MemoryFileSystem
 
-from tenantserve.errors import InvalidModelId, LoadFailed, ModelNotFound, StoreUnavailable
+from tenantserve.errors import (
+    Forbidden,
+    InvalidModelId,
+    LoadFailed,
+    ModelNotFound,
+    StoreUnavailable,
+)
 from tenantserve.store import ModelStore, open_store
 from tenantserve.store.disk_cache import DiskCache
 from tenantserve.store.fsspec_store import FsspecStore
@@ -120,8 +127,51 @@ def test_sha256_is_checked(store_root: Path, tmp_path: Path) -> None:
 def test_symlink_out_of_the_store_is_refused(store_root: Path, tmp_path: Path) -> None:
     outside = _write(tmp_path / "outside", {"model.onnx": b"other tenant"})
     (store_root / "acme" / "escape").symlink_to(outside)
-    with pytest.raises(LoadFailed, match="outside the model store") as info:
+    with pytest.raises(Forbidden, match="outside the model store") as info:
         _local(store_root, tmp_path).fetch(ModelId.parse("acme/escape"))
+    assert str(tmp_path) not in str(info.value)
+
+
+def test_a_manifest_linked_to_another_tenants_is_refused(store_root: Path, tmp_path: Path) -> None:
+    _write(store_root, {"globex/m/model.json": b'{"labels": ["globex-only"]}'})
+    _write(store_root, {"globex/m/model.onnx": b"globex", "acme/linked/model.onnx": b"acme"})
+    (store_root / "acme/linked/model.json").symlink_to("../../globex/m/model.json")
+    with pytest.raises(Forbidden, match=r"model\.json resolves outside the model's folder") as info:
+        _local(store_root, tmp_path).fetch(ModelId.parse("acme/linked"))
+    assert str(tmp_path) not in str(info.value)
+    assert "globex" not in str(info.value)
+
+
+_SHARED = {
+    "preprocess": {"tokenizer_file": "tokenizer.json"},
+    "base": {"model_file": "encoder.onnx", "sha256": "0" * 64},
+}
+
+
+@pytest.mark.parametrize(
+    ("linked", "what"),
+    [
+        ("model.json", "model.json"),
+        ("model.onnx", "the model file"),
+        ("tokenizer.json", "the tokenizer file"),
+        ("encoder.onnx", "the base model file"),
+    ],
+)
+def test_every_file_an_artifact_reads_stays_in_its_own_folder(
+    store_root: Path, tmp_path: Path, linked: str, what: str
+) -> None:
+    # Another model of the same tenant: the tenant check alone would let these through.
+    files = {"model.json": json.dumps(_SHARED).encode(), "model.onnx": b"w"}
+    files |= {"tokenizer.json": b"{}", "encoder.onnx": b"e"}
+    _write(store_root / "acme", {f"donor/{name}": data for name, data in files.items()})
+    _write(store_root / "acme", {f"taker/{n}": d for n, d in files.items() if n != linked})
+    (store_root / "acme/taker" / linked).symlink_to(f"../donor/{linked}")
+    store = _local(store_root, tmp_path)
+    assert store.fetch(ModelId.parse("acme/donor")).manifest.base is not None
+    with pytest.raises(
+        Forbidden, match=re.escape(f"{what} resolves outside the model's folder")
+    ) as info:
+        store.fetch(ModelId.parse("acme/taker"))
     assert str(tmp_path) not in str(info.value)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.errors import LoadFailed, ModelNotFound
+from tenantserve.errors import Forbidden, LoadFailed, ModelNotFound
 from tenantserve.store.manifest import (
     checked_manifest,
     parse_manifest,
@@ -174,7 +174,7 @@ def test_checked_manifest_refuses_a_model_file_linked_out(tmp_path: Path) -> Non
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"not yours")
     (folder / "model.onnx").symlink_to(secret)
-    with pytest.raises(LoadFailed, match="outside") as info:
+    with pytest.raises(Forbidden, match="outside") as info:
         checked_manifest(folder, "model acme/m", root=root.resolve())
     assert str(tmp_path) not in str(info.value)
 
@@ -201,7 +201,7 @@ def test_checked_manifest_refuses_a_tokenizer_file_linked_out(tmp_path: Path) ->
     secret = tmp_path / "secret.json"
     secret.write_text("{}")
     (folder / "vocab.json").symlink_to(secret)
-    with pytest.raises(LoadFailed, match="tokenizer file resolves outside") as info:
+    with pytest.raises(Forbidden, match="tokenizer file resolves outside") as info:
         checked_manifest(folder, "model acme/m", root=root.resolve())
     assert str(tmp_path) not in str(info.value)
 
