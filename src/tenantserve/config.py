@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(default=0.0, ge=0)
     """Seconds, within the grace period, that the server still takes new connections after
     SIGTERM turns readiness to 503, so a load balancer stops routing here first."""
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """Seconds a request body may take to arrive after its head; a slower one gets 408 (a
+    slow-loris guard; the head has its own 30 s)."""
+    max_connections: int = Field(default=2048, gt=0)
+    """Open connections at most; one past it gets 503 with Retry-After at once, before a
+    byte of it is read. Keep it under the process's open-file limit."""
     max_body: Size = Field(default=6 * 1024 * 1024, gt=0)
     """Largest request body accepted (SageMaker's limit is 6 MiB)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

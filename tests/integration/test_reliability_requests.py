@@ -39,6 +39,7 @@ from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
 
 from fixtures.oip import N_FEATURES, write_model
+from fixtures.polling import until
 from fixtures.server import ProcessServer, ThreadServer, free_port, wait_ready
 from tenantserve.config import Settings
 from tenantserve.protocols.http_protocol import MAX_HEAD_BYTES, bounded_httptools
@@ -96,9 +97,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def _thread_server(
-    store: Path, cache_dir: Path, *, head_timeout_s: float = 30.0
-) -> Iterator[ThreadServer]:
+def _thread_server(store: Path, cache_dir: Path, **bounds: float) -> Iterator[ThreadServer]:
     """The real app under uvicorn in a thread, with the protocol ``tenantserve serve`` uses
     (the shared ``start_server`` fixture takes uvicorn's own, and is function-scoped)."""
     from tenantserve.app import build_app  # deferred, as in fixtures.server
@@ -110,7 +109,7 @@ def _thread_server(
     app = build_app(settings_, registry=CollectorRegistry())
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on",
-        http=bounded_httptools(head_timeout_s=head_timeout_s),
+        http=bounded_httptools(**bounds),  # type: ignore[arg-type]
     )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
@@ -641,6 +640,42 @@ def test_a_head_that_never_finishes_gets_408_and_idle_connections_close(
             assert _read_all(idle) == (b"", False)  # closed by the server, nothing said
         # A prompt request on a fresh connection is unaffected.
         assert exchange(quick.url, http_request("GET", "/v2/health/live")).statuses == [200]
+
+
+def test_a_body_that_never_finishes_gets_408(store: Path, tmp_path: Path) -> None:
+    with _thread_server(store, tmp_path / "cache", body_timeout_s=0.5) as quick:
+        with socket.create_connection(address(quick.url), timeout=30) as slow:
+            head = http_request("POST", "/v2/models/acme/good/infer",
+                                headers={"Content-Length": "1000"})  # fmt: skip
+            slow.sendall(head + b'{"inputs": [')  # and nothing more
+            data, timed_out = _read_all(slow)
+        assert not timed_out
+        replies = parse_responses(data)
+        assert [status for status, _, _ in replies] == [408]
+        assert b"request body did not arrive" in replies[0][2]
+        # A prompt request is unaffected.
+        assert exchange(quick.url, http_request("GET", "/v2/health/live")).statuses == [200]
+
+
+def test_a_connection_past_the_cap_gets_503_at_once(store: Path, tmp_path: Path) -> None:
+    with _thread_server(store, tmp_path / "cache", max_connections=3) as capped:
+        held = [socket.create_connection(address(capped.url), timeout=30) for _ in range(3)]
+        try:
+            for sock in held:  # each is open and counted before the next one arrives
+                sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert sock.recv(12) == b"HTTP/1.1 200"
+            with socket.create_connection(address(capped.url), timeout=30) as extra:
+                data, timed_out = _read_all(extra)  # refused before it sends a byte
+            assert not timed_out
+            ((status, headers, body),) = parse_responses(data)
+            assert status == 503
+            assert headers.get("retry-after") == "1"
+            assert b"connections" in body
+        finally:
+            for sock in held:
+                sock.close()
+        until(lambda: exchange(capped.url, http_request("GET", "/v2/health/live")).statuses
+              == [200], what="a connection once the others closed")  # fmt: skip
 
 
 def test_pipelined_large_bodies_are_not_mistaken_for_large_heads(server: ThreadServer) -> None:

@@ -17,7 +17,7 @@ def serve_command(settings: Settings) -> None:
     from tenantserve.app import build_app, preflight, run_server
     from tenantserve.errors import StoreUnavailable, TenantServeError
     from tenantserve.logging import configure
-    from tenantserve.protocols.http_protocol import BoundedHttpToolsProtocol
+    from tenantserve.protocols.http_protocol import bounded_httptools
 
     configure(settings.log_level)
     try:
@@ -47,7 +47,10 @@ def serve_command(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=BoundedHttpToolsProtocol,  # httptools, with the request head bounded
+        # httptools, with the request head bounded, the body timed, the connections capped.
+        http=bounded_httptools(
+            body_timeout_s=settings.body_timeout_s, max_connections=settings.max_connections
+        ),
         log_config=None,
         access_log=False,
     )

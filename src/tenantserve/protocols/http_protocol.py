@@ -1,10 +1,11 @@
-"""uvicorn's httptools protocol with the request head (request line and headers) bounded in bytes
-and in time.
+"""uvicorn's httptools protocol with the request head bounded in bytes and in time, the body in
+time, and the connections in number.
 
-uvicorn bounds neither when it parses with httptools: a client that sends a 100 MB header
-grows the process by more than that (measured: +198 MB peak, +100 MB kept), and one that
-dribbles a header a byte at a time, or connects and sends nothing, holds its connection
-forever (slow-loris). The body is bounded separately, by the handlers (``body.read_body``).
+uvicorn bounds none of these when it parses with httptools: a client that sends a 100 MB
+header grows the process by more than that, one that dribbles a header or a body a byte at a
+time, or connects and sends nothing, holds its connection forever (slow-loris), and every
+connection costs a protocol, buffers and a file descriptor. The body's size is bounded by the
+handlers (``body.read_body``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,29 @@ HEAD_TIMEOUT_S = 30.0
 """How long a connection may take to send a whole request head, counted from when the
 connection opens or the request's first byte arrives (Apache's ``RequestReadTimeout``)."""
 
+BODY_TIMEOUT_S = 30.0
+"""How long a request's body may take to arrive, counted from the end of its head."""
+
+MAX_CONNECTIONS = 2048
+"""Open connections at most; one past it is answered 503 at once and closed."""
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+_BUSY_BODY = orjson.dumps({"error": "the server has as many connections open as it takes; retry"})
+
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """Refuses a request head over :attr:`max_head_bytes` with 431 and closes a connection
-    whose head has not arrived within :attr:`head_timeout_s` (408 if it began)."""
+    """Refuses a request head over :attr:`max_head_bytes` with 431, closes a connection whose
+    head has not arrived within :attr:`head_timeout_s` (408 if it began), answers 408 to a body
+    that has not arrived within :attr:`body_timeout_s`, and 503 to a connection past
+    :attr:`max_connections` before reading a byte of it."""
 
     max_head_bytes: int = MAX_HEAD_BYTES
     head_timeout_s: float = HEAD_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -40,13 +57,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._began_in_chunk = False
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            # Cheapest answer there is: no parsing, no app, no timer; the client retries.
+            self._refused = True
+            transport.write(_BUSY % (len(_BUSY_BODY), _BUSY_BODY))
+            transport.close()
+            return
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -89,12 +114,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, self._too_large())
             return
         super().on_headers_complete()
+        # Until the message completes (at once for a request without a body).
+        self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:  # the rest of a refused request, still in the parser's hands
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._cancel_body_timer()
         if not self._refused:
             super().on_message_complete()
 
@@ -120,6 +148,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()  # an idle connection that never sent a byte
 
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or cycle.response_complete:
+            return
+        self._refused = True
+        if cycle.response_started:  # answered early (a refusal): only the body is late
+            self.transport.close()
+            return
+        # The app waits for the body: answer for it, and tell it the client is gone, so a
+        # response it still makes is dropped rather than written after this one.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._write_refusal(
+            408, f"the request body did not arrive within {self.body_timeout_s:g} s"
+        )
+
     def _too_large(self) -> str:
         return f"the request line and headers are larger than {self.max_head_bytes} bytes"
 
@@ -131,6 +181,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # its response. The connection is dropped instead.
             self.transport.close()
             return
+        self._write_refusal(status, message)
+
+    def _write_refusal(self, status: int, message: str) -> None:
         body = orjson.dumps({"error": message})
         reason = b"Request Header Fields Too Large" if status == 431 else b"Request Timeout"
         head = b"HTTP/1.1 %d %s\r\n" % (status, reason)
@@ -145,7 +198,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def bounded_httptools(
-    *, max_head_bytes: int = MAX_HEAD_BYTES, head_timeout_s: float = HEAD_TIMEOUT_S
+    *,
+    max_head_bytes: int = MAX_HEAD_BYTES,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> type[BoundedHttpToolsProtocol]:
     """The protocol class to give ``uvicorn.run(http=...)``, with these bounds."""
 
@@ -154,4 +211,6 @@ def bounded_httptools(
 
     Configured.max_head_bytes = max_head_bytes
     Configured.head_timeout_s = head_timeout_s
+    Configured.body_timeout_s = body_timeout_s
+    Configured.max_connections = max_connections
     return Configured
