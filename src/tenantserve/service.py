@@ -1,44 +1,29 @@
-"""InferenceService: infer / load / unload / status — the whole pipeline, readable in one screen."""
+"""InferenceService: the server's one face to its protocols — requests (each a pipeline Call),
+lifecycle and readiness, management (load, unload, pin) and what status pages read."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-from prometheus_client import Histogram
 
 from tenantserve.activity import Activity, ActivitySnapshot
 from tenantserve.cache.model_cache import ModelCache
-from tenantserve.errors import (
-    InvalidInput,
-    ModelNotFound,
-    PredictFailed,
-    PredictTimedOut,
-    TenantServeError,
-)
+from tenantserve.errors import ModelNotFound, TenantServeError
 from tenantserve.metrics import CacheSnapshot, Metrics, SchedulingSnapshot
-from tenantserve.runtimes import LoadedModel
-from tenantserve.runtimes.run_stop import RunStop
-from tenantserve.scheduling.admission import Admission, Ticket
+from tenantserve.pipeline import Call, Pipeline
+from tenantserve.scheduling.admission import Admission
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
+from tenantserve.scheduling.grace import GracePeriod
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.store.base import ModelStore
 from tenantserve.store.patterns import resolve_patterns
-from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors, TensorSpec
+from tenantserve.types import ModelId, ModelMetadata, ModelStatus
 
 log = logging.getLogger(__name__)
-
-# Shutdown stops waiting this long before its grace period ends, so the process is gone
-# before an orchestrator's kill arrives at the end of it.
-_EXIT_MARGIN_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +90,22 @@ class InferenceService:
         self._admission = admission
         self._executor = executor
         self._metrics = metrics
-        self._predictor = predictor
         self._quotas = quotas or TenantQuotas(TenantLimits(), metrics=metrics)
         self._activity = activity if activity is not None else Activity()
-        self._predict_timeout_s = predict_timeout_s
-        self._shutdown_grace_s = shutdown_grace_s
+        self._pipeline = Pipeline(
+            quotas=self._quotas,
+            admission=admission,
+            cache=cache,
+            predictor=predictor,
+            executor=executor,
+            activity=self._activity,
+            metrics=metrics,
+            predict_timeout_s=predict_timeout_s,
+        )
+        self._grace = GracePeriod(shutdown_grace_s)
+        self._predictor = predictor
         self._accepting = False
         self._store_problem: str | None = None
-        self._stopping_since: float | None = None
-        self._lingering: set[asyncio.Task[None]] = set()  # leases held for stopped runs
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -125,19 +117,16 @@ class InferenceService:
 
         The first call starts the shutdown grace period.
         """
-        if self._stopping_since is None:
-            self._stopping_since = time.monotonic()
+        self._grace.begin()
         self._accepting = False
 
     @property
     def shutdown_grace_s(self) -> float:
-        return self._shutdown_grace_s
+        return self._grace.grace_s
 
     def shutdown_left_s(self) -> float:
         """Seconds left of the shutdown grace period (all of it until shutdown begins)."""
-        if self._stopping_since is None:
-            return self._shutdown_grace_s
-        return self._stopping_since + self._shutdown_grace_s - time.monotonic()
+        return self._grace.left_s()
 
     async def close(self) -> None:
         """Shut down within the grace period: wait for stopped runs to let go of their
@@ -148,20 +137,17 @@ class InferenceService:
         """
         self.stop_accepting()
         try:
-            async with asyncio.timeout(self._close_left_s()):
-                if self._lingering:
-                    await asyncio.gather(*self._lingering, return_exceptions=True)
+            async with asyncio.timeout(self._grace.close_left_s()):
+                if self._pipeline.lingering:
+                    await asyncio.gather(*self._pipeline.lingering, return_exceptions=True)
                 await self._cache.close()
         except TimeoutError:
             log.warning(
                 "shutdown grace period (%gs) over with model loads or unloads still running; "
-                "exiting without waiting for them", self._shutdown_grace_s,
+                "exiting without waiting for them", self._grace.grace_s,
             )  # fmt: skip
-        if not self._executor.shutdown(timeout_s=self._close_left_s()):
+        if not self._executor.shutdown(timeout_s=self._grace.close_left_s()):
             log.warning("exiting with a model load or prediction still running")
-
-    def _close_left_s(self) -> float:
-        return max(0.0, self.shutdown_left_s() - _EXIT_MARGIN_S)
 
     def live(self) -> bool:
         """Live while the process serves HTTP at all: loads and failed loads never change it."""
@@ -185,104 +171,13 @@ class InferenceService:
     def store_problem(self, problem: str | None) -> None:
         self._store_problem = problem
 
-    # -- data plane ------------------------------------------------------------------------
+    # -- requests --------------------------------------------------------------------------
 
-    async def infer(
-        self, model_id: ModelId, tensors: Tensors, *, outputs: Sequence[str] | None = None
-    ) -> Tensors:
-        """Run ``model_id`` on ``tensors``; loads the model on first use.
-
-        Args:
-            outputs: names of outputs to return; all when ``None``.
-        Raises:
-            TenantLimitExceeded, Overloaded, ModelNotFound, ModelNotReady, InsufficientMemory,
-            LoadFailed, InvalidInput, PredictFailed.
-        """
-        async with self._admitted(model_id) as ticket:
-            result = await self._leased_predict(model_id, ticket, lambda model: tensors)
-        if outputs is None:
-            return result
-        unknown = [name for name in outputs if name not in result]
-        if unknown:
-            raise InvalidInput(
-                f"unknown output {unknown[0]!r}; model {model_id} has outputs {sorted(result)}"
-            )
-        return {name: result[name] for name in outputs}
-
-    async def infer_from(
-        self, model_id: ModelId, decode: Callable[[tuple[TensorSpec, ...]], Tensors]
-    ) -> Tensors:
-        """Run ``model_id`` on what ``decode`` makes of its input signature; all outputs.
-
-        For bodies that name no inputs (SageMaker's): one admission and one lease, where
-        reading :meth:`metadata` first would lease twice and load outside admission.
-        """
-        async with self._admitted(model_id) as ticket:
-            return await self._leased_predict(model_id, ticket, lambda model: decode(model.inputs))
-
-    def refuse_early(self, model_id: ModelId) -> None:
-        """Raise now what :meth:`infer` would raise at once (quotas, a full queue, a model that
-        cannot start loading), so a refused request costs no body read or decode; the same
-        checks run again in :meth:`infer`.
-
-        Raises:
-            TenantLimitExceeded, Overloaded, ModelNotReady, LoadFailed.
-        """
-        try:
-            self._quotas.check(model_id.tenant)
-            self._admission.check(model_id.tenant)
-            self._cache.refuse_early(model_id)
-        except TenantServeError:
-            # Counted as a refusal in infer is: metrics' tenants, status events, hot lists.
-            self._metrics.tenants.observe(model_id.tenant)
-            with self._activity.request(model_id, hit=False):
-                raise
-
-    @asynccontextmanager
-    async def _admitted(self, model_id: ModelId) -> AsyncIterator[Ticket]:
-        """The tenant's own quotas first (429), then a slot in the server's admission (503).
-
-        The whole request, lease and predict included, is timed and counted in the activity.
-        """
-        tenant = model_id.tenant
-        self._metrics.tenants.observe(tenant)  # traffic decides which tenants metrics name
-        hit = self._cache.is_resident(model_id)  # as it arrived, as X-Tenantserve-Cache says
-        with self._activity.request(model_id, hit=hit), self._quotas.hold(tenant):
-            async with self._admission.admit(tenant) as ticket:
-                yield ticket
-
-    async def _leased_predict(
-        self, model_id: ModelId, ticket: Ticket, inputs: Callable[[LoadedModel], Tensors]
-    ) -> Tensors:
-        """Lease the model and predict on a compute thread in the tenant's fair turn.
-
-        Dropped unrun if its queue time ran out. A run past ``predict_timeout_s``, or whose
-        caller left, is told to stop; while its thread still holds the model, the lease passes
-        to a task that ends it when the thread lets go, so no model is closed under a run.
-        """
-        async with AsyncExitStack() as lease:
-            model = await lease.enter_async_context(self._cache.lease(model_id))
-            run = _Run(model, inputs(model), self._metrics.inference)
-            try:
-                return await self._predictor.run_until(
-                    ticket.deadline(), model_id.tenant, run,
-                    timeout_s=self._predict_timeout_s, key=model_id.value,
-                )  # fmt: skip
-            except (PredictTimedOut, asyncio.CancelledError) as exc:
-                if run.stop():
-                    self._end_lease_after(run, lease.pop_all())
-                if isinstance(exc, PredictTimedOut):
-                    log.warning("%s; its run was told to stop", exc)
-                raise
-
-    def _end_lease_after(self, run: _Run, lease: AsyncExitStack) -> None:
-        async def end() -> None:
-            await run.released
-            await lease.aclose()
-
-        task = asyncio.get_running_loop().create_task(end())
-        self._lingering.add(task)  # hold a reference until done, or the task may be collected
-        task.add_done_callback(self._lingering.discard)
+    def call(self, model_id: ModelId) -> Call:
+        """One inference of ``model_id``: ``async with service.call(m) as call`` admits it
+        (quotas, admission, the load queue: refused before its body is read), then
+        ``await call.predict(decode)`` answers it (see :mod:`tenantserve.pipeline`)."""
+        return self._pipeline.call(model_id)
 
     def scheduling(self) -> SchedulingSnapshot:
         """Queue depths and per-tenant requests in flight, for the metrics scrape."""
@@ -296,15 +191,10 @@ class InferenceService:
         )
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
-        """Signature of a model (loads it if needed: the signature is read from the graph)."""
-        async with self._cache.lease(model_id, counted=False) as model:
-            return ModelMetadata(
-                model_id=model_id.value,
-                platform=model.platform,
-                inputs=model.inputs,
-                outputs=model.outputs,
-                labels=self._cache.labels_of(model_id),
-            )
+        """A model's signature, read from its graph (it loads if needed): admitted as an
+        inference is, quotas and load queue included, but not counted as one."""
+        async with self._pipeline.call(model_id, counted=False) as call:
+            return await call.metadata()
 
     def is_resident(self, model_id: ModelId) -> bool:
         return self._cache.is_resident(model_id)
@@ -406,43 +296,3 @@ class InferenceService:
             state = "UNAVAILABLE" if status is None else status.state.upper()
             entries.append(RepositoryEntry(raw, state))
         return entries
-
-
-class _Run:
-    """One prediction handed to a compute thread: stoppable, and known when it lets go."""
-
-    def __init__(self, model: LoadedModel, tensors: Tensors, timer: Histogram) -> None:
-        self._model = model
-        self._tensors = tensors
-        self._timer = timer
-        self._stop = RunStop()
-        self._lock = threading.Lock()  # orders "started" against "stopped" across threads
-        self._started = False
-        self._loop = asyncio.get_running_loop()
-        self.released: asyncio.Future[None] = self._loop.create_future()
-
-    def __call__(self) -> Tensors:
-        """On the compute thread."""
-        with self._lock:
-            if self._stop.stopped:  # its caller left before a thread took it
-                raise PredictFailed("the run was stopped before it started")
-            self._started = True
-        started = time.perf_counter()
-        try:
-            with self._stop.running():
-                return self._model.predict(self._tensors)
-        finally:
-            self._timer.observe(time.perf_counter() - started)
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                self._loop.call_soon_threadsafe(self._let_go)
-
-    def stop(self) -> bool:
-        """Tell the run to stop (on the loop). Returns whether a thread still holds the model:
-        then :attr:`released` completes when it lets go."""
-        self._stop.stop()
-        with self._lock:
-            return self._started and not self.released.done()
-
-    def _let_go(self) -> None:
-        if not self.released.done():
-            self.released.set_result(None)

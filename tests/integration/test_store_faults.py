@@ -357,11 +357,16 @@ def test_wrong_credentials_are_a_clear_error_without_the_secret(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
     caplog.set_level(logging.INFO)
     server = start_server(
-        f"s3://{bucket.name}/{PREFIX}", store_retry_deadline_s=DEADLINE_S, failed_load_ttl_s=0
-    )
+        f"s3://{bucket.name}/{PREFIX}", probe="/v2/health/live",
+        store_retry_deadline_s=DEADLINE_S, failed_load_ttl_s=0,
+    )  # fmt: skip
     with httpx.Client(base_url=server.url) as client:
         response = infer(client, FLAKY)
         assert client.get("/v2/health/live").status_code == 200
+        # The store's check at start failed too: not ready, and /v1/status says why.
+        assert client.get("/v2/health/ready").status_code == 503
+        problem = client.get("/v1/status").json()["store"]["problem"]
+        assert "refused access" in problem
     assert response.status_code == 503
     error = response.json()["error"]
     # A HEAD answer has no body, so the S3 code (SignatureDoesNotMatch) is not known here.

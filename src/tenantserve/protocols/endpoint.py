@@ -1,23 +1,80 @@
-"""Route handlers made whole: every error becomes a response; inferences are counted and timed."""
+"""The one invoke sequence every protocol's inference routes share, and route handlers made
+whole: every error becomes a response; inferences are counted and timed."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
 from tenantserve.errors import InvalidRequest
 from tenantserve.metrics import Metrics
+from tenantserve.protocols.auth import authorize
+from tenantserve.protocols.body import read_body
 from tenantserve.protocols.errors import CLIENT_CLOSED, ProtocolName, error_response
-from tenantserve.types import ModelId
+from tenantserve.types import ModelId, Tensors, TensorSpec
+
+if TYPE_CHECKING:
+    from tenantserve.service import InferenceService
 
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
+D = TypeVar("D")
+
+OFF_LOOP_BYTES = 64 * 1024
+"""Bodies larger than this are parsed and decoded on an I/O thread: a 6 MiB body of nested
+JSON takes the loop for most of a second, every other request's time."""
+
+
+class Codec(Protocol[D]):
+    """How one protocol reads an inference and writes its answer; ``D`` is its parsed form."""
+
+    def parse(self, headers: Headers, body: bytes) -> D:
+        """What the body says, checked as far as it can be without the model."""
+        ...
+
+    def tensors(self, parsed: D, inputs: tuple[TensorSpec, ...]) -> Tensors:
+        """The model's input tensors, given its input signature."""
+        ...
+
+    def outputs(self, parsed: D) -> Sequence[str] | None:
+        """The outputs asked for by name; ``None``: all."""
+        ...
+
+    def encode(self, parsed: D, model_id: ModelId, outputs: Tensors) -> Response: ...
+
+
+async def invoke(
+    request: Request,
+    service: InferenceService,
+    model_id: ModelId,
+    codec: Codec[D],
+    max_body_bytes: int,
+) -> Response:
+    """The invoke sequence: authorize → admit (quotas, a slot, the load queue: every refusal
+    before the body is read) → read the body (bounded) → parse it (off the loop when large)
+    → lease, decode and predict (cancelled if the client leaves) → encode."""
+    authorize(request, model_id)
+    async with service.call(model_id) as call:
+        body = await read_body(request, max_body_bytes)
+        large = len(body) > OFF_LOOP_BYTES
+        headers = request.headers
+        parsed = (
+            await call.off_loop(codec.parse, headers, body) if large else codec.parse(headers, body)
+        )
+        decode = functools.partial(codec.tensors, parsed)
+        work = call.predict(decode, outputs=codec.outputs(parsed), offload=large)
+        prediction = await unless_disconnected(request, work)
+    response = codec.encode(parsed, model_id, prediction.outputs)
+    response.headers[CACHE_HEADER] = "hit" if prediction.hit else "miss"
+    return response
 
 
 def guarded(handler: Handler, protocol: ProtocolName) -> Handler:
@@ -61,14 +118,6 @@ CACHE_HEADER = "X-Tenantserve-Cache"
 """Response header on inferences: ``hit`` when the model was resident as the request arrived,
 ``miss`` when the request waited for (or started) its load — for load generators and
 debugging; clients may ignore it."""
-
-
-class _Residency(Protocol):
-    def is_resident(self, model_id: ModelId) -> bool: ...
-
-
-def cache_state(service: _Residency, model_id: ModelId) -> str:
-    return "hit" if service.is_resident(model_id) else "miss"
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

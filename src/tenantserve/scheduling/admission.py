@@ -61,44 +61,41 @@ class Admission:
     def in_flight_by_tenant(self) -> dict[str, int]:
         return dict(self._by_tenant)
 
-    @asynccontextmanager
-    async def admit(self, tenant: str) -> AsyncIterator[Ticket]:
-        """Hold one of the slots for ``tenant``'s request until the block exits.
+    async def acquire(self, tenant: str) -> Ticket:
+        """Take one of the slots for ``tenant``'s request, waiting in its fair turn if all are
+        taken; every acquire that returns is followed by one :meth:`release`.
 
         Raises:
             Overloaded: the queue is full, or the wait passed ``queue_timeout_s``.
         """
-        arrived = time.monotonic()
         if self._in_flight < self._max_in_flight and not self._waiting:
             self._in_flight += 1
+            waited_s = 0.0
         else:
+            arrived = time.monotonic()
             await self._wait(tenant)  # on success the releasing request handed its slot over
+            waited_s = time.monotonic() - arrived
         self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
         self._metrics.in_flight.inc()
+        return Ticket(waited_s, self._queue_timeout_s)
+
+    def release(self, tenant: str) -> None:
+        self._metrics.in_flight.dec()
+        left = self._by_tenant[tenant] - 1
+        if left:
+            self._by_tenant[tenant] = left
+        else:
+            del self._by_tenant[tenant]
+        self._release()
+
+    @asynccontextmanager
+    async def admit(self, tenant: str) -> AsyncIterator[Ticket]:
+        """:meth:`acquire` for the block's length (raises as it does)."""
+        ticket = await self.acquire(tenant)
         try:
-            yield Ticket(time.monotonic() - arrived, self._queue_timeout_s)
+            yield ticket
         finally:
-            self._metrics.in_flight.dec()
-            left = self._by_tenant[tenant] - 1
-            if left:
-                self._by_tenant[tenant] = left
-            else:
-                del self._by_tenant[tenant]
-            self._release()
-
-    def check(self, tenant: str) -> None:
-        """Raise now if a request of ``tenant`` arriving now would be refused at once: every
-        slot taken and the queue full with no longer queue to shed from. Lets a request be
-        refused before its body is read and decoded.
-
-        Raises:
-            Overloaded: as :meth:`admit` would at once.
-        """
-        if self._in_flight < self._max_in_flight or len(self._waiting) < self._max_queued:
-            return
-        if self._shed_instead_of(tenant) is None:
-            self._metrics.reject("queue_full", tenant)
-            raise _full()
+            self.release(tenant)
 
     async def _wait(self, tenant: str) -> None:
         if len(self._waiting) >= self._max_queued:

@@ -163,9 +163,9 @@ class TenantQuotas:
     def limits(self) -> TenantLimits:
         return self._limits
 
-    @contextmanager
-    def hold(self, tenant: str) -> Iterator[None]:
-        """Count one request of ``tenant`` until the block exits, if its quotas allow it.
+    def acquire(self, tenant: str) -> None:
+        """Count one request of ``tenant`` in flight, if its quotas allow it; every acquire is
+        followed by one :meth:`release`.
 
         Raises:
             TenantLimitExceeded: over the concurrency cap, or no token left in the bucket;
@@ -178,31 +178,22 @@ class TenantQuotas:
             if wait_s > 0:
                 raise self._over_rate(tenant, limit, wait_s)
         self._active[tenant] = active + 1
+
+    def release(self, tenant: str) -> None:
+        left = self._active[tenant] - 1
+        if left:
+            self._active[tenant] = left
+        else:
+            del self._active[tenant]
+
+    @contextmanager
+    def hold(self, tenant: str) -> Iterator[None]:
+        """:meth:`acquire` for the block's length (raises as it does)."""
+        self.acquire(tenant)
         try:
             yield
         finally:
-            left = self._active[tenant] - 1
-            if left:
-                self._active[tenant] = left
-            else:
-                del self._active[tenant]
-
-    def check(self, tenant: str) -> None:
-        """Raise what :meth:`hold` would raise now, taking nothing: lets a request be refused
-        before its body is read and decoded.
-
-        Raises:
-            TenantLimitExceeded: as :meth:`hold`.
-        """
-        limit = self._limits.of(tenant)
-        self._check_concurrency(tenant, limit)
-        if limit.rate_per_s:
-            bucket = self._buckets.get(tenant)
-            if bucket is None:
-                return  # a full bucket
-            tokens = _refilled(bucket, limit, self._clock())
-            if tokens < 1.0:
-                raise self._over_rate(tenant, limit, (1.0 - tokens) / limit.rate_per_s)
+            self.release(tenant)
 
     def _check_concurrency(self, tenant: str, limit: TenantLimit) -> int:
         """The tenant's requests in flight, if below its cap."""

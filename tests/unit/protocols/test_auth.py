@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.types import Message
 
+from fixtures.fake_call import FakeCall
 from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes
 from tenantserve.protocols.auth import Access
@@ -72,11 +73,12 @@ class FakeService:
                 raise
         return {"output": np.ones((1, 1), np.float32)}
 
-    async def infer(self, model_id: ModelId, tensors: Tensors, **_: Any) -> Tensors:
-        return await self._run(model_id)
+    def call(self, model_id: ModelId) -> FakeCall:
+        async def run(model_id: ModelId, tensors: Tensors) -> Tensors:
+            return await self._run(model_id)
 
-    async def infer_from(self, model_id: ModelId, decode: Callable[..., Tensors]) -> Tensors:
-        return await self._run(model_id)
+        spec = (TensorSpec("input", "FP32", (-1, 4)),)
+        return FakeCall(model_id, inputs=spec, run=run, metadata=self.metadata)
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         self.seen.append(model_id.value)
@@ -85,9 +87,6 @@ class FakeService:
 
     def is_resident(self, model_id: ModelId) -> bool:
         return model_id.value in self.models
-
-    def refuse_early(self, model_id: ModelId) -> None:
-        return None
 
     async def load(self, model_id: ModelId, *, exist_ok: bool = True, **_: Any) -> None:
         self.seen.append(model_id.value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import httpx
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.types import Message
 
+from fixtures.fake_call import FakeCall
 from tenantserve.errors import (
     InsufficientMemory,
     InvalidInput,
@@ -57,18 +58,19 @@ class FakeService:
     def ready(self) -> bool:
         return self.accepting
 
-    async def infer(
-        self, model_id: ModelId, tensors: Tensors, *, outputs: Sequence[str] | None = None
-    ) -> Tensors:
-        self._call("infer", model_id)
-        result = self.model(tensors)
-        return result if outputs is None else {name: result[name] for name in outputs}
+    def call(self, model_id: ModelId) -> FakeCall:
+        async def run(model_id: ModelId, tensors: Tensors) -> Tensors:
+            self._call("infer", model_id)
+            return self.model(tensors)
 
-    async def infer_from(
-        self, model_id: ModelId, decode: Callable[[tuple[TensorSpec, ...]], Tensors]
-    ) -> Tensors:
-        self._call("infer_from", model_id)
-        return self.model(decode(self.inputs))
+        return FakeCall(
+            model_id, inputs=self.inputs, run=run, metadata=self.metadata,
+            admit=self._admit, hit=self.is_resident(model_id),
+        )  # fmt: skip
+
+    def _admit(self) -> None:
+        if self.refuse is not None:  # as the real call does, before the body is read
+            raise self.refuse
 
     def model(self, tensors: Tensors) -> Tensors:
         if self.ranked:
@@ -89,10 +91,6 @@ class FakeService:
     def is_resident(self, model_id: ModelId) -> bool:
         # A read with no effect: not recorded, so call lists show only what acts.
         return model_id.value in self.resident_ids
-
-    def refuse_early(self, model_id: ModelId) -> None:
-        if self.refuse is not None:  # as the real service does, before the body is read
-            raise self.refuse
 
     async def load(
         self, model_id: ModelId, *, pin: bool = False, exist_ok: bool = True, reload: bool = False
@@ -471,7 +469,7 @@ async def test_invocations(
         "predictions": [{"sum": 10.0, "first": 1.0}, {"sum": 1.0, "first": 0.0}]
     }
     # One call, one lease: the body is decoded against the signature of the leased model.
-    assert service.calls == [("infer_from", "acme/macros")]
+    assert service.calls == [("infer", "acme/macros")]
     labels = {"protocol": "sagemaker", "code": "200"}
     assert _count(metrics, "tenantserve_invocations_total", labels) == 1
 

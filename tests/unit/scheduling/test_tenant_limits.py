@@ -76,25 +76,6 @@ def test_a_request_refused_for_concurrency_takes_no_token() -> None:
         pass
 
 
-def test_check_refuses_what_hold_would_without_taking_anything() -> None:
-    clock = Clock()
-    limits = TenantLimits(TenantLimit(rate_per_s=1, burst=2, max_concurrent=1))
-    quotas, metrics = _quotas(limits, clock)
-    quotas.check("acme")  # a full bucket, nothing in flight
-    quotas.check("acme")  # and checking took no token: two holds still pass
-    with quotas.hold("acme"), pytest.raises(TenantLimitExceeded, match="in flight"):
-        quotas.check("acme")
-    with quotas.hold("acme"):
-        pass
-    with pytest.raises(TenantLimitExceeded, match="rate") as refused:
-        quotas.check("acme")
-    assert refused.value.retry_after_s == pytest.approx(1.0)
-    clock.now += 1.0
-    quotas.check("acme")
-    assert _rejected(metrics, "tenant_rate", "acme") == 1
-    assert _rejected(metrics, "tenant_concurrency", "acme") == 1
-
-
 def test_limits_file_overrides_inherit_the_defaults(tmp_path: Path) -> None:
     toml = tmp_path / "limits.toml"
     toml.write_text(

@@ -11,9 +11,11 @@ the body is read and before the service is called.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -21,18 +23,16 @@ from starlette.routing import BaseRoute, Route
 from tenantserve.errors import InvalidRequest, ModelNotFound
 from tenantserve.protocols.auth import Access, authorize, covers
 from tenantserve.protocols.body import read_body
-from tenantserve.protocols.endpoint import (
-    CACHE_HEADER,
-    Handler,
-    cache_state,
-    guarded,
-    invocation,
-    unless_disconnected,
-)
+from tenantserve.protocols.endpoint import Handler, guarded, invocation, invoke
 from tenantserve.protocols.errors import json_response, retry_after
 from tenantserve.protocols.keys import Role
-from tenantserve.protocols.oip.codec import HEADER_LENGTH, decode_request, encode_response
-from tenantserve.types import ModelId, ModelMetadata, TensorSpec
+from tenantserve.protocols.oip.codec import (
+    HEADER_LENGTH,
+    InferRequest,
+    decode_request,
+    encode_response,
+)
+from tenantserve.types import ModelId, ModelMetadata, Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from tenantserve.metrics import Metrics
@@ -147,22 +147,10 @@ class _OipApi:
 
     async def model_post(self, request: Request) -> Response:
         model_id, action = split_target(request.path_params["target"], ("infer",))
-        authorize(request, model_id)
         if action != "infer":
+            authorize(request, model_id)
             return json_response({"error": "POST needs /infer"}, 405, {"Allow": "GET"})
-        _check_content_type(request)
-        self._service.refuse_early(model_id)
-        body = await read_body(request, self._max_body_bytes)
-        decoded = decode_request(body, _header_length(request))
-        headers = {CACHE_HEADER: cache_state(self._service, model_id)}
-        outputs = await unless_disconnected(
-            request, self._service.infer(model_id, decoded.inputs, outputs=decoded.outputs)
-        )
-        payload, header_length = encode_response(model_id.value, decoded, outputs)
-        if header_length is None:
-            return Response(payload, media_type="application/json", headers=headers)
-        headers[HEADER_LENGTH] = str(header_length)
-        return Response(payload, media_type="application/octet-stream", headers=headers)
+        return await invoke(request, self._service, model_id, _CODEC, self._max_body_bytes)
 
     async def index(self, request: Request) -> Response:
         body = await read_body(request, self._max_body_bytes)
@@ -196,6 +184,30 @@ class _OipApi:
         return json_response({"name": model_id.value, "action": action})
 
 
+class _OipCodec:
+    """OIP v2 infer bodies (JSON, or JSON plus Triton's binary tensors) ⇄ tensors."""
+
+    def parse(self, headers: Headers, body: bytes) -> InferRequest:
+        _check_content_type(headers)
+        return decode_request(body, _header_length(headers))
+
+    def tensors(self, parsed: InferRequest, inputs: tuple[TensorSpec, ...]) -> Tensors:
+        return parsed.inputs  # OIP names its inputs: the signature is checked by the model
+
+    def outputs(self, parsed: InferRequest) -> Sequence[str] | None:
+        return parsed.outputs
+
+    def encode(self, parsed: InferRequest, model_id: ModelId, outputs: Tensors) -> Response:
+        payload, header_length = encode_response(model_id.value, parsed, outputs)
+        if header_length is None:
+            return Response(payload, media_type="application/json")
+        headers = {HEADER_LENGTH: str(header_length)}
+        return Response(payload, media_type="application/octet-stream", headers=headers)
+
+
+_CODEC = _OipCodec()
+
+
 def metadata_document(metadata: ModelMetadata) -> dict[str, Any]:
     """The OIP model metadata response (``-1`` marks a dimension of any size)."""
     return {
@@ -211,8 +223,8 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
-def _check_content_type(request: Request) -> None:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+def _check_content_type(headers: Headers) -> None:
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type not in _ACCEPTED_TYPES and not media_type.endswith("+json"):
         raise InvalidRequest(
             f"unsupported Content-Type {media_type[:64]!r}: send application/json, or no type "
@@ -220,8 +232,8 @@ def _check_content_type(request: Request) -> None:
         )
 
 
-def _header_length(request: Request) -> str | None:
-    values = set(request.headers.getlist(HEADER_LENGTH))
+def _header_length(headers: Headers) -> str | None:
+    values = set(headers.getlist(HEADER_LENGTH))
     if len(values) > 1:
         # Which one a proxy in front of us honoured is unknowable: refuse rather than guess.
         raise InvalidRequest(f"{HEADER_LENGTH} is given more than once, with different values")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -20,14 +23,7 @@ from starlette.routing import BaseRoute, Route
 from tenantserve.errors import InvalidModelId, InvalidRequest, ModelNotFound
 from tenantserve.protocols.auth import Access, authorize, covers
 from tenantserve.protocols.body import read_body
-from tenantserve.protocols.endpoint import (
-    CACHE_HEADER,
-    Handler,
-    cache_state,
-    guarded,
-    invocation,
-    unless_disconnected,
-)
+from tenantserve.protocols.endpoint import Handler, guarded, invocation, invoke
 from tenantserve.protocols.errors import json_response, retry_after
 from tenantserve.protocols.keys import Role
 from tenantserve.protocols.sagemaker.codec import (
@@ -35,7 +31,7 @@ from tenantserve.protocols.sagemaker.codec import (
     encode_predictions,
     response_type,
 )
-from tenantserve.types import ModelId
+from tenantserve.types import ModelId, Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from tenantserve.metrics import Metrics
@@ -112,21 +108,7 @@ class _SageMakerApi:
         return await self._invoke(request, ModelId.parse(target.removesuffix("/invoke")))
 
     async def _invoke(self, request: Request, model_id: ModelId) -> Response:
-        authorize(request, model_id)
-        kind = response_type(request.headers.get("accept"))
-        self._service.refuse_early(model_id)
-        body = await read_body(request, self._max_body_bytes)
-        content_type = request.headers.get("content-type")
-        # The model's signature says which input(s) the body feeds and with what datatype;
-        # decoding under the inference's own lease reads it without a second lease.
-        headers = {CACHE_HEADER: cache_state(self._service, model_id)}
-        outputs = await unless_disconnected(
-            request,
-            self._service.infer_from(
-                model_id, lambda inputs: decode_invocation(body, content_type, inputs)
-            ),
-        )
-        return Response(encode_predictions(outputs, kind), media_type=kind, headers=headers)
+        return await invoke(request, self._service, model_id, _CODEC, self._max_body_bytes)
 
     async def load_model(self, request: Request) -> Response:
         doc = orjson_object(await read_body(request, self._max_body_bytes))
@@ -202,6 +184,33 @@ class _SageMakerApi:
 
     def _url_of(self, model_id: str) -> str:
         return self._store_prefix + model_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Invocation:
+    body: bytes
+    content_type: str | None
+    accept: str  # the response's media type
+
+
+class _SageMakerCodec:
+    """SageMaker invocation bodies (JSON, CSV, text) ⇄ tensors. The model's signature says
+    which input(s) a body feeds and with what datatype, so decoding waits for the lease."""
+
+    def parse(self, headers: Headers, body: bytes) -> _Invocation:
+        return _Invocation(body, headers.get("content-type"), response_type(headers.get("accept")))
+
+    def tensors(self, parsed: _Invocation, inputs: tuple[TensorSpec, ...]) -> Tensors:
+        return decode_invocation(parsed.body, parsed.content_type, inputs)
+
+    def outputs(self, parsed: _Invocation) -> Sequence[str] | None:
+        return None
+
+    def encode(self, parsed: _Invocation, model_id: ModelId, outputs: Tensors) -> Response:
+        return Response(encode_predictions(outputs, parsed.accept), media_type=parsed.accept)
+
+
+_CODEC = _SageMakerCodec()
 
 
 def orjson_object(body: bytes) -> dict[str, Any]:

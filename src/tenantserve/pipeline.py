@@ -1,0 +1,199 @@
+"""Pipeline and Call: the way every request goes, admission to answer, for every protocol.
+
+``async with pipeline.call(model_id) as call`` takes the tenant's quota (429) and an
+admission slot (503, in the tenant's fair turn) and asks the cache whether the model can
+start loading now (a full load queue answers at once): every refusal comes before the
+request's body is read. ``await call.predict(decode)`` then leases the model, decodes the
+request against its signature and runs it on a predict thread in the tenant's fair turn.
+The protocols read bodies and encode answers; nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+from tenantserve.activity import Activity
+from tenantserve.cache.model_cache import ModelCache
+from tenantserve.errors import InvalidInput, PredictTimedOut
+from tenantserve.metrics import Metrics
+from tenantserve.scheduling.admission import Admission, Ticket
+from tenantserve.scheduling.executor import BoundedExecutor
+from tenantserve.scheduling.fair import FairExecutor
+from tenantserve.scheduling.stoppable_run import StoppableRun
+from tenantserve.scheduling.tenant_limits import TenantQuotas
+from tenantserve.types import ModelId, ModelMetadata, Tensors, TensorSpec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Decode = Callable[[tuple[TensorSpec, ...]], Tensors]
+"""Turns a request into the model's input tensors, given the model's input signature."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A request's answer: its output tensors, and whether its model was resident as it
+    arrived (the ``X-Tenantserve-Cache`` header) — known without a second lookup."""
+
+    outputs: Tensors
+    hit: bool
+
+
+@dataclass(eq=False, slots=True)
+class Pipeline:
+    """The parts every request passes through, in the order it meets them."""
+
+    quotas: TenantQuotas
+    admission: Admission
+    cache: ModelCache
+    predictor: FairExecutor
+    executor: BoundedExecutor
+    activity: Activity
+    metrics: Metrics
+    predict_timeout_s: float = math.inf
+    lingering: set[asyncio.Task[None]] = field(default_factory=set)
+    """Leases held for stopped runs until their threads let go (shutdown waits for them)."""
+
+    def call(self, model_id: ModelId, *, counted: bool = True) -> Call:
+        """One request for ``model_id``; ``counted=False`` (a metadata read) is admitted the
+        same way but is not an inference: no activity, no hit or miss, no recency."""
+        return Call(self, model_id, counted)
+
+
+class Call:
+    """One admitted request (see the module): an async context manager, then ``predict``."""
+
+    __slots__ = ("_counted", "_entered", "_pipeline", "_ticket", "_tracked", "hit", "model_id")
+
+    def __init__(self, pipeline: Pipeline, model_id: ModelId, counted: bool) -> None:
+        self._pipeline = pipeline
+        self.model_id = model_id
+        self._counted = counted
+        self.hit = False
+        self._ticket: Ticket | None = None
+        self._tracked: Any = None
+        self._entered = 0  # how many of quota, slot were taken: what __aexit__ gives back
+
+    async def __aenter__(self) -> Call:
+        p = self._pipeline
+        tenant = self.model_id.tenant
+        if self._counted:
+            p.metrics.tenants.observe(tenant)  # traffic decides which tenants metrics name
+            self.hit = p.cache.is_resident(self.model_id)
+            # The whole request is timed and counted, refusals included.
+            self._tracked = p.activity.request(self.model_id, hit=self.hit)
+            self._tracked.__enter__()
+        try:
+            p.quotas.acquire(tenant)
+            self._entered = 1
+            self._ticket = await p.admission.acquire(tenant)
+            self._entered = 2
+            p.cache.refuse_early(self.model_id)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        p = self._pipeline
+        tenant = self.model_id.tenant
+        if self._entered >= 2:
+            p.admission.release(tenant)
+        if self._entered >= 1:
+            p.quotas.release(tenant)
+        self._entered = 0
+        if self._tracked is not None:
+            self._tracked.__exit__(exc_type, exc, tb)
+            self._tracked = None
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on an I/O thread: for decoding a large body without holding the loop."""
+        return await self._pipeline.executor.run_io(fn, *args)
+
+    async def predict(
+        self, decode: Decode, *, outputs: Sequence[str] | None = None, offload: bool = False
+    ) -> Prediction:
+        """Lease the model, decode against its signature (on an I/O thread with ``offload``)
+        and run it; ``outputs`` picks outputs by name (all when ``None``).
+
+        A run past the predict timeout, or whose caller left (cancellation), is told to stop;
+        while its thread still holds the model, the lease passes to a task that ends it when
+        the thread lets go, so no model is closed under a run.
+
+        Raises:
+            ModelNotFound, ModelNotReady, InsufficientMemory, LoadFailed, InvalidInput,
+            Overloaded (its queue time ran out), PredictFailed, PredictTimedOut.
+        """
+        ticket = self._ticket
+        assert ticket is not None, "predict inside `async with call`"
+        p = self._pipeline
+        lease = p.cache.lease(self.model_id, counted=self._counted)
+        model = await lease.__aenter__()
+        handed_off = False  # the lease's end passed to a task (see above)
+        try:
+            tensors = await self.off_loop(decode, model.inputs) if offload else decode(model.inputs)
+            run = StoppableRun(model, tensors, p.metrics.inference)
+            try:
+                result = await p.predictor.run_until(
+                    ticket.deadline(), self.model_id.tenant, run,
+                    timeout_s=p.predict_timeout_s, key=self.model_id.value,
+                )  # fmt: skip
+            except (PredictTimedOut, asyncio.CancelledError) as exc:
+                released = run.stop()
+                if released is not None:
+                    self._end_lease_after(released, lease)
+                    handed_off = True
+                if isinstance(exc, PredictTimedOut):
+                    log.warning("%s; its run was told to stop", exc)
+                raise
+        finally:
+            if not handed_off:
+                await lease.__aexit__(None, None, None)
+        return Prediction(_selected(result, outputs, self.model_id), self.hit)
+
+    def _end_lease_after(
+        self, released: asyncio.Future[None], lease: AbstractAsyncContextManager[Any]
+    ) -> None:
+        async def end() -> None:
+            await released
+            await lease.__aexit__(None, None, None)
+
+        task = asyncio.get_running_loop().create_task(end())
+        lingering = self._pipeline.lingering
+        lingering.add(task)  # hold a reference until done, or the task may be collected
+        task.add_done_callback(lingering.discard)
+
+    async def metadata(self) -> ModelMetadata:
+        """The model's signature (loads it if needed: it is read from the graph)."""
+        p = self._pipeline
+        async with p.cache.lease(self.model_id, counted=False) as model:
+            return ModelMetadata(
+                model_id=self.model_id.value,
+                platform=model.platform,
+                inputs=model.inputs,
+                outputs=model.outputs,
+                labels=p.cache.labels_of(self.model_id),
+            )
+
+
+def _selected(result: Tensors, outputs: Sequence[str] | None, model_id: ModelId) -> Tensors:
+    if outputs is None:
+        return result
+    unknown = [name for name in outputs if name not in result]
+    if unknown:
+        raise InvalidInput(
+            f"unknown output {unknown[0]!r}; model {model_id} has outputs {sorted(result)}"
+        )
+    return {name: result[name] for name in outputs}
