@@ -33,8 +33,8 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from tenantserve.bench.servers import served_tenantserve
-from tenantserve.fleet.synth import write_fleet
+from tenantserve.tools.bench.servers import served_tenantserve
+from tenantserve.tools.fleet.synth import write_fleet
 
 N_FEATURES = 16
 

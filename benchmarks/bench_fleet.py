@@ -33,11 +33,11 @@ import numpy as np
 import onnxruntime as ort
 from prometheus_client.parser import text_string_to_metric_families
 
-from tenantserve.bench.servers import served_tenantserve
-from tenantserve.fleet.build import build_fleet
-from tenantserve.fleet.datasets import resolve_datasets
-from tenantserve.fleet.publish import open_publisher
-from tenantserve.fleet.sources import TenantPlan, plan_banking77
+from tenantserve.tools.bench.servers import served_tenantserve
+from tenantserve.tools.fleet.build import build_fleet
+from tenantserve.tools.fleet.datasets import resolve_datasets
+from tenantserve.tools.fleet.publish import open_publisher
+from tenantserve.tools.fleet.sources import TenantPlan, plan_banking77
 
 WARM_REQUESTS = 20
 MIN_REQUESTS = 200

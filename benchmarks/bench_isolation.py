@@ -39,7 +39,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from isolation_load import Outcome, Target, run_stream, storm
-from tenantserve.fleet.synth import write_synthetic_model
+from tenantserve.tools.fleet.synth import write_synthetic_model
 
 KEYS = {"noisy": "noisy-tenant-key-000001", "quiet": "quiet-tenant-key-000001",
         "storm": "storm-tenant-key-000001", "warm": "warm-tenant-key-0000001"}  # fmt: skip

@@ -37,7 +37,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tenantserve.config import Settings
-from tenantserve.fleet.synth import write_fleet
+from tenantserve.tools.fleet.synth import write_fleet
 
 FEATURES = 16
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, FEATURES],

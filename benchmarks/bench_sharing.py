@@ -31,10 +31,10 @@ import onnx
 import psutil
 from onnx import numpy_helper
 
-from tenantserve.bench.servers import served_tenantserve
-from tenantserve.fleet import minilm
 from tenantserve.runtimes import default_runtimes, runtime_for
 from tenantserve.store.manifest import checked_manifest
+from tenantserve.tools.bench.servers import served_tenantserve
+from tenantserve.tools.fleet import minilm
 
 TICKET = "I lost my card and need to block it right away"
 

@@ -38,11 +38,11 @@ import httpx
 import numpy as np
 import psutil
 
-from tenantserve.bench.loadgen import LoadSpec, replay, warm_up
-from tenantserve.bench.results import STATUS_CONNECTION_ERROR, STATUS_TIMEOUT, RunResult
-from tenantserve.bench.servers import Served, served_tenantserve
-from tenantserve.bench.traces import generate
-from tenantserve.fleet.synth import write_fleet
+from tenantserve.tools.bench.loadgen import LoadSpec, replay, warm_up
+from tenantserve.tools.bench.results import STATUS_CONNECTION_ERROR, STATUS_TIMEOUT, RunResult
+from tenantserve.tools.bench.servers import Served, served_tenantserve
+from tenantserve.tools.bench.traces import generate
+from tenantserve.tools.fleet.synth import write_fleet
 from tenantserve.units import parse_size
 
 PROBE_MODELS = 32

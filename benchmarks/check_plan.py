@@ -17,8 +17,8 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from tenantserve.bench.plan import FleetProfile, simulate
-from tenantserve.bench.plan_cli import parse_instance
+from tenantserve.tools.bench.plan import FleetProfile, simulate
+from tenantserve.tools.bench.plan_cli import parse_instance
 from tenantserve.units import parse_size
 
 

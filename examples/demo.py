@@ -32,11 +32,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TimeElapsedColumn
 from rich.table import Table
 
-from tenantserve.fleet.build import build_fleet
-from tenantserve.fleet.datasets import resolve_datasets
-from tenantserve.fleet.publish import open_publisher
-from tenantserve.fleet.sources import plan_banking77
-from tenantserve.fleet.text import Example, load_banking77
+from tenantserve.tools.fleet.build import build_fleet
+from tenantserve.tools.fleet.datasets import resolve_datasets
+from tenantserve.tools.fleet.publish import open_publisher
+from tenantserve.tools.fleet.sources import plan_banking77
+from tenantserve.tools.fleet.text import Example, load_banking77
 
 MODEL = "macros"
 TENANTS_SHOWN = 4

@@ -32,9 +32,9 @@ from tenantserve.units import parse_size
 ENV_PREFIX = "TENANTSERVE_"
 
 PROJECT_VARIABLES: Mapping[str, str] = {
-    "TENANTSERVE_URL": "server address of `tenantserve status` and `models` (remote/cli.py)",
-    "TENANTSERVE_API_KEY": "API key of `tenantserve status` and `models` (remote/cli.py)",
-    "TENANTSERVE_DATASETS": "datasets folder of `tenantserve fleet build` (fleet/cli.py), "
+    "TENANTSERVE_URL": "server address of `tenantserve status` and `models` (tools/remote/cli.py)",
+    "TENANTSERVE_API_KEY": "API key of `tenantserve status` and `models` (tools/remote/cli.py)",
+    "TENANTSERVE_DATASETS": "datasets folder of `tenantserve fleet build` (tools/fleet/cli.py), "
     "examples/demo.py, benchmarks/bench_fleet.py and the tests",
 }
 """The ``TENANTSERVE_*`` variables that are not settings, and what reads them; every other

@@ -33,10 +33,10 @@ from tritonclient.utils import InferenceServerException
 from fixtures.models import find_datasets
 from fixtures.s3 import S3Server
 from fixtures.server import ThreadServer
-from tenantserve.fleet.build import build_fleet
-from tenantserve.fleet.publish import open_publisher
-from tenantserve.fleet.sources import TenantPlan, plan_banking77
-from tenantserve.fleet.text import Example
+from tenantserve.tools.fleet.build import build_fleet
+from tenantserve.tools.fleet.publish import open_publisher
+from tenantserve.tools.fleet.sources import TenantPlan, plan_banking77
+from tenantserve.tools.fleet.text import Example
 
 SEED = 0
 TENANTS = 2

@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from fixtures.server import ProcessServer
-from tenantserve.bench.loadgen import LoadSpec, replay, warm_up
-from tenantserve.bench.traces import generate
-from tenantserve.fleet.synth import write_fleet
+from tenantserve.tools.bench.loadgen import LoadSpec, replay, warm_up
+from tenantserve.tools.bench.traces import generate
+from tenantserve.tools.fleet.synth import write_fleet
 
 MODELS = 300
 RATE_PER_S = 150.0

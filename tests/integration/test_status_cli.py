@@ -134,7 +134,7 @@ def test_api_key_is_sent_as_a_bearer_token(
         seen.append(request.headers.get("authorization"))
 
     # The server runs without keys; what matters is what the CLI sends.
-    from tenantserve.remote.client import StatusClient
+    from tenantserve.tools.remote.client import StatusClient
 
     with StatusClient(server.url, api_key="s3cret") as client:
         assert client._http is not None

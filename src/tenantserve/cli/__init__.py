@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from tenantserve import __version__
-from tenantserve.bench.cli import bench_app
-from tenantserve.bench.plan_cli import plan_command, replay_command
 from tenantserve.cli.serve import serve_command
 from tenantserve.cli.settings_options import with_settings
-from tenantserve.fleet.cli import fleet_app
 from tenantserve.integrations.ray_cli import build_ray_app  # imports Ray only when run
-from tenantserve.remote.cli import models_app, status_command, tenants_app
+from tenantserve.tools.bench.cli import bench_app
+from tenantserve.tools.bench.plan_cli import plan_command, replay_command
+from tenantserve.tools.fleet.cli import fleet_app
+from tenantserve.tools.remote.cli import models_app, status_command, tenants_app
 
 app = typer.Typer(
     help="tenantserve: thousands of per-tenant models behind one endpoint, loaded on first "
