@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     """The same document as ``api_keys``, inline as JSON; a secret, so a variable only."""
     insecure_no_auth: bool = False
     """Serve without authentication on a non-loopback address (loopback never needs this)."""
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: Listed = ()
     """Host names, besides loopback, that a server without API keys answers (a DNS-rebinding
     guard: e.g. a name for this machine in /etc/hosts). With keys on, any Host is answered."""
     open_metrics: bool = False

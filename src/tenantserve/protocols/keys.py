@@ -12,8 +12,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from tenantserve.documents import read_document
 from tenantserve.errors import InvalidModelId
-from tenantserve.scheduling.tenant_limits import read_document
 from tenantserve.types import ModelId
 
 MIN_KEY_CHARS = 16

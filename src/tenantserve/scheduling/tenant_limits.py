@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
 
+from tenantserve.documents import read_document
 from tenantserve.errors import TenantLimitExceeded
 from tenantserve.metrics import Metrics
 from tenantserve.units import parse_size
@@ -97,18 +95,6 @@ class TenantLimits:
             for name, spec in tenants_doc.items()
         }
         return cls(base, tenants)
-
-
-def read_document(path: Path) -> dict[str, Any]:
-    """A JSON (``.json``) or TOML (anything else) file as a dict; ``ValueError`` if unreadable."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        doc = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path} must hold a table (an object) at the top")
-    return doc
 
 
 def _limit(spec: object, base: TenantLimit, *, where: str) -> TenantLimit:

@@ -23,7 +23,8 @@ def test_replica_builds_the_app_pins_its_copies_and_reports_its_cache(
     assert replica.routing_stats() == {}
     replica.check_health()  # nothing built yet: nothing to report
 
-    with TestClient(replica.build("r-1", rank=0)) as client:
+    # As Serve's proxy forwards it on loopback: a Host that names this machine.
+    with TestClient(replica.build("r-1", rank=0), base_url="http://127.0.0.1") as client:
         response = client.get("/v2/health/ready")
         assert response.status_code == 200
         assert response.headers[REPLICA_HEADER] == "r-1"

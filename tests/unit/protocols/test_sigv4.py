@@ -21,7 +21,7 @@ from tenantserve.protocols import sigv4
 
 KEY_ID = "AKIAACME0001"
 NEW_YEAR_2024 = 1704067200.0
-EXAMPLES = int(os.environ.get("TENANTSERVE_FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
