@@ -1,0 +1,112 @@
+"""Warm path against the raw floor, side by side: every model preloaded, wrk 2x16, A B A B.
+
+    .venv/bin/python benchmarks/bench_warm.py [--models 200 --size-mb 10 --rounds 3 --seconds 20]
+
+Writes a synthetic fleet (numeric ONNX models), starts the raw floor (plain ASGI over
+preloaded sessions, `tenantserve bench floor`) and `tenantserve serve` with every model
+preloaded, both on uvicorn with uvloop and httptools, and drives each in turn with the same
+wrk script over a Zipf (s=1.1) sequence of model ids. Prints each slice, then the medians:
+req/s, p50, p99 and the server process's CPU per request (its utime+stime over the slice),
+and tenantserve's ratios to the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tenantserve.tools.bench.servers import Served, served_floor, served_tenantserve
+from tenantserve.tools.bench.wrk import WrkResult, run_wrk
+from tenantserve.tools.fleet.synth import write_fleet
+
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
+).encode()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _zipf_ids(ids: list[str], s: float, n: int, seed: int) -> list[str]:
+    ranks = np.arange(1, len(ids) + 1, dtype=float)
+    weights = ranks**-s / (ranks**-s).sum()
+    picks = np.random.default_rng(seed).choice(len(ids), size=n, p=weights)
+    return [ids[i] for i in picks]
+
+
+def _slice(served: Served, sequence: list[str], seconds: float) -> tuple[WrkResult, float]:
+    before = _cpu_s(served.pid)
+    result = run_wrk(served.url, sequence, body=BODY, concurrency=16, duration_s=seconds, threads=2)
+    used = _cpu_s(served.pid) - before
+    return result, used / max(1, result.requests)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=200)
+    parser.add_argument("--size-mb", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--store", type=Path, help="fleet folder, kept for the next run")
+    parser.add_argument("--extra", default="", help="more `tenantserve serve` flags")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-warm-"))
+    store = args.store or work / "store"
+    if not (store / ".complete").exists():
+        write_fleet(store, models=args.models, size_bytes=int(args.size_mb * 1e6), seed=0)
+        (store / ".complete").touch()
+    ids = sorted(p.parent.relative_to(store).as_posix() for p in store.glob("*/*/model.onnx"))
+    sequence = _zipf_ids(ids, 1.1, 5000, seed=0)
+    budget = f"{max(4, int(len(ids) * args.size_mb * 3 / 1000) + 2)}GB"
+    rows: dict[str, list[tuple[WrkResult, float]]] = {"floor": [], "tenantserve": []}
+    load = os.getloadavg()[0]
+    print(f"{len(ids)} models of {args.size_mb:g} MB, wrk 2x16, {args.rounds} rounds of "
+          f"{args.seconds:g} s each; load average {load:.2f}", flush=True)  # fmt: skip
+    with (
+        served_floor(store, log_path=work / "floor.log", threads=os.cpu_count()) as floor,
+        served_tenantserve(
+            store, budget=budget, log_path=work / "tenantserve.log", cache_dir=work / "cache",
+            extra_args=["--preload", "*/*", *args.extra.split()],
+        ) as server,
+    ):  # fmt: skip
+        for served in (floor, server):
+            _slice(served, sequence, 3)  # warm: every model answers once first
+        for round_ in range(args.rounds):
+            for name, served in (("floor", floor), ("tenantserve", server)):
+                result, cpu = _slice(served, sequence, args.seconds)
+                rows[name].append((result, cpu))
+                print(f"round {round_ + 1} {name:12} {result.rate:8.0f} req/s  "
+                      f"p50 {result.p50_s * 1e3:6.2f} ms  p99 {result.p99_s * 1e3:6.2f} ms  "
+                      f"cpu {cpu * 1e3:.3f} ms/req  errors {result.errors}",
+                      flush=True)  # fmt: skip
+    med = {
+        name: (
+            statistics.median(r.rate for r, _ in slices),
+            statistics.median(r.p50_s for r, _ in slices),
+            statistics.median(r.p99_s for r, _ in slices),
+            statistics.median(c for _, c in slices),
+        )
+        for name, slices in rows.items()
+    }
+    print("\n| server | req/s | p50 ms | p99 ms | CPU ms/req |\n|---|---:|---:|---:|---:|")
+    for name, (rate, p50, p99, cpu) in med.items():
+        print(f"| {name} | {rate:.0f} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | {cpu * 1e3:.3f} |")
+    f, t = med["floor"], med["tenantserve"]
+    load = os.getloadavg()[0]
+    print(f"\nratios to the floor: req/s {t[0] / f[0]:.2f}x, p99 {t[2] / f[2]:.2f}x, "
+          f"CPU per request {t[3] / f[3]:.2f}x; load average now {load:.2f}")  # fmt: skip
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
