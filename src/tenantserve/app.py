@@ -17,7 +17,6 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,6 +28,7 @@ from tenantserve.errors import StoreUnavailable
 from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes
 from tenantserve.protocols.auth import Access
+from tenantserve.protocols.front_door import FrontDoor
 from tenantserve.protocols.keys import KeyRing
 from tenantserve.protocols.origin_guard import OriginGuard
 from tenantserve.runtimes import default_runtimes
@@ -142,8 +142,12 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
                 watcher.cancel()
             await service.close()  # within the grace period, whatever still runs
 
-    guarded = keys is None and not settings.insecure_no_auth
-    app = Starlette(
+    # Keys off on loopback: this machine's clients only, never a web page it has open
+    # (--insecure-no-auth waives keys for everyone, and with them this guard).
+    guard_hosts = settings.allowed_hosts if keys is None and not settings.insecure_no_auth else None
+    app = _App(
+        service=service,
+        guard_hosts=guard_hosts,
         routes=routes(
             service,
             metrics,
@@ -152,12 +156,6 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             access=Access(keys, max_body_bytes=settings.max_body),
             open_metrics=settings.open_metrics,
         ),
-        middleware=[
-            Middleware(_ShutdownCutoff, service=service),
-            # Keys off on loopback: this machine's clients only, never a web page it has open
-            # (--insecure-no-auth waives keys for everyone, and with them this guard).
-            *([Middleware(OriginGuard, allowed_hosts=settings.allowed_hosts)] if guarded else []),
-        ],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
@@ -250,6 +248,29 @@ def _limits(settings: Settings) -> TenantLimits:
 def _budget(settings: Settings, limits: TenantLimits) -> MemoryBudget:
     default_cap, caps = limits.memory_caps(settings.memory_budget)
     return MemoryBudget(settings.memory_budget, tenant_cap_bytes=default_cap, tenant_caps=caps)
+
+
+class _App(Starlette):
+    """Starlette, with every request first through the shutdown cutoff, the origin guard (keys
+    off) and the front door (inferences straight to their handlers; protocols/front_door.py),
+    and only then, for the rest, through Starlette's middleware and router."""
+
+    def __init__(
+        self,
+        *,
+        service: InferenceService,
+        guard_hosts: tuple[str, ...] | None,
+        **starlette: Any,
+    ) -> None:
+        self._service = service
+        self._guard_hosts = guard_hosts  # None: no origin guard (keys are on, or waived)
+        super().__init__(**starlette)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = FrontDoor(super().build_middleware_stack(), self.routes)
+        if self._guard_hosts is not None:
+            app = OriginGuard(app, allowed_hosts=self._guard_hosts)
+        return _ShutdownCutoff(app, service=self._service)
 
 
 class _ShutdownCutoff:

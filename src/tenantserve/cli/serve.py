@@ -53,4 +53,7 @@ def serve_command(settings: Settings) -> None:
         ),
         log_config=None,
         access_log=False,
+        # No X-Forwarded-For rewriting: nothing here reads the client's address, and the
+        # middleware would cost every request.
+        proxy_headers=False,
     )

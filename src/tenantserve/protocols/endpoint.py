@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive
 
 from tenantserve.errors import InvalidRequest
 from tenantserve.metrics import Metrics
@@ -125,26 +124,32 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
     Call it once the body has been read. uvicorn does not cancel a handler whose client went
     away; without this a closed connection would keep its admission slot, its place in the
-    predict queue and its tenant's quota until the model answered for nobody.
+    predict queue and its tenant's quota until the model answered for nobody. One watcher
+    task per request, which cancels this one on a disconnect: ``work`` runs in the caller's
+    own task, not in a task of its own.
 
     Raises:
         ClientDisconnect: the client went away; ``work`` was cancelled and has unwound.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnect(request.receive))
+    current = asyncio.current_task()
+    assert current is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # a late body chunk; only the disconnect matters here
+        left = True
+        current.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not left:
+            raise  # ours (server shutdown), not the client's
+        current.uncancel()
+        raise ClientDisconnect() from None
     finally:
-        # On our own cancellation too (server shutdown): neither may outlive the request.
+        # No await since ``work`` returned: the watcher cannot have cancelled us after it.
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise ClientDisconnect()
-    return task.result()
-
-
-async def _disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass  # a late body chunk; only the disconnect matters here

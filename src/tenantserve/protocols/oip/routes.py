@@ -25,6 +25,7 @@ from tenantserve.protocols.auth import Access, authorize, covers
 from tenantserve.protocols.body import read_body
 from tenantserve.protocols.endpoint import Handler, guarded, invocation, invoke
 from tenantserve.protocols.errors import json_response, retry_after
+from tenantserve.protocols.front_door import InferenceRoute
 from tenantserve.protocols.keys import Role
 from tenantserve.protocols.oip.codec import (
     HEADER_LENGTH,
@@ -100,7 +101,7 @@ def oip_routes(
         route("/v2/health/ready", api.ready, "GET"),
         route("/v2", api.server_metadata, "GET"),
         route("/v2/models/{target:path}", api.model_get, "GET", Role.INVOKE),
-        Route("/v2/models/{target:path}", infer, methods=["POST"]),
+        InferenceRoute("/v2/models/{target:path}", infer, methods=["POST"]),
         route("/v2/repository/index", api.index, "POST", Role.MANAGE),
         route("/v2/repository/models/{target:path}", api.repository, "POST", Role.MANAGE),
     ]

@@ -25,6 +25,7 @@ from tenantserve.protocols.auth import Access, authorize, covers
 from tenantserve.protocols.body import read_body
 from tenantserve.protocols.endpoint import Handler, guarded, invocation, invoke
 from tenantserve.protocols.errors import json_response, retry_after
+from tenantserve.protocols.front_door import InferenceRoute
 from tenantserve.protocols.keys import Role
 from tenantserve.protocols.sagemaker.codec import (
     decode_invocation,
@@ -66,13 +67,13 @@ def sagemaker_routes(
 
     return [
         route("/ping", api.ping, "GET"),
-        Route("/invocations", invocations, methods=["POST"]),
-        Route("/endpoints/{endpoint}/invocations", invocations, methods=["POST"]),
+        InferenceRoute("/invocations", invocations, methods=["POST"]),
+        InferenceRoute("/endpoints/{endpoint}/invocations", invocations, methods=["POST"]),
         route("/models", api.list_models, "GET", Role.MANAGE),
         route("/models", api.load_model, "POST", Role.MANAGE),
         route("/models/{target:path}", api.describe_model, "GET", Role.MANAGE),
         route("/models/{target:path}", api.unload_model, "DELETE", Role.MANAGE),
-        Route(
+        InferenceRoute(
             "/models/{target:path}",
             invocation(access.protect(api.invoke_model, Role.INVOKE), "sagemaker", metrics),
             methods=["POST"],
