@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import socket
@@ -125,6 +126,10 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         await cache.start()
         await service.preload(settings.pin, pin=True, what="--pin")
         await service.preload(settings.preload)
+        # What start-up built (modules, runtimes, preloaded models) lives as long as the
+        # process: out of the collector's sight, a full collection no longer walks it, and a
+        # request's tail no longer pays for it.
+        gc.freeze()
         service.start()
         if keys is None:
             log.warning(

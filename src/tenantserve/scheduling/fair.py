@@ -19,6 +19,12 @@ from tenantserve.metrics import Metrics
 T = TypeVar("T")
 P = ParamSpec("P")
 
+TURN_REQUESTS = 4.0
+"""Predictions a backlogged tenant may start in one turn. One per turn made the busiest
+tenant of a Zipf stream wait behind every other tenant for each of its requests, its p99 twice
+a FIFO server's on the same load; four keep its queue moving while a tenant behind a flood
+still waits for at most four of the flood's predictions (benchmarks/bench_warm.py)."""
+
 
 class FairQueue(Generic[T]):
     """Per-tenant FIFO queues served in deficit-round-robin turns (Shreedhar & Varghese 1995).
@@ -166,7 +172,7 @@ class FairExecutor:
         self._workers = workers
         self._spare_workers = spare_workers
         self._metrics = metrics
-        self._queue: FairQueue[_Job] = FairQueue()
+        self._queue: FairQueue[_Job] = FairQueue(quantum=TURN_REQUESTS)
         self._running = 0  # calls on threads, written-off ones included
         self._abandoned = 0  # calls past their timeout still on threads
         self._stuck: dict[str, int] = {}  # key → its calls past their timeout still on threads
