@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tenantserve import memory
 from tenantserve.activity import CacheEvent
 from tenantserve.cache.budget import MemoryBudget
 from tenantserve.cache.eviction import LRU, EvictionPolicy
 from tenantserve.cache.failed_loads import FailedLoads
+from tenantserve.cache.loader import Loader
 from tenantserve.cache.single_flight import SingleFlight
 from tenantserve.errors import (
     InsufficientMemory,
@@ -29,21 +27,13 @@ from tenantserve.errors import (
     TenantServeError,
 )
 from tenantserve.metrics import CacheSnapshot, Metrics
-from tenantserve.runtimes import LoadedModel, Runtime, runtime_for
-from tenantserve.store.base import LocalArtifact, ModelStore
+from tenantserve.runtimes import LoadedModel, Runtime
+from tenantserve.store.base import ModelStore
 from tenantserve.types import ModelId, ModelStatus
 
 log = logging.getLogger(__name__)
 
-# Before the first load of a model its resident size is unknown; an ONNX Runtime session was
-# seen to hold 1.5-1.6x its file, so reserve 2x and settle to the measured size.
-_FIRST_LOAD_FACTOR = 2
-_KNOWN_SIZES_MAX = 100_000
-# A model file's identity for its measured size: the id and the file's size (a replaced
-# artifact of another size is measured again).
-_SizeKey = tuple[ModelId, int]
 _STORE_FAILURE_TTL_S = 5.0
-_OVERHEAD_SHARE = 4  # non-model resident bytes charged to the budget: at most 1/4 of it
 
 
 @dataclass(slots=True, eq=False)
@@ -81,12 +71,12 @@ class ModelCache:
         measure_memory: bool = True,
         events: Callable[[CacheEvent], None] | None = None,
     ) -> None:
-        self._store = store
-        self._runtimes = dict(runtimes)
+        self._loader = Loader(
+            store=store, runtimes=runtimes, budget=budget, metrics=metrics,
+            io_executor=io_executor, load_executor=load_executor, measure_memory=measure_memory,
+        )  # fmt: skip
         self._budget = budget
         self._metrics = metrics
-        self._io = io_executor
-        self._load_executor = load_executor
         self._policy: EvictionPolicy[ModelId] = policy if policy is not None else LRU()
         self._max_concurrent_loads = max_concurrent_loads
         self._max_queued_loads = max_queued_loads
@@ -97,7 +87,6 @@ class ModelCache:
         self._told_at = 0.0
         self._load_wait_s = load_wait_s
         self._failed_load_ttl_s = failed_load_ttl_s
-        self._measure_memory = measure_memory
         self._events = events  # loads, evictions, unloads, failures: for /v1/status
         self._entries: dict[ModelId, _Entry] = {}
         self._draining: set[_Entry] = set()
@@ -106,36 +95,13 @@ class ModelCache:
         self._unloading: dict[ModelId, _Entry] = {}
         self._flights: SingleFlight[ModelId, _Entry] = SingleFlight()
         self._failures = FailedLoads(log=log)
-        self._known_sizes: OrderedDict[_SizeKey, int] = OrderedDict()
         self._load_slots: asyncio.Semaphore | None = None
         self._room_freed: asyncio.Event | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        # RSS deltas are only meaningful when one runtime load runs at a time.
-        self._measure_lock = threading.Lock()
-        self._rss_baseline: int | None = None
-        self._shared_bytes = 0  # what the budget holds for shared parts (counted once)
 
     async def start(self) -> None:
         """Initialise runtimes, then take the process's baseline resident size (no models)."""
-        loop = asyncio.get_running_loop()
-        for runtime in self._runtimes.values():
-            await loop.run_in_executor(self._load_executor, runtime.warm_up)
-        await loop.run_in_executor(self._load_executor, memory.trim)
-        self._rss_baseline = memory.rss_bytes()
-
-    def _overhead_bytes(self) -> int:
-        """Resident bytes beyond baseline + ledger (heap fragmentation after churn, buffers),
-        counted up to a quarter of the budget.
-
-        Counting it makes the budget hold for the process (RSS ≤ baseline + budget), not only
-        for the sum of measured model sizes. The cap is there because most of it is not the
-        models': a soak at 2x capacity held ~40 MB in connections, and charged in full that
-        emptied a small budget and turned every request into a load.
-        """
-        if self._rss_baseline is None:
-            return 0
-        beyond = memory.rss_bytes() - self._rss_baseline - self._budget.used_bytes
-        return max(0, min(beyond, self._budget.capacity_bytes // _OVERHEAD_SHARE))
+        await self._loader.start()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -172,9 +138,9 @@ class ModelCache:
             used_bytes=self._budget.used_bytes,
             budget_bytes=self._budget.capacity_bytes,
             pinned_bytes=sum(e.nbytes for e in self._entries.values() if e.pinned),
-            shared_bytes=self._shared_bytes,
+            shared_bytes=self._loader.shared_bytes,
             logical_bytes=sum(e.nbytes for e in self._entries.values())
-            + sum(rt.shared_usage().logical_bytes for rt in self._runtimes.values()),
+            + self._loader.shared_logical_bytes(),
             queued_loads=max(0, len(self._flights) - self._max_concurrent_loads),
         )
 
@@ -318,7 +284,6 @@ class ModelCache:
     async def _load(self, model_id: ModelId) -> _Entry:
         if self._load_slots is None:
             self._load_slots = asyncio.Semaphore(self._max_concurrent_loads)
-        loop = asyncio.get_running_loop()
         tenant = model_id.tenant
         reserved = 0  # bytes this load holds in the budget, released on any failure
         began = 0.0
@@ -326,22 +291,11 @@ class ModelCache:
             async with self._load_slots:
                 await self._pace()
                 began = time.perf_counter()  # a load's own time, not its wait for a slot
-                artifact = await loop.run_in_executor(self._io, self._store.fetch, model_id)
-                self._metrics.downloading.observe(artifact.download_seconds)
-                runtime = runtime_for(self._runtimes, artifact.manifest)
-                size_key = _size_key(artifact)
-                known = self._known_sizes.get(size_key)
-                estimate = self._estimate(artifact, runtime, known)
-                await self._make_room(model_id, estimate, why=f"loading {model_id}")
-                self._budget.reserve(estimate, tenant)
-                reserved = estimate
-                started = time.perf_counter()
-                model, measured = await loop.run_in_executor(
-                    self._load_executor, self._load_measured, runtime, artifact, known
-                )
-                load_seconds = time.perf_counter() - started
-                # A model is measured once (the same file, the same size on every load after).
-                self._remember_size(size_key, measured)
+                fetched = await self._loader.fetch(model_id)
+                await self._make_room(model_id, fetched.estimate, why=f"loading {model_id}")
+                self._budget.reserve(fetched.estimate, tenant)
+                reserved = fetched.estimate
+                model, measured, load_seconds = await self._loader.load(fetched)
                 await self._room_for_measured(model_id, model, measured, reserved)
             self._metrics.loading.observe(load_seconds)
         except TenantServeError as exc:
@@ -366,12 +320,13 @@ class ModelCache:
             raise
         self._budget.release(reserved, tenant)
         self._budget.reserve(measured, tenant)
-        self._sync_shared()
+        self._loader.sync_shared()
         took_s = time.perf_counter() - began
         ewma = self._load_s_ewma
         self._load_s_ewma = took_s if ewma is None else ewma + 0.2 * (took_s - ewma)
         self._failures.forget(model_id)
-        entry = _Entry(model_id, model, measured, artifact.manifest.labels, load_seconds)
+        labels = fetched.artifact.manifest.labels
+        entry = _Entry(model_id, model, measured, labels, load_seconds)
         old = self._entries.get(model_id)
         if old is not None:  # a reload: the new copy takes over, the old one drains
             entry.pinned = old.pinned
@@ -409,56 +364,8 @@ class ModelCache:
                 model_id, measured - reserved, why=f"loading {model_id}, measured larger"
             )
         except BaseException:
-            await asyncio.get_running_loop().run_in_executor(self._load_executor, model.close)
+            await self._loader.discard(model)
             raise
-
-    def _estimate(self, artifact: LocalArtifact, runtime: Runtime, known: int | None) -> int:
-        """The model's own bytes (as measured before, else hinted, else guessed from its
-        file), plus whatever shared part it needs that is not resident yet."""
-        shared = runtime.shared_estimate(artifact.manifest, artifact.path)
-        if known is not None:
-            return known + shared
-        if artifact.manifest.memory_hint_bytes:
-            return artifact.manifest.memory_hint_bytes + shared
-        return _own_file_bytes(artifact) * _FIRST_LOAD_FACTOR + shared
-
-    def _sync_shared(self) -> None:
-        """Count shared parts once: the budget follows the runtimes' total of shared bytes."""
-        held = sum(rt.shared_usage().held_bytes for rt in self._runtimes.values())
-        if held > self._shared_bytes:
-            self._budget.reserve(held - self._shared_bytes)
-        elif held < self._shared_bytes:
-            self._budget.release(self._shared_bytes - held)
-        self._shared_bytes = held
-
-    def _load_measured(
-        self, runtime: Runtime, artifact: LocalArtifact, known: int | None
-    ) -> tuple[LoadedModel, int]:
-        """Load in a worker thread and measure what the model really holds (RSS delta), unless
-        this file was measured before: then its size is that, and no lock is needed."""
-        if not self._measure_memory:  # offline replay: sizes are given, nothing is resident
-            model = runtime.load(artifact.path, artifact.manifest)
-            return model, artifact.manifest.memory_hint_bytes or artifact.nbytes
-        if known is not None:
-            model = runtime.load(artifact.path, artifact.manifest)
-            memory.trim()  # the parsed model file is garbage glibc would otherwise keep
-            return model, known
-        with self._measure_lock:
-            memory.trim()
-            before = memory.rss_bytes()
-            shared_before = runtime.shared_usage().held_bytes
-            model = runtime.load(artifact.path, artifact.manifest)
-            memory.trim()  # the parsed model file is garbage glibc would otherwise keep
-            grown = memory.rss_bytes() - before
-            # A shared part created by this load is the runtime's to count, once.
-            grown -= runtime.shared_usage().held_bytes - shared_before
-        return model, max(grown, _own_file_bytes(artifact))
-
-    def _remember_size(self, key: _SizeKey, nbytes: int) -> None:
-        self._known_sizes[key] = nbytes
-        self._known_sizes.move_to_end(key)
-        if len(self._known_sizes) > _KNOWN_SIZES_MAX:
-            self._known_sizes.popitem(last=False)
 
     def _refuse_if_never_fits(self, model_id: ModelId, nbytes: int) -> None:
         tenant = model_id.tenant
@@ -553,7 +460,7 @@ class ModelCache:
         victims: list[_Entry] = []
         freeing = 0
         if tenant is None:
-            need = self._budget.used_bytes + self._overhead_bytes() + nbytes
+            need = self._budget.used_bytes + self._loader.overhead_bytes() + nbytes
             limit = self._budget.capacity_bytes
         else:
             cap = self._budget.cap_of(tenant)
@@ -595,9 +502,9 @@ class ModelCache:
         if self._unloading.get(entry.model_id) is entry:
             del self._unloading[entry.model_id]
         started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(self._load_executor, self._release, entry)
+        await self._loader.release(entry.model)
         self._budget.release(entry.nbytes, entry.model_id.tenant)
-        self._sync_shared()  # the last user of a shared part frees it
+        self._loader.sync_shared()  # the last user of a shared part frees it
         self._metrics.unloading.observe(time.perf_counter() - started)
         self._signal_room()
 
@@ -661,22 +568,3 @@ class ModelCache:
         for entry in list(self._draining):
             if entry.leases == 0:
                 await self._close(entry)
-
-    def _release(self, entry: _Entry) -> None:
-        # Under the measurement lock: memory freed here during a load's measurement would
-        # make that model look smaller than it is.
-        with self._measure_lock:
-            entry.model.close()
-            memory.trim()
-
-
-def _size_key(artifact: LocalArtifact) -> _SizeKey:
-    return artifact.model_id, _own_file_bytes(artifact)
-
-
-def _own_file_bytes(artifact: LocalArtifact) -> int:
-    """The model file's size: a floor for what its session holds (a shared base excluded)."""
-    try:
-        return (artifact.path / artifact.manifest.model_file).stat().st_size
-    except OSError:
-        return artifact.nbytes
