@@ -14,16 +14,13 @@ from typing import Literal
 from tenantserve.activity import CacheEvent
 from tenantserve.cache.budget import MemoryBudget
 from tenantserve.cache.eviction import LRU, EvictionPolicy
-from tenantserve.cache.failed_loads import FailedLoads
+from tenantserve.cache.load_queue import LoadQueue
 from tenantserve.cache.loader import Loader
-from tenantserve.cache.single_flight import SingleFlight
 from tenantserve.errors import (
     InsufficientMemory,
     ModelAlreadyLoaded,
     ModelNotFound,
     ModelNotReady,
-    StoreUnavailable,
-    TenantLimitExceeded,
     TenantServeError,
 )
 from tenantserve.metrics import CacheSnapshot, Metrics
@@ -32,8 +29,6 @@ from tenantserve.store.base import ModelStore
 from tenantserve.types import ModelId, ModelStatus
 
 log = logging.getLogger(__name__)
-
-_STORE_FAILURE_TTL_S = 5.0
 
 
 @dataclass(slots=True, eq=False)
@@ -78,24 +73,18 @@ class ModelCache:
         self._budget = budget
         self._metrics = metrics
         self._policy: EvictionPolicy[ModelId] = policy if policy is not None else LRU()
-        self._max_concurrent_loads = max_concurrent_loads
-        self._max_queued_loads = max_queued_loads
-        self._max_loads_per_s = max_loads_per_s  # 0: loads start as soon as a slot is free
-        self._next_load_at = 0.0
-        self._load_s_ewma: float | None = None  # a load's seconds, for Retry-After when full
-        self._told_to_retry = 0.0  # refused first calls expected back, draining at the load rate
-        self._told_at = 0.0
+        self._queue: LoadQueue[_Entry] = LoadQueue(
+            metrics=metrics, max_concurrent_loads=max_concurrent_loads,
+            max_queued_loads=max_queued_loads, max_loads_per_s=max_loads_per_s,
+            failed_load_ttl_s=failed_load_ttl_s,
+        )  # fmt: skip
         self._load_wait_s = load_wait_s
-        self._failed_load_ttl_s = failed_load_ttl_s
         self._events = events  # loads, evictions, unloads, failures: for /v1/status
         self._entries: dict[ModelId, _Entry] = {}
         self._draining: set[_Entry] = set()
         # Explicitly unloaded, closed once their last lease ends; until then new requests for
         # the model are told to retry rather than load a second copy beside the closing one.
         self._unloading: dict[ModelId, _Entry] = {}
-        self._flights: SingleFlight[ModelId, _Entry] = SingleFlight()
-        self._failures = FailedLoads(log=log)
-        self._load_slots: asyncio.Semaphore | None = None
         self._room_freed: asyncio.Event | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -141,7 +130,7 @@ class ModelCache:
             shared_bytes=self._loader.shared_bytes,
             logical_bytes=sum(e.nbytes for e in self._entries.values())
             + self._loader.shared_logical_bytes(),
-            queued_loads=max(0, len(self._flights) - self._max_concurrent_loads),
+            queued_loads=self._queue.queued,
         )
 
     # -- the data path ---------------------------------------------------------------------
@@ -186,10 +175,9 @@ class ModelCache:
                 return entry
             if not explicit:
                 self._raise_if_unloading(model_id)
-                self._raise_if_failed_recently(model_id)
-                self._raise_if_loads_full(model_id)
+                self._queue.refuse(model_id)
             try:
-                entry = await self._flights.do(
+                entry = await self._queue.join(
                     model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s
                 )
             except TimeoutError:
@@ -212,63 +200,7 @@ class ModelCache:
         if model_id in self._entries:
             return
         self._raise_if_unloading(model_id)
-        self._raise_if_failed_recently(model_id)
-        self._raise_if_loads_full(model_id)
-
-    def _raise_if_loads_full(self, model_id: ModelId) -> None:
-        """Refuse a new load at once when ``max_queued_loads`` loads already wait for a slot,
-        or when the model's tenant already has half of all pending loads.
-
-        A storm of first calls to distinct models is then admitted at the rate loads finish;
-        the rest get a fast retryable answer instead of holding a request slot for minutes.
-        A tenant sending ids that miss (new, or not in the store at all) pays store round
-        trips from its own half: its misses are part of its quota (429), and other tenants'
-        first calls still find room.
-        """
-        if self._max_queued_loads is None or model_id in self._flights:
-            return  # joining a load that runs costs nothing
-        pending = len(self._flights)
-        room = self._max_concurrent_loads + self._max_queued_loads
-        if pending >= room:
-            self._metrics.reject("load_queue_full", model_id.tenant)
-            raise ModelNotReady(
-                f"model {model_id} is not loaded and {pending} other loads are pending; "
-                "retry shortly",
-                retry_after_s=self._retry_after_s(pending - self._max_concurrent_loads),
-            )
-        tenant = model_id.tenant
-        own = sum(1 for pending_id in self._flights if pending_id.tenant == tenant)
-        if own >= max(1, room // 2):
-            self._metrics.reject("tenant_loads", tenant)
-            raise TenantLimitExceeded(
-                f"tenant {tenant} has {own} model loads pending, its share of the load queue; "
-                "retry shortly",
-                retry_after_s=self._retry_after_s(own),
-            )
-
-    def _retry_after_s(self, ahead: int) -> float:
-        """When to come back, with ``ahead`` loads to finish first. Each refused caller is told
-        a later time than the one before, in step with the rate loads finish, so retries come
-        back spread out rather than as one more storm."""
-        rate = self._max_loads_per_s
-        if not rate:
-            load_s = self._load_s_ewma if self._load_s_ewma is not None else 1.0  # none seen yet
-            rate = self._max_concurrent_loads / max(load_s, 1e-3)
-        now = time.monotonic()
-        drained = (now - self._told_at) * rate
-        self._told_to_retry = max(0.0, self._told_to_retry - drained) + 1.0
-        self._told_at = now
-        return (ahead + self._told_to_retry) / rate
-
-    async def _pace(self) -> None:
-        """Start loads no faster than ``max_loads_per_s``: loads take CPU from warm traffic."""
-        if not self._max_loads_per_s:
-            return
-        now = time.monotonic()
-        start_at = max(now, self._next_load_at)
-        self._next_load_at = start_at + 1.0 / self._max_loads_per_s
-        if start_at > now:
-            await asyncio.sleep(start_at - now)
+        self._queue.refuse(model_id)
 
     def _raise_if_unloading(self, model_id: ModelId) -> None:
         if model_id in self._unloading:
@@ -276,20 +208,14 @@ class ModelCache:
                 f"model {model_id} is being unloaded; retry shortly", retry_after_s=1.0
             )
 
-    def _raise_if_failed_recently(self, model_id: ModelId) -> None:
-        self._failures.raise_if_recent(model_id)
-
     # -- loading ---------------------------------------------------------------------------
 
     async def _load(self, model_id: ModelId) -> _Entry:
-        if self._load_slots is None:
-            self._load_slots = asyncio.Semaphore(self._max_concurrent_loads)
         tenant = model_id.tenant
         reserved = 0  # bytes this load holds in the budget, released on any failure
         began = 0.0
         try:
-            async with self._load_slots:
-                await self._pace()
+            async with self._queue.slot():
                 began = time.perf_counter()  # a load's own time, not its wait for a slot
                 fetched = await self._loader.fetch(model_id)
                 await self._make_room(model_id, fetched.estimate, why=f"loading {model_id}")
@@ -300,20 +226,8 @@ class ModelCache:
             self._metrics.loading.observe(load_seconds)
         except TenantServeError as exc:
             self._budget.release(reserved, tenant)
-            # A broken artifact stays broken; a store outage already had its retries and may
-            # pass at any moment, so it is remembered only briefly (and said so in Retry-After).
-            ttl_s = self._failed_load_ttl_s
-            if isinstance(exc, StoreUnavailable):
-                ttl_s = min(ttl_s, _STORE_FAILURE_TTL_S)
-            self._failures.record(model_id, exc, ttl_s)
-            if isinstance(exc, ModelNotFound):
-                # No artifact is a 404 for the caller, not a load that failed: the failure
-                # counter (and the alert on it) is for models that exist and do not load.
-                log.debug("load of %s: %s", model_id, exc)
-                raise
-            self._metrics.load_failures.inc()
-            self._failures.warn("load of %s failed: %s", model_id, exc)
-            self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
+            if self._queue.failed(model_id, exc):  # not a model the store does not have
+                self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
             raise
         except BaseException:
             self._budget.release(reserved, tenant)
@@ -321,10 +235,7 @@ class ModelCache:
         self._budget.release(reserved, tenant)
         self._budget.reserve(measured, tenant)
         self._loader.sync_shared()
-        took_s = time.perf_counter() - began
-        ewma = self._load_s_ewma
-        self._load_s_ewma = took_s if ewma is None else ewma + 0.2 * (took_s - ewma)
-        self._failures.forget(model_id)
+        self._queue.finished(model_id, time.perf_counter() - began)
         labels = fetched.artifact.manifest.labels
         entry = _Entry(model_id, model, measured, labels, load_seconds)
         old = self._entries.get(model_id)
@@ -522,10 +433,10 @@ class ModelCache:
         resident = model_id in self._entries
         if resident and not exist_ok:
             raise ModelAlreadyLoaded(f"model {model_id} is already loaded")
-        self._failures.forget(model_id)  # an operator's explicit load always retries
+        self._queue.forget_failure(model_id)  # an operator's explicit load always retries
         if resident and reload:
             try:
-                entry = await self._flights.do(
+                entry = await self._queue.join(
                     model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s
                 )
             except TimeoutError:
@@ -560,7 +471,7 @@ class ModelCache:
 
     async def close(self) -> None:
         """Wait for loads in flight, then release every model (shutdown)."""
-        await self._flights.drain()
+        await self._queue.drain()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         for entry in list(self._entries.values()):

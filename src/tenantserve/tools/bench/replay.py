@@ -127,9 +127,9 @@ def replay(
 
 @contextmanager
 def quiet_cache_log() -> Iterator[None]:
-    """The cache warns of each refused load; replayed, thousands would bury the answer (the
+    """The load queue warns of each refused load; replayed, thousands would bury the answer (the
     refusals are counted instead)."""
-    logger = logging.getLogger("tenantserve.cache.model_cache")
+    logger = logging.getLogger("tenantserve.cache.load_queue")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
