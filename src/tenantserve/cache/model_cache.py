@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Literal
 
 from tenantserve.activity import CacheEvent
@@ -16,8 +15,9 @@ from tenantserve.cache.budget import MemoryBudget
 from tenantserve.cache.eviction import LRU, EvictionPolicy
 from tenantserve.cache.load_queue import LoadQueue
 from tenantserve.cache.loader import Loader
+from tenantserve.cache.resident import Resident
+from tenantserve.cache.room import Room
 from tenantserve.errors import (
-    InsufficientMemory,
     ModelAlreadyLoaded,
     ModelNotFound,
     ModelNotReady,
@@ -29,20 +29,6 @@ from tenantserve.store.base import ModelStore
 from tenantserve.types import ModelId, ModelStatus
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    model_id: ModelId
-    model: LoadedModel
-    nbytes: int
-    labels: tuple[str, ...] | None
-    load_seconds: float
-    pinned: bool = False
-    leases: int = 0
-    hits: int = 0
-    last_used_s: float = field(default_factory=time.time)
-    draining: bool = False  # unloaded or evicted while leased: closed by the last lease
 
 
 class ModelCache:
@@ -73,20 +59,24 @@ class ModelCache:
         self._budget = budget
         self._metrics = metrics
         self._policy: EvictionPolicy[ModelId] = policy if policy is not None else LRU()
-        self._queue: LoadQueue[_Entry] = LoadQueue(
+        self._queue: LoadQueue[Resident] = LoadQueue(
             metrics=metrics, max_concurrent_loads=max_concurrent_loads,
             max_queued_loads=max_queued_loads, max_loads_per_s=max_loads_per_s,
             failed_load_ttl_s=failed_load_ttl_s,
         )  # fmt: skip
         self._load_wait_s = load_wait_s
         self._events = events  # loads, evictions, unloads, failures: for /v1/status
-        self._entries: dict[ModelId, _Entry] = {}
-        self._draining: set[_Entry] = set()
+        self._entries: dict[ModelId, Resident] = {}
+        self._draining: set[Resident] = set()
         # Explicitly unloaded, closed once their last lease ends; until then new requests for
         # the model are told to retry rather than load a second copy beside the closing one.
-        self._unloading: dict[ModelId, _Entry] = {}
-        self._room_freed: asyncio.Event | None = None
+        self._unloading: dict[ModelId, Resident] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._room = Room(
+            budget=budget, policy=self._policy, metrics=metrics, entries=self._entries,
+            overhead=self._loader.overhead_bytes, close=self._close, wait_s=load_wait_s,
+            detach=lambda entry, why: self._detach(entry, evicted=True, detail=why),
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Initialise runtimes, then take the process's baseline resident size (no models)."""
@@ -165,9 +155,9 @@ class ModelCache:
             if entry.leases == 0:
                 if entry.draining:
                     await self._close(entry)
-                self._signal_room()
+                self._room.freed()
 
-    async def _get_or_load(self, model_id: ModelId, *, explicit: bool) -> _Entry:
+    async def _get_or_load(self, model_id: ModelId, *, explicit: bool) -> Resident:
         # Loops because a model loaded for us can, rarely, be evicted before we resume.
         for _ in range(3):
             entry = self._entries.get(model_id)
@@ -210,7 +200,7 @@ class ModelCache:
 
     # -- loading ---------------------------------------------------------------------------
 
-    async def _load(self, model_id: ModelId) -> _Entry:
+    async def _load(self, model_id: ModelId) -> Resident:
         tenant = model_id.tenant
         reserved = 0  # bytes this load holds in the budget, released on any failure
         began = 0.0
@@ -218,11 +208,15 @@ class ModelCache:
             async with self._queue.slot():
                 began = time.perf_counter()  # a load's own time, not its wait for a slot
                 fetched = await self._loader.fetch(model_id)
-                await self._make_room(model_id, fetched.estimate, why=f"loading {model_id}")
+                await self._room.make(model_id, fetched.estimate, why=f"loading {model_id}")
                 self._budget.reserve(fetched.estimate, tenant)
                 reserved = fetched.estimate
                 model, measured, load_seconds = await self._loader.load(fetched)
-                await self._room_for_measured(model_id, model, measured, reserved)
+                try:
+                    await self._room.make_for_measured(model_id, measured, reserved)
+                except BaseException:
+                    await self._loader.discard(model)  # a model that cannot fit is closed (507)
+                    raise
             self._metrics.loading.observe(load_seconds)
         except TenantServeError as exc:
             self._budget.release(reserved, tenant)
@@ -237,7 +231,7 @@ class ModelCache:
         self._loader.sync_shared()
         self._queue.finished(model_id, time.perf_counter() - began)
         labels = fetched.artifact.manifest.labels
-        entry = _Entry(model_id, model, measured, labels, load_seconds)
+        entry = Resident(model_id, model, measured, labels, load_seconds)
         old = self._entries.get(model_id)
         if old is not None:  # a reload: the new copy takes over, the old one drains
             entry.pinned = old.pinned
@@ -246,154 +240,18 @@ class ModelCache:
                 self._close_soon(old)
         self._entries[model_id] = entry
         self._policy.add(model_id, nbytes=measured, load_seconds=load_seconds)
-        # Overhead beyond the ledger may have grown with this load: shed others now, not on
-        # the next load.
-        why = f"after loading {model_id}, process memory beyond the models' ledger"
-        own = self._evict(0, protect=model_id, tenant=tenant, why=why)
-        freeing = sum(victim.nbytes for victim in own)
-        for victim in [*own, *self._evict(-freeing, protect=model_id, why=why)]:
+        for victim in self._room.shed(model_id):
             self._close_soon(victim)
         log.info("loaded %s (%d bytes in %.3fs)", model_id, measured, load_seconds)
         self._emit(CacheEvent("load", model_id.value, measured, load_seconds))
         return entry
 
-    def _close_soon(self, entry: _Entry) -> None:
+    def _close_soon(self, entry: Resident) -> None:
         task = asyncio.get_running_loop().create_task(self._close(entry))
         self._closing.add(task)  # hold a reference until done, or the task may be collected
         task.add_done_callback(self._closing.discard)
 
-    async def _room_for_measured(
-        self, model_id: ModelId, model: LoadedModel, measured: int, reserved: int
-    ) -> None:
-        """Make room for what the load measured beyond its estimate before it is counted, so
-        the ledger never passes the budget; a model that cannot fit is closed (507)."""
-        if measured <= reserved:
-            return
-        try:
-            self._refuse_if_never_fits(model_id, measured)
-            await self._make_room(
-                model_id, measured - reserved, why=f"loading {model_id}, measured larger"
-            )
-        except BaseException:
-            await self._loader.discard(model)
-            raise
-
-    def _refuse_if_never_fits(self, model_id: ModelId, nbytes: int) -> None:
-        tenant = model_id.tenant
-        if not self._budget.can_ever_fit(nbytes):
-            raise InsufficientMemory(
-                f"model {model_id} needs about {nbytes} bytes; the whole memory budget is "
-                f"{self._budget.capacity_bytes} bytes"
-            )
-        if not self._budget.tenant_can_ever_fit(tenant, nbytes):
-            raise InsufficientMemory(
-                f"model {model_id} needs about {nbytes} bytes; tenant {tenant} may hold at "
-                f"most {self._budget.cap_of(tenant)} bytes"
-            )
-
-    async def _make_room(self, model_id: ModelId, nbytes: int, *, why: str) -> None:
-        """Evict until ``nbytes`` fit. A resident copy of ``model_id`` (a reload) is never a
-        victim: it serves until the new one is in, so both are counted for that moment.
-        ``why`` is what needs the room, said in each eviction's event."""
-        tenant = model_id.tenant
-        self._refuse_if_never_fits(model_id, nbytes)
-        deadline = time.monotonic() + self._load_wait_s
-        while True:
-            # Close victims before loading, so the process never holds both at once. A tenant
-            # at its share gives up its own models first; only then do others make room.
-            if not self._budget.tenant_fits(tenant, nbytes):
-                share = (
-                    f"{why} needed {nbytes} bytes; tenant {tenant}'s share "
-                    f"({self._budget.cap_of(tenant)} bytes) was full"
-                )
-                own = self._evict(nbytes, protect=model_id, tenant=tenant, why=share)
-                await asyncio.gather(*(self._close(victim) for victim in own))
-            full = (
-                f"{why} needed {nbytes} bytes; the memory budget "
-                f"({self._budget.capacity_bytes} bytes) was full"
-            )
-            victims = self._evict(nbytes, protect=model_id, why=full)
-            await asyncio.gather(*(self._close(victim) for victim in victims))
-            if self._budget.fits(nbytes) and self._budget.tenant_fits(tenant, nbytes):
-                return
-            # What is left is pinned, busy or loading. Busy models free up in milliseconds;
-            # wait for a lease to end rather than fail the load.
-            if not self._could_free(model_id, nbytes) or time.monotonic() >= deadline:
-                raise InsufficientMemory(self._no_room(model_id, nbytes))
-            if self._room_freed is None:
-                self._room_freed = asyncio.Event()
-            self._room_freed.clear()
-            try:
-                await asyncio.wait_for(self._room_freed.wait(), deadline - time.monotonic())
-            except TimeoutError:
-                continue
-
-    def _could_free(self, model_id: ModelId, nbytes: int) -> bool:
-        """Would ``nbytes`` fit once every lease and load in flight ended? Only pins stay,
-        and the resident copy of a model being reloaded."""
-        tenant = model_id.tenant
-        kept = [e for e in self._entries.values() if e.pinned or e.model_id == model_id]
-        if sum(e.nbytes for e in kept) + nbytes > self._budget.capacity_bytes:
-            return False
-        cap = self._budget.cap_of(tenant)
-        own = sum(e.nbytes for e in kept if e.model_id.tenant == tenant)
-        return cap is None or own + nbytes <= cap
-
-    def _no_room(self, model_id: ModelId, nbytes: int) -> str:
-        tenant = model_id.tenant
-        # A reload needs room beside the copy that keeps serving meanwhile.
-        beside = " beside its resident copy" if model_id in self._entries else ""
-        if not self._budget.tenant_fits(tenant, nbytes):
-            return (
-                f"model {model_id} needs about {nbytes} bytes{beside} and tenant {tenant} "
-                f"already holds {self._budget.used_by(tenant)} of its "
-                f"{self._budget.cap_of(tenant)}-byte share in pinned or busy models"
-            )
-        return (
-            f"model {model_id} needs about {nbytes} bytes{beside} and only "
-            f"{max(self._budget.free_bytes, 0)} can be freed: the rest of the budget "
-            "is held by pinned or busy models"
-        )
-
-    def _signal_room(self) -> None:
-        if self._room_freed is not None:
-            self._room_freed.set()
-
-    def _evict(
-        self, nbytes: int, *, protect: ModelId | None, why: str, tenant: str | None = None
-    ) -> list[_Entry]:
-        """Detach idle, unpinned victims until ``nbytes`` more would fit once they close.
-
-        With ``tenant``, only that tenant's models go, until it fits within its own share;
-        the policy's order is kept, filtered to the tenant. ``why`` goes in each eviction's
-        event (what needed the room, and which budget was full).
-        """
-        victims: list[_Entry] = []
-        freeing = 0
-        if tenant is None:
-            need = self._budget.used_bytes + self._loader.overhead_bytes() + nbytes
-            limit = self._budget.capacity_bytes
-        else:
-            cap = self._budget.cap_of(tenant)
-            if cap is None:
-                return victims
-            need, limit = self._budget.used_by(tenant) + nbytes, cap
-        for victim in self._policy.candidates():
-            if need - freeing <= limit:
-                break
-            entry = self._entries.get(victim)
-            if entry is None or entry.pinned or entry.leases > 0 or victim == protect:
-                continue
-            if tenant is not None and victim.tenant != tenant:
-                continue
-            self._metrics.evictions.inc()
-            log.info("evicting %s (%d bytes): %s", victim, entry.nbytes, why)
-            self._detach(entry, evicted=True, detail=why)
-            victims.append(entry)
-            freeing += entry.nbytes
-        return victims
-
-    def _detach(self, entry: _Entry, *, evicted: bool = False, detail: str = "") -> None:
+    def _detach(self, entry: Resident, *, evicted: bool = False, detail: str = "") -> None:
         """Take a model out of the index; its bytes stay counted until it is closed."""
         del self._entries[entry.model_id]
         self._policy.remove(entry.model_id, evicted=evicted)
@@ -406,7 +264,7 @@ class ModelCache:
         if self._events is not None:
             self._events(event)
 
-    async def _close(self, entry: _Entry) -> None:
+    async def _close(self, entry: Resident) -> None:
         if entry not in self._draining:
             return
         self._draining.discard(entry)
@@ -417,7 +275,7 @@ class ModelCache:
         self._budget.release(entry.nbytes, entry.model_id.tenant)
         self._loader.sync_shared()  # the last user of a shared part frees it
         self._metrics.unloading.observe(time.perf_counter() - started)
-        self._signal_room()
+        self._room.freed()
 
     # -- management ------------------------------------------------------------------------
 
@@ -455,7 +313,7 @@ class ModelCache:
             raise ModelNotFound(f"model {model_id} is not loaded")
         entry.pinned = pinned
         if not pinned:
-            self._signal_room()
+            self._room.freed()
 
     async def unload(self, model_id: ModelId) -> None:
         """Unload now; requests in flight finish first, and until they have, new requests
