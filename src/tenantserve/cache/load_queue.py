@@ -61,14 +61,23 @@ class LoadQueue(Generic[V]):
         return max(0, len(self._flights) - self._max_concurrent_loads)
 
     async def join(
-        self, model_id: ModelId, load: Callable[[], Coroutine[Any, Any, V]], *, timeout_s: float
+        self,
+        model_id: ModelId,
+        load: Callable[[], Coroutine[Any, Any, V]],
+        *,
+        timeout_s: float,
+        timeout_message: str,
     ) -> V:
         """Start ``load()`` unless ``model_id`` has a load pending, and wait for that load.
 
         Raises:
-            TimeoutError: it did not finish within ``timeout_s`` (it goes on running).
+            ModelNotReady: with ``timeout_message``, when it did not finish within
+                ``timeout_s`` (it goes on running without this caller).
         """
-        return await self._flights.do(model_id, load, timeout_s=timeout_s)
+        try:
+            return await self._flights.do(model_id, load, timeout_s=timeout_s)
+        except TimeoutError:
+            raise ModelNotReady(timeout_message, retry_after_s=1.0) from None
 
     def refuse(self, model_id: ModelId) -> None:
         """Raise at once for a new load of ``model_id`` that failed recently or finds no room.

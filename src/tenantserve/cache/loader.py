@@ -37,6 +37,10 @@ class Fetched:
     known: int | None  # this file's size as measured before, if it was
     estimate: int
 
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.artifact.manifest.labels
+
 
 class Loader:
     """Fetches on the I/O executor, loads and measures on the load executor.

@@ -17,12 +17,7 @@ from tenantserve.cache.load_queue import LoadQueue
 from tenantserve.cache.loader import Loader
 from tenantserve.cache.resident import Resident
 from tenantserve.cache.room import Room
-from tenantserve.errors import (
-    ModelAlreadyLoaded,
-    ModelNotFound,
-    ModelNotReady,
-    TenantServeError,
-)
+from tenantserve.errors import ModelAlreadyLoaded, ModelNotFound, ModelNotReady, TenantServeError
 from tenantserve.metrics import CacheSnapshot, Metrics
 from tenantserve.runtimes import LoadedModel, Runtime
 from tenantserve.store.base import ModelStore
@@ -92,20 +87,7 @@ class ModelCache:
         return entry.labels if entry else None
 
     def status(self) -> list[ModelStatus]:
-        statuses = [
-            ModelStatus(
-                model_id=e.model_id.value,
-                state="ready",
-                nbytes=e.nbytes,
-                pinned=e.pinned,
-                in_flight=e.leases,
-                hits=e.hits,
-                last_used_s=e.last_used_s,
-                load_seconds=e.load_seconds,
-            )
-            for e in self._entries.values()
-        ]
-        return sorted(statuses, key=lambda s: s.model_id)
+        return sorted((e.status() for e in self._entries.values()), key=lambda s: s.model_id)
 
     def tenant_memory(self, tenant: str) -> tuple[int, int | None]:
         """(bytes ``tenant``'s models hold, the cap on them or ``None``: the whole budget)."""
@@ -164,16 +146,12 @@ class ModelCache:
             if entry is not None:
                 return entry
             if not explicit:
-                self._raise_if_unloading(model_id)
-                self._queue.refuse(model_id)
-            try:
-                entry = await self._queue.join(
-                    model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s
-                )
-            except TimeoutError:
-                raise ModelNotReady(
-                    f"model {model_id} is still loading; retry shortly", retry_after_s=1.0
-                ) from None
+                self._refuse_new_load(model_id)
+            late = f"model {model_id} is still loading; retry shortly"
+            entry = await self._queue.join(
+                model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s,
+                timeout_message=late,
+            )  # fmt: skip
             # Between the load finishing and this waiter resuming, another load may have
             # evicted the model: a lease on a draining entry would run a closed session.
             if not entry.draining:
@@ -187,23 +165,21 @@ class ModelCache:
         Raises:
             ModelNotReady, LoadFailed: as :meth:`lease` would before waiting for anything.
         """
-        if model_id in self._entries:
-            return
-        self._raise_if_unloading(model_id)
-        self._queue.refuse(model_id)
+        if model_id not in self._entries:
+            self._refuse_new_load(model_id)
 
-    def _raise_if_unloading(self, model_id: ModelId) -> None:
+    def _refuse_new_load(self, model_id: ModelId) -> None:
         if model_id in self._unloading:
             raise ModelNotReady(
                 f"model {model_id} is being unloaded; retry shortly", retry_after_s=1.0
             )
+        self._queue.refuse(model_id)
 
     # -- loading ---------------------------------------------------------------------------
 
     async def _load(self, model_id: ModelId) -> Resident:
         tenant = model_id.tenant
         reserved = 0  # bytes this load holds in the budget, released on any failure
-        began = 0.0
         try:
             async with self._queue.slot():
                 began = time.perf_counter()  # a load's own time, not its wait for a slot
@@ -218,20 +194,17 @@ class ModelCache:
                     await self._loader.discard(model)  # a model that cannot fit is closed (507)
                     raise
             self._metrics.loading.observe(load_seconds)
-        except TenantServeError as exc:
+        except BaseException as exc:
             self._budget.release(reserved, tenant)
-            if self._queue.failed(model_id, exc):  # not a model the store does not have
+            # Counted and reported unless the store has no such model (a 404, not a failure).
+            if isinstance(exc, TenantServeError) and self._queue.failed(model_id, exc):
                 self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
-            raise
-        except BaseException:
-            self._budget.release(reserved, tenant)
             raise
         self._budget.release(reserved, tenant)
         self._budget.reserve(measured, tenant)
         self._loader.sync_shared()
         self._queue.finished(model_id, time.perf_counter() - began)
-        labels = fetched.artifact.manifest.labels
-        entry = Resident(model_id, model, measured, labels, load_seconds)
+        entry = Resident(model_id, model, measured, fetched.labels, load_seconds)
         old = self._entries.get(model_id)
         if old is not None:  # a reload: the new copy takes over, the old one drains
             entry.pinned = old.pinned
@@ -293,15 +266,11 @@ class ModelCache:
             raise ModelAlreadyLoaded(f"model {model_id} is already loaded")
         self._queue.forget_failure(model_id)  # an operator's explicit load always retries
         if resident and reload:
-            try:
-                entry = await self._queue.join(
-                    model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s
-                )
-            except TimeoutError:
-                raise ModelNotReady(
-                    f"model {model_id} is still reloading; the old copy serves meanwhile",
-                    retry_after_s=1.0,
-                ) from None
+            late = f"model {model_id} is still reloading; the old copy serves meanwhile"
+            entry = await self._queue.join(
+                model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s,
+                timeout_message=late,
+            )  # fmt: skip
         else:
             entry = await self._get_or_load(model_id, explicit=True)
         if pin:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from tenantserve.runtimes import LoadedModel
-from tenantserve.types import ModelId
+from tenantserve.types import ModelId, ModelStatus
 
 
 @dataclass(slots=True, eq=False)
@@ -21,3 +21,15 @@ class Resident:
     hits: int = 0
     last_used_s: float = field(default_factory=time.time)
     draining: bool = False  # unloaded or evicted while leased: closed by the last lease
+
+    def status(self) -> ModelStatus:
+        return ModelStatus(
+            model_id=self.model_id.value,
+            state="ready",
+            nbytes=self.nbytes,
+            pinned=self.pinned,
+            in_flight=self.leases,
+            hits=self.hits,
+            last_used_s=self.last_used_s,
+            load_seconds=self.load_seconds,
+        )
