@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import Executor
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -19,46 +18,36 @@ from tenantserve.cache.resident import Resident
 from tenantserve.cache.room import Room
 from tenantserve.errors import ModelAlreadyLoaded, ModelNotFound, ModelNotReady, TenantServeError
 from tenantserve.metrics import CacheSnapshot, Metrics
-from tenantserve.runtimes import LoadedModel, Runtime
-from tenantserve.store.base import ModelStore
+from tenantserve.runtimes import LoadedModel
 from tenantserve.types import ModelId, ModelStatus
 
 log = logging.getLogger(__name__)
 
 
 class ModelCache:
-    """Which models are resident. All state is touched on the event loop thread only."""
+    """Which models are resident. All state is touched on the event loop thread only.
+
+    A load waits its turn in ``queue``; ``loader`` fetches and measures it once room is made
+    (it charges shared parts to ``budget``, where the cache charges models). ``load_wait_s``
+    bounds a caller's wait for a load, and a load's wait for room.
+    """
 
     def __init__(
         self,
         *,
-        store: ModelStore,
-        runtimes: Mapping[str, Runtime],
+        loader: Loader,
+        queue: LoadQueue[Resident],
         budget: MemoryBudget,
         metrics: Metrics,
-        io_executor: Executor,
-        load_executor: Executor,
         policy: EvictionPolicy[ModelId] | None = None,
-        max_concurrent_loads: int = 2,
-        max_queued_loads: int | None = None,
-        max_loads_per_s: float = 0.0,
         load_wait_s: float = 60.0,
-        failed_load_ttl_s: float = 30.0,
-        measure_memory: bool = True,
         events: Callable[[CacheEvent], None] | None = None,
     ) -> None:
-        self._loader = Loader(
-            store=store, runtimes=runtimes, budget=budget, metrics=metrics,
-            io_executor=io_executor, load_executor=load_executor, measure_memory=measure_memory,
-        )  # fmt: skip
+        self._loader = loader
+        self._queue = queue
         self._budget = budget
         self._metrics = metrics
         self._policy: EvictionPolicy[ModelId] = policy if policy is not None else LRU()
-        self._queue: LoadQueue[Resident] = LoadQueue(
-            metrics=metrics, max_concurrent_loads=max_concurrent_loads,
-            max_queued_loads=max_queued_loads, max_loads_per_s=max_loads_per_s,
-            failed_load_ttl_s=failed_load_ttl_s,
-        )  # fmt: skip
         self._load_wait_s = load_wait_s
         self._events = events  # loads, evictions, unloads, failures: for /v1/status
         self._entries: dict[ModelId, Resident] = {}
