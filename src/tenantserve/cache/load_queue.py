@@ -29,7 +29,7 @@ V = TypeVar("V")
 
 
 class LoadQueue(Generic[V]):
-    """Loads pending (each model's shared by its callers, producing a ``V``): at most
+    """Pending loads, one per model and shared by its callers, each producing a ``V``: at most
     ``max_concurrent_loads`` run at once, started at most ``max_loads_per_s``; new ones are
     refused while ``max_queued_loads`` wait, and a failed load is answered from memory."""
 
@@ -80,7 +80,7 @@ class LoadQueue(Generic[V]):
             raise ModelNotReady(timeout_message, retry_after_s=1.0) from None
 
     def refuse(self, model_id: ModelId) -> None:
-        """Raise at once for a new load of ``model_id`` that failed recently or finds no room.
+        """Raise at once for a new load of ``model_id`` that failed recently or finds it full.
 
         Raises:
             ModelNotReady, TenantLimitExceeded: the queue, or the tenant's half of it, is full.
