@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenantserve.activity import Activity
-from tenantserve.cache import LRU, CostAware, MemoryBudget, ModelCache
+from tenantserve.cache import LRU, CostAware, Loader, LoadQueue, MemoryBudget, ModelCache
 from tenantserve.config import Settings
 from tenantserve.errors import StoreUnavailable
 from tenantserve.metrics import Metrics
@@ -70,23 +70,31 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         # returned yet do not take threads from other models, up to that many at once.
         spare_compute_threads=settings.threads,
     )
+    budget = _budget(settings, limits)
     cache = ModelCache(
-        store=store,
-        runtimes=default_runtimes(),
-        budget=_budget(settings, limits),
+        loader=Loader(
+            store=store,
+            runtimes=default_runtimes(),
+            budget=budget,
+            metrics=metrics,
+            io_executor=executor.io,
+            load_executor=executor.load,
+        ),
+        queue=LoadQueue(
+            metrics=metrics,
+            max_concurrent_loads=settings.max_concurrent_loads,
+            max_queued_loads=settings.max_queued_loads,
+            max_loads_per_s=settings.max_loads_per_s,
+            failed_load_ttl_s=settings.failed_load_ttl_s,
+        ),
+        budget=budget,
         metrics=metrics,
-        io_executor=executor.io,
-        load_executor=executor.load,
         policy=(
             CostAware(min_residency_s=settings.min_residency_s)
             if settings.eviction == "cost"
             else LRU()
         ),
-        max_concurrent_loads=settings.max_concurrent_loads,
-        max_queued_loads=settings.max_queued_loads,
-        max_loads_per_s=settings.max_loads_per_s,
         load_wait_s=settings.load_wait_s,
-        failed_load_ttl_s=settings.failed_load_ttl_s,
         events=activity.cache_event,
     )
     metrics.watch_cache(cache.snapshot)

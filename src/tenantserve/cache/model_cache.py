@@ -4,138 +4,67 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import Executor
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Literal
 
-from tenantserve import memory
 from tenantserve.activity import CacheEvent
 from tenantserve.cache.budget import MemoryBudget
 from tenantserve.cache.eviction import LRU, EvictionPolicy
-from tenantserve.cache.failed_loads import FailedLoads
-from tenantserve.cache.single_flight import SingleFlight
-from tenantserve.errors import (
-    InsufficientMemory,
-    ModelAlreadyLoaded,
-    ModelNotFound,
-    ModelNotReady,
-    StoreUnavailable,
-    TenantLimitExceeded,
-    TenantServeError,
-)
+from tenantserve.cache.load_queue import LoadQueue
+from tenantserve.cache.loader import Loader
+from tenantserve.cache.resident import Resident
+from tenantserve.cache.room import Room
+from tenantserve.errors import ModelAlreadyLoaded, ModelNotFound, ModelNotReady, TenantServeError
 from tenantserve.metrics import CacheSnapshot, Metrics
-from tenantserve.runtimes import LoadedModel, Runtime, runtime_for
-from tenantserve.store.base import LocalArtifact, ModelStore
+from tenantserve.runtimes import LoadedModel
 from tenantserve.types import ModelId, ModelStatus
 
 log = logging.getLogger(__name__)
 
-# Before the first load of a model its resident size is unknown; an ONNX Runtime session was
-# seen to hold 1.5-1.6x its file, so reserve 2x and settle to the measured size.
-_FIRST_LOAD_FACTOR = 2
-_KNOWN_SIZES_MAX = 100_000
-# A model file's identity for its measured size: the id and the file's size (a replaced
-# artifact of another size is measured again).
-_SizeKey = tuple[ModelId, int]
-_STORE_FAILURE_TTL_S = 5.0
-_OVERHEAD_SHARE = 4  # non-model resident bytes charged to the budget: at most 1/4 of it
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    model_id: ModelId
-    model: LoadedModel
-    nbytes: int
-    labels: tuple[str, ...] | None
-    load_seconds: float
-    pinned: bool = False
-    leases: int = 0
-    hits: int = 0
-    last_used_s: float = field(default_factory=time.time)
-    draining: bool = False  # unloaded or evicted while leased: closed by the last lease
-
 
 class ModelCache:
-    """Which models are resident. All state is touched on the event loop thread only."""
+    """Which models are resident. All state is touched on the event loop thread only.
+
+    A load waits its turn in ``queue``; ``loader`` fetches and measures it once room is made
+    (it charges shared parts to ``budget``, where the cache charges models). ``load_wait_s``
+    bounds a caller's wait for a load, and a load's wait for room.
+    """
 
     def __init__(
         self,
         *,
-        store: ModelStore,
-        runtimes: Mapping[str, Runtime],
+        loader: Loader,
+        queue: LoadQueue[Resident],
         budget: MemoryBudget,
         metrics: Metrics,
-        io_executor: Executor,
-        load_executor: Executor,
         policy: EvictionPolicy[ModelId] | None = None,
-        max_concurrent_loads: int = 2,
-        max_queued_loads: int | None = None,
-        max_loads_per_s: float = 0.0,
         load_wait_s: float = 60.0,
-        failed_load_ttl_s: float = 30.0,
-        measure_memory: bool = True,
         events: Callable[[CacheEvent], None] | None = None,
     ) -> None:
-        self._store = store
-        self._runtimes = dict(runtimes)
+        self._loader = loader
+        self._queue = queue
         self._budget = budget
         self._metrics = metrics
-        self._io = io_executor
-        self._load_executor = load_executor
         self._policy: EvictionPolicy[ModelId] = policy if policy is not None else LRU()
-        self._max_concurrent_loads = max_concurrent_loads
-        self._max_queued_loads = max_queued_loads
-        self._max_loads_per_s = max_loads_per_s  # 0: loads start as soon as a slot is free
-        self._next_load_at = 0.0
-        self._load_s_ewma: float | None = None  # a load's seconds, for Retry-After when full
-        self._told_to_retry = 0.0  # refused first calls expected back, draining at the load rate
-        self._told_at = 0.0
         self._load_wait_s = load_wait_s
-        self._failed_load_ttl_s = failed_load_ttl_s
-        self._measure_memory = measure_memory
         self._events = events  # loads, evictions, unloads, failures: for /v1/status
-        self._entries: dict[ModelId, _Entry] = {}
-        self._draining: set[_Entry] = set()
+        self._entries: dict[ModelId, Resident] = {}
+        self._draining: set[Resident] = set()
         # Explicitly unloaded, closed once their last lease ends; until then new requests for
         # the model are told to retry rather than load a second copy beside the closing one.
-        self._unloading: dict[ModelId, _Entry] = {}
-        self._flights: SingleFlight[ModelId, _Entry] = SingleFlight()
-        self._failures = FailedLoads(log=log)
-        self._known_sizes: OrderedDict[_SizeKey, int] = OrderedDict()
-        self._load_slots: asyncio.Semaphore | None = None
-        self._room_freed: asyncio.Event | None = None
+        self._unloading: dict[ModelId, Resident] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        # RSS deltas are only meaningful when one runtime load runs at a time.
-        self._measure_lock = threading.Lock()
-        self._rss_baseline: int | None = None
-        self._shared_bytes = 0  # what the budget holds for shared parts (counted once)
+        self._room = Room(
+            budget=budget, policy=self._policy, metrics=metrics, entries=self._entries,
+            overhead=self._loader.overhead_bytes, close=self._close, wait_s=load_wait_s,
+            detach=lambda entry, why: self._detach(entry, evicted=True, detail=why),
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Initialise runtimes, then take the process's baseline resident size (no models)."""
-        loop = asyncio.get_running_loop()
-        for runtime in self._runtimes.values():
-            await loop.run_in_executor(self._load_executor, runtime.warm_up)
-        await loop.run_in_executor(self._load_executor, memory.trim)
-        self._rss_baseline = memory.rss_bytes()
-
-    def _overhead_bytes(self) -> int:
-        """Resident bytes beyond baseline + ledger (heap fragmentation after churn, buffers),
-        counted up to a quarter of the budget.
-
-        Counting it makes the budget hold for the process (RSS ≤ baseline + budget), not only
-        for the sum of measured model sizes. The cap is there because most of it is not the
-        models': a soak at 2x capacity held ~40 MB in connections, and charged in full that
-        emptied a small budget and turned every request into a load.
-        """
-        if self._rss_baseline is None:
-            return 0
-        beyond = memory.rss_bytes() - self._rss_baseline - self._budget.used_bytes
-        return max(0, min(beyond, self._budget.capacity_bytes // _OVERHEAD_SHARE))
+        await self._loader.start()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -147,20 +76,7 @@ class ModelCache:
         return entry.labels if entry else None
 
     def status(self) -> list[ModelStatus]:
-        statuses = [
-            ModelStatus(
-                model_id=e.model_id.value,
-                state="ready",
-                nbytes=e.nbytes,
-                pinned=e.pinned,
-                in_flight=e.leases,
-                hits=e.hits,
-                last_used_s=e.last_used_s,
-                load_seconds=e.load_seconds,
-            )
-            for e in self._entries.values()
-        ]
-        return sorted(statuses, key=lambda s: s.model_id)
+        return sorted((e.status() for e in self._entries.values()), key=lambda s: s.model_id)
 
     def tenant_memory(self, tenant: str) -> tuple[int, int | None]:
         """(bytes ``tenant``'s models hold, the cap on them or ``None``: the whole budget)."""
@@ -172,10 +88,10 @@ class ModelCache:
             used_bytes=self._budget.used_bytes,
             budget_bytes=self._budget.capacity_bytes,
             pinned_bytes=sum(e.nbytes for e in self._entries.values() if e.pinned),
-            shared_bytes=self._shared_bytes,
+            shared_bytes=self._loader.shared_bytes,
             logical_bytes=sum(e.nbytes for e in self._entries.values())
-            + sum(rt.shared_usage().logical_bytes for rt in self._runtimes.values()),
-            queued_loads=max(0, len(self._flights) - self._max_concurrent_loads),
+            + self._loader.shared_logical_bytes(),
+            queued_loads=self._queue.queued,
         )
 
     # -- the data path ---------------------------------------------------------------------
@@ -210,26 +126,21 @@ class ModelCache:
             if entry.leases == 0:
                 if entry.draining:
                     await self._close(entry)
-                self._signal_room()
+                self._room.freed()
 
-    async def _get_or_load(self, model_id: ModelId, *, explicit: bool) -> _Entry:
+    async def _get_or_load(self, model_id: ModelId, *, explicit: bool) -> Resident:
         # Loops because a model loaded for us can, rarely, be evicted before we resume.
         for _ in range(3):
             entry = self._entries.get(model_id)
             if entry is not None:
                 return entry
             if not explicit:
-                self._raise_if_unloading(model_id)
-                self._raise_if_failed_recently(model_id)
-                self._raise_if_loads_full(model_id)
-            try:
-                entry = await self._flights.do(
-                    model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s
-                )
-            except TimeoutError:
-                raise ModelNotReady(
-                    f"model {model_id} is still loading; retry shortly", retry_after_s=1.0
-                ) from None
+                self._refuse_new_load(model_id)
+            late = f"model {model_id} is still loading; retry shortly"
+            entry = await self._queue.join(
+                model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s,
+                timeout_message=late,
+            )  # fmt: skip
             # Between the load finishing and this waiter resuming, another load may have
             # evicted the model: a lease on a draining entry would run a closed session.
             if not entry.draining:
@@ -243,135 +154,46 @@ class ModelCache:
         Raises:
             ModelNotReady, LoadFailed: as :meth:`lease` would before waiting for anything.
         """
-        if model_id in self._entries:
-            return
-        self._raise_if_unloading(model_id)
-        self._raise_if_failed_recently(model_id)
-        self._raise_if_loads_full(model_id)
+        if model_id not in self._entries:
+            self._refuse_new_load(model_id)
 
-    def _raise_if_loads_full(self, model_id: ModelId) -> None:
-        """Refuse a new load at once when ``max_queued_loads`` loads already wait for a slot,
-        or when the model's tenant already has half of all pending loads.
-
-        A storm of first calls to distinct models is then admitted at the rate loads finish;
-        the rest get a fast retryable answer instead of holding a request slot for minutes.
-        A tenant sending ids that miss (new, or not in the store at all) pays store round
-        trips from its own half: its misses are part of its quota (429), and other tenants'
-        first calls still find room.
-        """
-        if self._max_queued_loads is None or model_id in self._flights:
-            return  # joining a load that runs costs nothing
-        pending = len(self._flights)
-        room = self._max_concurrent_loads + self._max_queued_loads
-        if pending >= room:
-            self._metrics.reject("load_queue_full", model_id.tenant)
-            raise ModelNotReady(
-                f"model {model_id} is not loaded and {pending} other loads are pending; "
-                "retry shortly",
-                retry_after_s=self._retry_after_s(pending - self._max_concurrent_loads),
-            )
-        tenant = model_id.tenant
-        own = sum(1 for pending_id in self._flights if pending_id.tenant == tenant)
-        if own >= max(1, room // 2):
-            self._metrics.reject("tenant_loads", tenant)
-            raise TenantLimitExceeded(
-                f"tenant {tenant} has {own} model loads pending, its share of the load queue; "
-                "retry shortly",
-                retry_after_s=self._retry_after_s(own),
-            )
-
-    def _retry_after_s(self, ahead: int) -> float:
-        """When to come back, with ``ahead`` loads to finish first. Each refused caller is told
-        a later time than the one before, in step with the rate loads finish, so retries come
-        back spread out rather than as one more storm."""
-        rate = self._max_loads_per_s
-        if not rate:
-            load_s = self._load_s_ewma if self._load_s_ewma is not None else 1.0  # none seen yet
-            rate = self._max_concurrent_loads / max(load_s, 1e-3)
-        now = time.monotonic()
-        drained = (now - self._told_at) * rate
-        self._told_to_retry = max(0.0, self._told_to_retry - drained) + 1.0
-        self._told_at = now
-        return (ahead + self._told_to_retry) / rate
-
-    async def _pace(self) -> None:
-        """Start loads no faster than ``max_loads_per_s``: loads take CPU from warm traffic."""
-        if not self._max_loads_per_s:
-            return
-        now = time.monotonic()
-        start_at = max(now, self._next_load_at)
-        self._next_load_at = start_at + 1.0 / self._max_loads_per_s
-        if start_at > now:
-            await asyncio.sleep(start_at - now)
-
-    def _raise_if_unloading(self, model_id: ModelId) -> None:
+    def _refuse_new_load(self, model_id: ModelId) -> None:
         if model_id in self._unloading:
             raise ModelNotReady(
                 f"model {model_id} is being unloaded; retry shortly", retry_after_s=1.0
             )
-
-    def _raise_if_failed_recently(self, model_id: ModelId) -> None:
-        self._failures.raise_if_recent(model_id)
+        self._queue.refuse(model_id)
 
     # -- loading ---------------------------------------------------------------------------
 
-    async def _load(self, model_id: ModelId) -> _Entry:
-        if self._load_slots is None:
-            self._load_slots = asyncio.Semaphore(self._max_concurrent_loads)
-        loop = asyncio.get_running_loop()
+    async def _load(self, model_id: ModelId) -> Resident:
         tenant = model_id.tenant
         reserved = 0  # bytes this load holds in the budget, released on any failure
-        began = 0.0
         try:
-            async with self._load_slots:
-                await self._pace()
+            async with self._queue.slot():
                 began = time.perf_counter()  # a load's own time, not its wait for a slot
-                artifact = await loop.run_in_executor(self._io, self._store.fetch, model_id)
-                self._metrics.downloading.observe(artifact.download_seconds)
-                runtime = runtime_for(self._runtimes, artifact.manifest)
-                size_key = _size_key(artifact)
-                known = self._known_sizes.get(size_key)
-                estimate = self._estimate(artifact, runtime, known)
-                await self._make_room(model_id, estimate, why=f"loading {model_id}")
-                self._budget.reserve(estimate, tenant)
-                reserved = estimate
-                started = time.perf_counter()
-                model, measured = await loop.run_in_executor(
-                    self._load_executor, self._load_measured, runtime, artifact, known
-                )
-                load_seconds = time.perf_counter() - started
-                # A model is measured once (the same file, the same size on every load after).
-                self._remember_size(size_key, measured)
-                await self._room_for_measured(model_id, model, measured, reserved)
+                fetched = await self._loader.fetch(model_id)
+                await self._room.make(model_id, fetched.estimate, why=f"loading {model_id}")
+                self._budget.reserve(fetched.estimate, tenant)
+                reserved = fetched.estimate
+                model, measured, load_seconds = await self._loader.load(fetched)
+                try:
+                    await self._room.make_for_measured(model_id, measured, reserved)
+                except BaseException:
+                    await self._loader.discard(model)  # a model that cannot fit is closed (507)
+                    raise
             self._metrics.loading.observe(load_seconds)
-        except TenantServeError as exc:
+        except BaseException as exc:
             self._budget.release(reserved, tenant)
-            # A broken artifact stays broken; a store outage already had its retries and may
-            # pass at any moment, so it is remembered only briefly (and said so in Retry-After).
-            ttl_s = self._failed_load_ttl_s
-            if isinstance(exc, StoreUnavailable):
-                ttl_s = min(ttl_s, _STORE_FAILURE_TTL_S)
-            self._failures.record(model_id, exc, ttl_s)
-            if isinstance(exc, ModelNotFound):
-                # No artifact is a 404 for the caller, not a load that failed: the failure
-                # counter (and the alert on it) is for models that exist and do not load.
-                log.debug("load of %s: %s", model_id, exc)
-                raise
-            self._metrics.load_failures.inc()
-            self._failures.warn("load of %s failed: %s", model_id, exc)
-            self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
-            raise
-        except BaseException:
-            self._budget.release(reserved, tenant)
+            # Counted and reported unless the store has no such model (a 404, not a failure).
+            if isinstance(exc, TenantServeError) and self._queue.failed(model_id, exc):
+                self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
             raise
         self._budget.release(reserved, tenant)
         self._budget.reserve(measured, tenant)
-        self._sync_shared()
-        took_s = time.perf_counter() - began
-        ewma = self._load_s_ewma
-        self._load_s_ewma = took_s if ewma is None else ewma + 0.2 * (took_s - ewma)
-        self._failures.forget(model_id)
-        entry = _Entry(model_id, model, measured, artifact.manifest.labels, load_seconds)
+        self._loader.sync_shared()
+        self._queue.finished(model_id, time.perf_counter() - began)
+        entry = Resident(model_id, model, measured, fetched.labels, load_seconds)
         old = self._entries.get(model_id)
         if old is not None:  # a reload: the new copy takes over, the old one drains
             entry.pinned = old.pinned
@@ -380,202 +202,18 @@ class ModelCache:
                 self._close_soon(old)
         self._entries[model_id] = entry
         self._policy.add(model_id, nbytes=measured, load_seconds=load_seconds)
-        # Overhead beyond the ledger may have grown with this load: shed others now, not on
-        # the next load.
-        why = f"after loading {model_id}, process memory beyond the models' ledger"
-        own = self._evict(0, protect=model_id, tenant=tenant, why=why)
-        freeing = sum(victim.nbytes for victim in own)
-        for victim in [*own, *self._evict(-freeing, protect=model_id, why=why)]:
+        for victim in self._room.shed(model_id):
             self._close_soon(victim)
         log.info("loaded %s (%d bytes in %.3fs)", model_id, measured, load_seconds)
         self._emit(CacheEvent("load", model_id.value, measured, load_seconds))
         return entry
 
-    def _close_soon(self, entry: _Entry) -> None:
+    def _close_soon(self, entry: Resident) -> None:
         task = asyncio.get_running_loop().create_task(self._close(entry))
         self._closing.add(task)  # hold a reference until done, or the task may be collected
         task.add_done_callback(self._closing.discard)
 
-    async def _room_for_measured(
-        self, model_id: ModelId, model: LoadedModel, measured: int, reserved: int
-    ) -> None:
-        """Make room for what the load measured beyond its estimate before it is counted, so
-        the ledger never passes the budget; a model that cannot fit is closed (507)."""
-        if measured <= reserved:
-            return
-        try:
-            self._refuse_if_never_fits(model_id, measured)
-            await self._make_room(
-                model_id, measured - reserved, why=f"loading {model_id}, measured larger"
-            )
-        except BaseException:
-            await asyncio.get_running_loop().run_in_executor(self._load_executor, model.close)
-            raise
-
-    def _estimate(self, artifact: LocalArtifact, runtime: Runtime, known: int | None) -> int:
-        """The model's own bytes (as measured before, else hinted, else guessed from its
-        file), plus whatever shared part it needs that is not resident yet."""
-        shared = runtime.shared_estimate(artifact.manifest, artifact.path)
-        if known is not None:
-            return known + shared
-        if artifact.manifest.memory_hint_bytes:
-            return artifact.manifest.memory_hint_bytes + shared
-        return _own_file_bytes(artifact) * _FIRST_LOAD_FACTOR + shared
-
-    def _sync_shared(self) -> None:
-        """Count shared parts once: the budget follows the runtimes' total of shared bytes."""
-        held = sum(rt.shared_usage().held_bytes for rt in self._runtimes.values())
-        if held > self._shared_bytes:
-            self._budget.reserve(held - self._shared_bytes)
-        elif held < self._shared_bytes:
-            self._budget.release(self._shared_bytes - held)
-        self._shared_bytes = held
-
-    def _load_measured(
-        self, runtime: Runtime, artifact: LocalArtifact, known: int | None
-    ) -> tuple[LoadedModel, int]:
-        """Load in a worker thread and measure what the model really holds (RSS delta), unless
-        this file was measured before: then its size is that, and no lock is needed."""
-        if not self._measure_memory:  # offline replay: sizes are given, nothing is resident
-            model = runtime.load(artifact.path, artifact.manifest)
-            return model, artifact.manifest.memory_hint_bytes or artifact.nbytes
-        if known is not None:
-            model = runtime.load(artifact.path, artifact.manifest)
-            memory.trim()  # the parsed model file is garbage glibc would otherwise keep
-            return model, known
-        with self._measure_lock:
-            memory.trim()
-            before = memory.rss_bytes()
-            shared_before = runtime.shared_usage().held_bytes
-            model = runtime.load(artifact.path, artifact.manifest)
-            memory.trim()  # the parsed model file is garbage glibc would otherwise keep
-            grown = memory.rss_bytes() - before
-            # A shared part created by this load is the runtime's to count, once.
-            grown -= runtime.shared_usage().held_bytes - shared_before
-        return model, max(grown, _own_file_bytes(artifact))
-
-    def _remember_size(self, key: _SizeKey, nbytes: int) -> None:
-        self._known_sizes[key] = nbytes
-        self._known_sizes.move_to_end(key)
-        if len(self._known_sizes) > _KNOWN_SIZES_MAX:
-            self._known_sizes.popitem(last=False)
-
-    def _refuse_if_never_fits(self, model_id: ModelId, nbytes: int) -> None:
-        tenant = model_id.tenant
-        if not self._budget.can_ever_fit(nbytes):
-            raise InsufficientMemory(
-                f"model {model_id} needs about {nbytes} bytes; the whole memory budget is "
-                f"{self._budget.capacity_bytes} bytes"
-            )
-        if not self._budget.tenant_can_ever_fit(tenant, nbytes):
-            raise InsufficientMemory(
-                f"model {model_id} needs about {nbytes} bytes; tenant {tenant} may hold at "
-                f"most {self._budget.cap_of(tenant)} bytes"
-            )
-
-    async def _make_room(self, model_id: ModelId, nbytes: int, *, why: str) -> None:
-        """Evict until ``nbytes`` fit. A resident copy of ``model_id`` (a reload) is never a
-        victim: it serves until the new one is in, so both are counted for that moment.
-        ``why`` is what needs the room, said in each eviction's event."""
-        tenant = model_id.tenant
-        self._refuse_if_never_fits(model_id, nbytes)
-        deadline = time.monotonic() + self._load_wait_s
-        while True:
-            # Close victims before loading, so the process never holds both at once. A tenant
-            # at its share gives up its own models first; only then do others make room.
-            if not self._budget.tenant_fits(tenant, nbytes):
-                share = (
-                    f"{why} needed {nbytes} bytes; tenant {tenant}'s share "
-                    f"({self._budget.cap_of(tenant)} bytes) was full"
-                )
-                own = self._evict(nbytes, protect=model_id, tenant=tenant, why=share)
-                await asyncio.gather(*(self._close(victim) for victim in own))
-            full = (
-                f"{why} needed {nbytes} bytes; the memory budget "
-                f"({self._budget.capacity_bytes} bytes) was full"
-            )
-            victims = self._evict(nbytes, protect=model_id, why=full)
-            await asyncio.gather(*(self._close(victim) for victim in victims))
-            if self._budget.fits(nbytes) and self._budget.tenant_fits(tenant, nbytes):
-                return
-            # What is left is pinned, busy or loading. Busy models free up in milliseconds;
-            # wait for a lease to end rather than fail the load.
-            if not self._could_free(model_id, nbytes) or time.monotonic() >= deadline:
-                raise InsufficientMemory(self._no_room(model_id, nbytes))
-            if self._room_freed is None:
-                self._room_freed = asyncio.Event()
-            self._room_freed.clear()
-            try:
-                await asyncio.wait_for(self._room_freed.wait(), deadline - time.monotonic())
-            except TimeoutError:
-                continue
-
-    def _could_free(self, model_id: ModelId, nbytes: int) -> bool:
-        """Would ``nbytes`` fit once every lease and load in flight ended? Only pins stay,
-        and the resident copy of a model being reloaded."""
-        tenant = model_id.tenant
-        kept = [e for e in self._entries.values() if e.pinned or e.model_id == model_id]
-        if sum(e.nbytes for e in kept) + nbytes > self._budget.capacity_bytes:
-            return False
-        cap = self._budget.cap_of(tenant)
-        own = sum(e.nbytes for e in kept if e.model_id.tenant == tenant)
-        return cap is None or own + nbytes <= cap
-
-    def _no_room(self, model_id: ModelId, nbytes: int) -> str:
-        tenant = model_id.tenant
-        # A reload needs room beside the copy that keeps serving meanwhile.
-        beside = " beside its resident copy" if model_id in self._entries else ""
-        if not self._budget.tenant_fits(tenant, nbytes):
-            return (
-                f"model {model_id} needs about {nbytes} bytes{beside} and tenant {tenant} "
-                f"already holds {self._budget.used_by(tenant)} of its "
-                f"{self._budget.cap_of(tenant)}-byte share in pinned or busy models"
-            )
-        return (
-            f"model {model_id} needs about {nbytes} bytes{beside} and only "
-            f"{max(self._budget.free_bytes, 0)} can be freed: the rest of the budget "
-            "is held by pinned or busy models"
-        )
-
-    def _signal_room(self) -> None:
-        if self._room_freed is not None:
-            self._room_freed.set()
-
-    def _evict(
-        self, nbytes: int, *, protect: ModelId | None, why: str, tenant: str | None = None
-    ) -> list[_Entry]:
-        """Detach idle, unpinned victims until ``nbytes`` more would fit once they close.
-
-        With ``tenant``, only that tenant's models go, until it fits within its own share;
-        the policy's order is kept, filtered to the tenant. ``why`` goes in each eviction's
-        event (what needed the room, and which budget was full).
-        """
-        victims: list[_Entry] = []
-        freeing = 0
-        if tenant is None:
-            need = self._budget.used_bytes + self._overhead_bytes() + nbytes
-            limit = self._budget.capacity_bytes
-        else:
-            cap = self._budget.cap_of(tenant)
-            if cap is None:
-                return victims
-            need, limit = self._budget.used_by(tenant) + nbytes, cap
-        for victim in self._policy.candidates():
-            if need - freeing <= limit:
-                break
-            entry = self._entries.get(victim)
-            if entry is None or entry.pinned or entry.leases > 0 or victim == protect:
-                continue
-            if tenant is not None and victim.tenant != tenant:
-                continue
-            self._metrics.evictions.inc()
-            log.info("evicting %s (%d bytes): %s", victim, entry.nbytes, why)
-            self._detach(entry, evicted=True, detail=why)
-            victims.append(entry)
-            freeing += entry.nbytes
-        return victims
-
-    def _detach(self, entry: _Entry, *, evicted: bool = False, detail: str = "") -> None:
+    def _detach(self, entry: Resident, *, evicted: bool = False, detail: str = "") -> None:
         """Take a model out of the index; its bytes stay counted until it is closed."""
         del self._entries[entry.model_id]
         self._policy.remove(entry.model_id, evicted=evicted)
@@ -588,18 +226,18 @@ class ModelCache:
         if self._events is not None:
             self._events(event)
 
-    async def _close(self, entry: _Entry) -> None:
+    async def _close(self, entry: Resident) -> None:
         if entry not in self._draining:
             return
         self._draining.discard(entry)
         if self._unloading.get(entry.model_id) is entry:
             del self._unloading[entry.model_id]
         started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(self._load_executor, self._release, entry)
+        await self._loader.release(entry.model)
         self._budget.release(entry.nbytes, entry.model_id.tenant)
-        self._sync_shared()  # the last user of a shared part frees it
+        self._loader.sync_shared()  # the last user of a shared part frees it
         self._metrics.unloading.observe(time.perf_counter() - started)
-        self._signal_room()
+        self._room.freed()
 
     # -- management ------------------------------------------------------------------------
 
@@ -615,17 +253,13 @@ class ModelCache:
         resident = model_id in self._entries
         if resident and not exist_ok:
             raise ModelAlreadyLoaded(f"model {model_id} is already loaded")
-        self._failures.forget(model_id)  # an operator's explicit load always retries
+        self._queue.forget_failure(model_id)  # an operator's explicit load always retries
         if resident and reload:
-            try:
-                entry = await self._flights.do(
-                    model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s
-                )
-            except TimeoutError:
-                raise ModelNotReady(
-                    f"model {model_id} is still reloading; the old copy serves meanwhile",
-                    retry_after_s=1.0,
-                ) from None
+            late = f"model {model_id} is still reloading; the old copy serves meanwhile"
+            entry = await self._queue.join(
+                model_id, lambda: self._load(model_id), timeout_s=self._load_wait_s,
+                timeout_message=late,
+            )  # fmt: skip
         else:
             entry = await self._get_or_load(model_id, explicit=True)
         if pin:
@@ -637,7 +271,7 @@ class ModelCache:
             raise ModelNotFound(f"model {model_id} is not loaded")
         entry.pinned = pinned
         if not pinned:
-            self._signal_room()
+            self._room.freed()
 
     async def unload(self, model_id: ModelId) -> None:
         """Unload now; requests in flight finish first, and until they have, new requests
@@ -653,7 +287,7 @@ class ModelCache:
 
     async def close(self) -> None:
         """Wait for loads in flight, then release every model (shutdown)."""
-        await self._flights.drain()
+        await self._queue.drain()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         for entry in list(self._entries.values()):
@@ -661,22 +295,3 @@ class ModelCache:
         for entry in list(self._draining):
             if entry.leases == 0:
                 await self._close(entry)
-
-    def _release(self, entry: _Entry) -> None:
-        # Under the measurement lock: memory freed here during a load's measurement would
-        # make that model look smaller than it is.
-        with self._measure_lock:
-            entry.model.close()
-            memory.trim()
-
-
-def _size_key(artifact: LocalArtifact) -> _SizeKey:
-    return artifact.model_id, _own_file_bytes(artifact)
-
-
-def _own_file_bytes(artifact: LocalArtifact) -> int:
-    """The model file's size: a floor for what its session holds (a shared base excluded)."""
-    try:
-        return (artifact.path / artifact.manifest.model_file).stat().st_size
-    except OSError:
-        return artifact.nbytes

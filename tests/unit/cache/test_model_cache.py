@@ -13,7 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from tenantserve.cache import MemoryBudget, ModelCache, failed_loads, model_cache
+from tenantserve.cache import (
+    Loader,
+    LoadQueue,
+    MemoryBudget,
+    ModelCache,
+    failed_loads,
+    model_cache,
+)
 from tenantserve.errors import (
     InsufficientMemory,
     LoadFailed,
@@ -129,17 +136,33 @@ def runtime() -> FakeRuntime:
     return FakeRuntime()
 
 
+def make_cache(
+    store: FakeStore,
+    runtime: FakeRuntime,
+    pool: ThreadPoolExecutor,
+    *,
+    load_wait_s: float,
+    failed_load_ttl_s: float = 30.0,
+) -> ModelCache:
+    runtimes: dict[str, Runtime] = {"onnx": runtime}
+    budget, metrics = MemoryBudget(100 * MB), Metrics()
+    return ModelCache(
+        loader=Loader(
+            store=store, runtimes=runtimes, budget=budget, metrics=metrics, io_executor=pool,
+            load_executor=pool,
+        ),
+        queue=LoadQueue(metrics=metrics, failed_load_ttl_s=failed_load_ttl_s),
+        budget=budget, metrics=metrics, load_wait_s=load_wait_s,
+    )  # fmt: skip
+
+
 @pytest.fixture
 async def cache(
     store: FakeStore, runtime: FakeRuntime, pool: ThreadPoolExecutor
 ) -> AsyncIterator[ModelCache]:
-    runtimes: dict[str, Runtime] = {"onnx": runtime}
     # The budget here is in "fake bytes": measured sizes fall back to the artifact's nbytes
     # because a fake model grows RSS by ~0, so real-sized budgets keep the arithmetic exact.
-    cache = ModelCache(
-        store=store, runtimes=runtimes, budget=MemoryBudget(100 * MB), metrics=Metrics(),
-        io_executor=pool, load_executor=pool, load_wait_s=5, failed_load_ttl_s=60,
-    )  # fmt: skip
+    cache = make_cache(store, runtime, pool, load_wait_s=5, failed_load_ttl_s=60)
     yield cache
     await cache.close()
 
@@ -315,10 +338,7 @@ async def test_refuse_early_says_at_once_what_a_lease_would_refuse(
 async def test_slow_load_past_wait_limit_is_not_ready(
     store: FakeStore, runtime: FakeRuntime, pool: ThreadPoolExecutor
 ) -> None:
-    cache = ModelCache(
-        store=store, runtimes={"onnx": runtime}, budget=MemoryBudget(100 * MB),
-        metrics=Metrics(), io_executor=pool, load_executor=pool, load_wait_s=0.05,
-    )  # fmt: skip
+    cache = make_cache(store, runtime, pool, load_wait_s=0.05)
     store.gate = threading.Event()
     with pytest.raises(ModelNotReady):
         async with cache.lease(size_id("a", 1)):

@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tenantserve.cache import MemoryBudget, ModelCache
+from tenantserve.cache import Loader, LoadQueue, MemoryBudget, ModelCache
 from tenantserve.errors import InsufficientMemory, ModelNotReady, TenantLimitExceeded
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel, Runtime
@@ -103,11 +103,14 @@ async def make_cache(
 ) -> AsyncIterator[CacheFactory]:
     made: list[ModelCache] = []
 
-    def make(budget: MemoryBudget, **options: object) -> ModelCache:
+    def make(budget: MemoryBudget, **queue_options: object) -> ModelCache:
         cache = ModelCache(
-            store=store, runtimes={"onnx": cast(Runtime, _Runtime())}, budget=budget,
-            metrics=metrics, io_executor=pool, load_executor=pool, load_wait_s=0.2,
-            measure_memory=False, **options,  # type: ignore[arg-type]
+            loader=Loader(
+                store=store, runtimes={"onnx": cast(Runtime, _Runtime())}, budget=budget,
+                metrics=metrics, io_executor=pool, load_executor=pool, measure_memory=False,
+            ),
+            queue=LoadQueue(metrics=metrics, **queue_options),  # type: ignore[arg-type]
+            budget=budget, metrics=metrics, load_wait_s=0.2,
         )  # fmt: skip
         made.append(cache)
         return cache

@@ -10,7 +10,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from tenantserve.cache import LRU, CostAware, EvictionPolicy, MemoryBudget, ModelCache
+from tenantserve.cache import (
+    LRU,
+    CostAware,
+    EvictionPolicy,
+    Loader,
+    LoadQueue,
+    MemoryBudget,
+    ModelCache,
+)
 from tenantserve.errors import InsufficientMemory
 from tenantserve.metrics import Metrics
 from tenantserve.tools.bench.simulated import Inline, SimRuntime, SimStore
@@ -127,9 +135,9 @@ def replay(
 
 @contextmanager
 def quiet_cache_log() -> Iterator[None]:
-    """The cache warns of each refused load; replayed, thousands would bury the answer (the
+    """The load queue warns of each refused load; replayed, thousands would bury the answer (the
     refusals are counted instead)."""
-    logger = logging.getLogger("tenantserve.cache.model_cache")
+    logger = logging.getLogger("tenantserve.cache.load_queue")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -163,10 +171,13 @@ class CacheSim:
         self._budget = MemoryBudget(budget_bytes)
         inline = Inline()
         self._cache = ModelCache(
-            store=SimStore(sizes), runtimes={"onnx": SimRuntime()}, budget=self._budget,
-            metrics=self._metrics, io_executor=inline, load_executor=inline,
-            policy=self._policy, max_concurrent_loads=1, load_wait_s=1.0,
-            failed_load_ttl_s=0.0, measure_memory=False,
+            loader=Loader(
+                store=SimStore(sizes), runtimes={"onnx": SimRuntime()}, budget=self._budget,
+                metrics=self._metrics, io_executor=inline, load_executor=inline,
+                measure_memory=False,
+            ),
+            queue=LoadQueue(metrics=self._metrics, max_concurrent_loads=1, failed_load_ttl_s=0.0),
+            budget=self._budget, metrics=self._metrics, policy=self._policy, load_wait_s=1.0,
         )  # fmt: skip
         self._ids: dict[str, ModelId] = {}
         self.hits = self.loads = self.bytes_loaded = self.refused = 0

@@ -1,0 +1,184 @@
+"""LoadQueue: pending loads, one per model; their slots and pace, refusals, failures remembered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
+
+from tenantserve.cache.failed_loads import FailedLoads
+from tenantserve.cache.single_flight import SingleFlight
+from tenantserve.errors import (
+    ModelNotFound,
+    ModelNotReady,
+    StoreUnavailable,
+    TenantLimitExceeded,
+    TenantServeError,
+)
+from tenantserve.metrics import Metrics
+from tenantserve.types import ModelId
+
+log = logging.getLogger(__name__)
+
+_STORE_FAILURE_TTL_S = 5.0
+
+V = TypeVar("V")
+
+
+class LoadQueue(Generic[V]):
+    """Pending loads, one per model and shared by its callers, each producing a ``V``: at most
+    ``max_concurrent_loads`` run at once, started at most ``max_loads_per_s``; new ones are
+    refused while ``max_queued_loads`` wait, and a failed load is answered from memory."""
+
+    def __init__(
+        self,
+        *,
+        metrics: Metrics,
+        max_concurrent_loads: int = 2,
+        max_queued_loads: int | None = None,
+        max_loads_per_s: float = 0.0,
+        failed_load_ttl_s: float = 30.0,
+    ) -> None:
+        self._metrics = metrics
+        self._max_concurrent_loads = max_concurrent_loads
+        self._max_queued_loads = max_queued_loads
+        self._max_loads_per_s = max_loads_per_s  # 0: loads start as soon as a slot is free
+        self._failed_load_ttl_s = failed_load_ttl_s
+        self._next_load_at = 0.0
+        self._load_s_ewma: float | None = None  # a load's seconds, for Retry-After when full
+        self._told_to_retry = 0.0  # refused first calls expected back, draining at the load rate
+        self._told_at = 0.0
+        self._flights: SingleFlight[ModelId, V] = SingleFlight()
+        self._failures = FailedLoads(log=log)
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def queued(self) -> int:
+        """Loads waiting for a slot."""
+        return max(0, len(self._flights) - self._max_concurrent_loads)
+
+    async def join(
+        self,
+        model_id: ModelId,
+        load: Callable[[], Coroutine[Any, Any, V]],
+        *,
+        timeout_s: float,
+        timeout_message: str,
+    ) -> V:
+        """Start ``load()`` unless ``model_id`` has a load pending, and wait for that load.
+
+        Raises:
+            ModelNotReady: with ``timeout_message``, when it did not finish within
+                ``timeout_s`` (it goes on running without this caller).
+        """
+        try:
+            return await self._flights.do(model_id, load, timeout_s=timeout_s)
+        except TimeoutError:
+            raise ModelNotReady(timeout_message, retry_after_s=1.0) from None
+
+    def refuse(self, model_id: ModelId) -> None:
+        """Raise at once for a new load of ``model_id`` that failed recently or finds it full.
+
+        Raises:
+            ModelNotReady, TenantLimitExceeded: the queue, or the tenant's half of it, is full.
+            TenantServeError: the error of a load that failed recently, again.
+        """
+        self._failures.raise_if_recent(model_id)
+        self._raise_if_full(model_id)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the ``max_concurrent_loads`` slots, taken at the pace loads may start."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_concurrent_loads)
+        async with self._slots:
+            await self._pace()
+            yield
+
+    def finished(self, model_id: ModelId, took_s: float) -> None:
+        """``model_id`` loaded in ``took_s``: its own time, not its wait for a slot."""
+        ewma = self._load_s_ewma
+        self._load_s_ewma = took_s if ewma is None else ewma + 0.2 * (took_s - ewma)
+        self._failures.forget(model_id)
+
+    def failed(self, model_id: ModelId, error: TenantServeError) -> bool:
+        """Remember why ``model_id`` did not load; False when the store has no such model."""
+        # A broken artifact stays broken; a store outage already had its retries and may
+        # pass at any moment, so it is remembered only briefly (and said so in Retry-After).
+        ttl_s = self._failed_load_ttl_s
+        if isinstance(error, StoreUnavailable):
+            ttl_s = min(ttl_s, _STORE_FAILURE_TTL_S)
+        self._failures.record(model_id, error, ttl_s)
+        if isinstance(error, ModelNotFound):
+            # No artifact is a 404 for the caller, not a load that failed: the failure
+            # counter (and the alert on it) is for models that exist and do not load.
+            log.debug("load of %s: %s", model_id, error)
+            return False
+        self._metrics.load_failures.inc()
+        self._failures.warn("load of %s failed: %s", model_id, error)
+        return True
+
+    def forget_failure(self, model_id: ModelId) -> None:
+        self._failures.forget(model_id)
+
+    async def drain(self) -> None:
+        """Wait for every pending load (shutdown)."""
+        await self._flights.drain()
+
+    def _raise_if_full(self, model_id: ModelId) -> None:
+        """Refuse a new load at once when ``max_queued_loads`` loads already wait for a slot,
+        or when the model's tenant already has half of all pending loads.
+
+        A storm of first calls to distinct models is then admitted at the rate loads finish;
+        the rest get a fast retryable answer instead of holding a request slot for minutes.
+        A tenant sending ids that miss (new, or not in the store at all) pays store round
+        trips from its own half: its misses are part of its quota (429), and other tenants'
+        first calls still find room.
+        """
+        if self._max_queued_loads is None or model_id in self._flights:
+            return  # joining a load that runs costs nothing
+        pending = len(self._flights)
+        room = self._max_concurrent_loads + self._max_queued_loads
+        if pending >= room:
+            self._metrics.reject("load_queue_full", model_id.tenant)
+            raise ModelNotReady(
+                f"model {model_id} is not loaded and {pending} other loads are pending; "
+                "retry shortly",
+                retry_after_s=self._retry_after_s(pending - self._max_concurrent_loads),
+            )
+        tenant = model_id.tenant
+        own = sum(1 for pending_id in self._flights if pending_id.tenant == tenant)
+        if own >= max(1, room // 2):
+            self._metrics.reject("tenant_loads", tenant)
+            raise TenantLimitExceeded(
+                f"tenant {tenant} has {own} model loads pending, its share of the load queue; "
+                "retry shortly",
+                retry_after_s=self._retry_after_s(own),
+            )
+
+    def _retry_after_s(self, ahead: int) -> float:
+        """When to come back, with ``ahead`` loads to finish first. Each refused caller is told
+        a later time than the one before, in step with the rate loads finish, so retries come
+        back spread out rather than as one more storm."""
+        rate = self._max_loads_per_s
+        if not rate:
+            load_s = self._load_s_ewma if self._load_s_ewma is not None else 1.0  # none seen yet
+            rate = self._max_concurrent_loads / max(load_s, 1e-3)
+        now = time.monotonic()
+        drained = (now - self._told_at) * rate
+        self._told_to_retry = max(0.0, self._told_to_retry - drained) + 1.0
+        self._told_at = now
+        return (ahead + self._told_to_retry) / rate
+
+    async def _pace(self) -> None:
+        """Start loads no faster than ``max_loads_per_s``: loads take CPU from warm traffic."""
+        if not self._max_loads_per_s:
+            return
+        now = time.monotonic()
+        start_at = max(now, self._next_load_at)
+        self._next_load_at = start_at + 1.0 / self._max_loads_per_s
+        if start_at > now:
+            await asyncio.sleep(start_at - now)
