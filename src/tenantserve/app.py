@@ -34,6 +34,7 @@ from tenantserve.protocols.keys import KeyRing
 from tenantserve.protocols.origin_guard import OriginGuard
 from tenantserve.runtimes import default_runtimes
 from tenantserve.scheduling.admission import Admission
+from tenantserve.scheduling.codel import CoDel
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
@@ -98,11 +99,14 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         events=activity.cache_event,
     )
     metrics.watch_cache(cache.snapshot)
+    # One judge of overload for both queues a request meets: admission, then the predictors.
+    codel = CoDel(target_s=settings.queue_target_s) if settings.queue_target_s else None
     admission = Admission(
         max_in_flight=settings.max_in_flight,
         max_queued=settings.max_in_flight * 4,
         queue_timeout_s=settings.queue_timeout_s,
         metrics=metrics,
+        codel=codel,
     )
     service = InferenceService(
         cache=cache,
@@ -115,6 +119,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             workers=settings.threads,
             spare_workers=settings.threads,
             metrics=metrics,
+            codel=codel,
         ),
         quotas=TenantQuotas(limits, metrics=metrics),
         activity=activity,

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     """Requests admitted at once; past it requests queue."""
     queue_timeout_s: float = Field(default=5.0, gt=0)
     """How long a request may wait for admission before a 503 with Retry-After."""
+    queue_target_s: float = Field(default=0.1, ge=0)
+    """Queue wait the server aims for (CoDel): when every request waited longer than this in
+    queues for half a second, the queue is standing (overload), and a request may wait twice
+    this at most before a 503 with Retry-After, so admitted requests stay fast. 0: off."""
     load_wait_s: float = Field(default=60.0, gt=0)
     """How long a request may wait for its model to load before a retryable error."""
     failed_load_ttl_s: float = Field(default=30.0, ge=0)

@@ -149,6 +149,7 @@ class Call:
                 result = await p.predictor.run_until(
                     ticket.deadline(), self.model_id.tenant, run,
                     timeout_s=p.predict_timeout_s, key=self.model_id.value,
+                    waited_s=ticket.waited_s,
                 )  # fmt: skip
             except (PredictTimedOut, asyncio.CancelledError) as exc:
                 released = run.stop()

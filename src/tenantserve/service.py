@@ -173,6 +173,19 @@ class InferenceService:
 
     # -- requests --------------------------------------------------------------------------
 
+    def refuses_at_once(self, model_id: ModelId) -> bool:
+        """Whether an inference of ``model_id`` arriving now would be refused at once for
+        capacity (every slot taken, the queue full, no longer queue to shed for its tenant):
+        counted as that refusal when so, for the HTTP layer to answer it cheaply."""
+        tenant = model_id.tenant
+        if not self._admission.would_refuse(tenant):
+            return False
+        self._metrics.tenants.observe(tenant)
+        self._activity.record_request(
+            model_id, latency_s=0.0, hit=False, outcome="rejected", detail="Overloaded"
+        )
+        return True
+
     def call(self, model_id: ModelId) -> Call:
         """One inference of ``model_id``: ``async with service.call(m) as call`` admits it
         (quotas, admission, the load queue: refused before its body is read), then

@@ -18,6 +18,7 @@ def serve_command(settings: Settings) -> None:
     from tenantserve.errors import StoreUnavailable, TenantServeError
     from tenantserve.logging import configure
     from tenantserve.protocols.http_protocol import bounded_httptools
+    from tenantserve.protocols.shedding import Shedder
 
     configure(settings.log_level)
     try:
@@ -49,7 +50,9 @@ def serve_command(settings: Settings) -> None:
         loop="uvloop",
         # httptools, with the request head bounded, the body timed, the connections capped.
         http=bounded_httptools(
-            body_timeout_s=settings.body_timeout_s, max_connections=settings.max_connections
+            body_timeout_s=settings.body_timeout_s,
+            max_connections=settings.max_connections,
+            shed=Shedder(served.state.service, served.state.metrics),
         ),
         log_config=None,
         access_log=False,

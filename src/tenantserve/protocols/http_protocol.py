@@ -11,7 +11,8 @@ handlers (``body.read_body``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -27,6 +28,7 @@ BODY_TIMEOUT_S = 30.0
 """How long a request's body may take to arrive, counted from the end of its head."""
 
 MAX_CONNECTIONS = 2048
+Shed = Callable[[bytes, bytes, Sequence[tuple[bytes, bytes]]], bytes | None]
 """Open connections at most; one past it is answered 503 at once and closed."""
 
 _BUSY = (
@@ -46,6 +48,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     head_timeout_s: float = HEAD_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
+    shed: ClassVar[Shed | None] = None
+    """Asked once a request's head is in: canned bytes to answer it with at once (the
+    server would refuse it anyway; protocols/shedding.py), or ``None`` to serve it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -56,6 +61,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._began_in_chunk = False
         self._refused = False
+        self._shedding = False  # this request was answered from its head: skip its body
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
 
@@ -113,16 +119,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.url) + self._header_bytes > self.max_head_bytes:
             self._refuse(431, self._too_large())
             return
+        shed = type(self).shed  # read from the class: a function stored there is not bound
+        if shed is not None and (self.cycle is None or self.cycle.response_complete):
+            answer = shed(self.parser.get_method(), self.url, self.headers)
+            if answer is not None:
+                self._shedding = True
+                self.transport.write(answer)
+                self._body_timer = self.loop.call_later(self.body_timeout_s, self.transport.close)
+                return
         super().on_headers_complete()
         # Until the message completes (at once for a request without a body).
         self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
-        if not self._refused:  # the rest of a refused request, still in the parser's hands
+        # The rest of a refused or already answered request, still in the parser's hands.
+        if not self._refused and not self._shedding:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._cancel_body_timer()
+        if self._shedding:
+            # Answered already; the connection stays for the next request, timed as idle.
+            self._shedding = False
+            self._in_head = True
+            self._arm_head_timer()
+            return
         if not self._refused:
             super().on_message_complete()
 
@@ -203,6 +224,7 @@ def bounded_httptools(
     head_timeout_s: float = HEAD_TIMEOUT_S,
     body_timeout_s: float = BODY_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
+    shed: Shed | None = None,
 ) -> type[BoundedHttpToolsProtocol]:
     """The protocol class to give ``uvicorn.run(http=...)``, with these bounds."""
 
@@ -213,4 +235,5 @@ def bounded_httptools(
     Configured.head_timeout_s = head_timeout_s
     Configured.body_timeout_s = body_timeout_s
     Configured.max_connections = max_connections
+    Configured.shed = shed
     return Configured

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 
 from tenantserve.errors import Overloaded
 from tenantserve.metrics import Metrics
-from tenantserve.scheduling.fair import FairQueue
+from tenantserve.scheduling.codel import CoDel
+from tenantserve.scheduling.fair_queue import FairQueue
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +42,22 @@ class Admission:
     """
 
     def __init__(
-        self, *, max_in_flight: int, max_queued: int, queue_timeout_s: float, metrics: Metrics
+        self,
+        *,
+        max_in_flight: int,
+        max_queued: int,
+        queue_timeout_s: float,
+        metrics: Metrics,
+        codel: CoDel | None = None,
     ) -> None:
         self._max_in_flight = max_in_flight
         self._max_queued = max_queued
         self._queue_timeout_s = queue_timeout_s
         self._metrics = metrics
+        self._codel = codel  # while the queue stands, a waiter past its limit is refused
         self._in_flight = 0
         self._by_tenant: dict[str, int] = {}
-        self._waiting: FairQueue[asyncio.Future[None]] = FairQueue()
+        self._waiting: FairQueue[_Waiter] = FairQueue()
 
     @property
     def queued(self) -> int:
@@ -97,19 +106,31 @@ class Admission:
         finally:
             self.release(tenant)
 
+    def would_refuse(self, tenant: str) -> bool:
+        """Whether a request of ``tenant`` arriving now would be refused at once (every slot
+        taken, the queue full, no longer queue to shed for it); counted as refused when so.
+        Lets the HTTP layer refuse it before it becomes a request at all."""
+        if self._in_flight < self._max_in_flight or len(self._waiting) < self._max_queued:
+            return False
+        if self._shed_instead_of(tenant) is not None:
+            return False
+        self._metrics.reject("queue_full", tenant)
+        return True
+
     async def _wait(self, tenant: str) -> None:
         if len(self._waiting) >= self._max_queued:
             self._shed_for(tenant)
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+        waiter = _Waiter(loop.create_future(), time.monotonic())
         self._waiting.push(tenant, waiter)
         timer = loop.call_later(self._queue_timeout_s, self._expire, tenant, waiter)
         try:
-            await waiter
+            await waiter.future
         except asyncio.CancelledError:
             # The caller went away (client disconnect). If a slot was handed over just before,
             # pass it on; otherwise leave the queue.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
                 self._release()
             else:
                 self._waiting.remove(tenant, waiter)
@@ -128,7 +149,7 @@ class Admission:
     def _shed_for(self, tenant: str) -> None:
         victim = self._shed_instead_of(tenant)
         if victim is not None:
-            shed = self._waiting.pop_newest(victim)
+            shed = self._waiting.pop_newest(victim).future
             if shed.done():
                 # Cancelled a moment ago (its client left) and not yet unwound: taking it out
                 # made the room, and no one is refused.
@@ -139,21 +160,38 @@ class Admission:
         self._metrics.reject("queue_full", tenant)
         raise _full()
 
-    def _expire(self, tenant: str, waiter: asyncio.Future[None]) -> None:
-        if waiter.done() or not self._waiting.remove(tenant, waiter):
+    def _expire(self, tenant: str, waiter: _Waiter) -> None:
+        if waiter.future.done() or not self._waiting.remove(tenant, waiter):
             return
         self._metrics.reject("timeout", tenant)
-        waiter.set_exception(
-            Overloaded("request waited too long for capacity; retry shortly", retry_after_s=1.0)
-        )
+        waiter.future.set_exception(_too_long())
 
     def _release(self) -> None:
+        limit_s = self._codel.limit_s(math.inf) if self._codel is not None else math.inf
+        now = time.monotonic()
         while self._waiting:
-            _, waiter = self._waiting.pop()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes to it; in_flight stays the same
-                return
+            tenant, waiter = self._waiting.pop()
+            if waiter.future.done():
+                continue
+            if now - waiter.arrived > limit_s:
+                # The queue stands (CoDel): one that waited this long is answered now, so
+                # the slot goes to a request that can still be served in time.
+                self._metrics.reject("timeout", tenant)
+                waiter.future.set_exception(_too_long())
+                continue
+            waiter.future.set_result(None)  # the slot passes to it; in_flight stays the same
+            return
         self._in_flight -= 1
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    future: asyncio.Future[None]
+    arrived: float  # time.monotonic()
+
+
+def _too_long() -> Overloaded:
+    return Overloaded("request waited too long for capacity; retry shortly", retry_after_s=1.0)
 
 
 def _full() -> Overloaded:

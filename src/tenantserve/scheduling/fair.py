@@ -1,4 +1,4 @@
-"""Fair turns between tenants: deficit round robin over per-tenant queues, and a pool fed by it."""
+"""FairExecutor: a fixed pool of predict threads fed in fair turns between tenants."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import contextlib
 import functools
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from tenantserve.errors import Overloaded, PredictTimedOut
 from tenantserve.metrics import Metrics
+from tenantserve.scheduling.codel import CoDel
+from tenantserve.scheduling.fair_queue import FairQueue
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -26,118 +27,12 @@ a FIFO server's on the same load; four keep its queue moving while a tenant behi
 still waits for at most four of the flood's predictions (benchmarks/bench_warm.py)."""
 
 
-class FairQueue(Generic[T]):
-    """Per-tenant FIFO queues served in deficit-round-robin turns (Shreedhar & Varghese 1995).
-
-    On its turn a backlogged tenant earns ``quantum`` and takes items while its deficit covers
-    their cost; then the next tenant's turn begins. A tenant with a thousand items queued waits
-    behind itself: every other tenant with work gets a turn between any two of its items.
-    """
-
-    def __init__(self, quantum: float = 1.0) -> None:
-        self._quantum = quantum
-        self._queues: dict[str, deque[tuple[T, float]]] = {}
-        self._deficit: dict[str, float] = {}
-        self._turns: deque[str] = deque()  # backlogged tenants; the head holds the turn
-        self._credited = False  # whether the head tenant has had its quantum this turn
-        self._len = 0
-
-    def __len__(self) -> int:
-        return self._len
-
-    def len_of(self, tenant: str) -> int:
-        queue = self._queues.get(tenant)
-        return len(queue) if queue is not None else 0
-
-    def depths(self) -> dict[str, int]:
-        """Items queued, by tenant (backlogged tenants only)."""
-        return {tenant: len(queue) for tenant, queue in self._queues.items()}
-
-    def push(self, tenant: str, item: T, cost: float = 1.0) -> None:
-        queue = self._queues.get(tenant)
-        if queue is None:
-            queue = self._queues[tenant] = deque()
-            self._deficit[tenant] = 0.0
-            self._turns.append(tenant)
-        queue.append((item, cost))
-        self._len += 1
-
-    def pop(self) -> tuple[str, T]:
-        """The next item in fair order, with its tenant.
-
-        Raises:
-            IndexError: the queue is empty.
-        """
-        if not self._len:
-            raise IndexError("pop from an empty FairQueue")
-        while True:
-            tenant = self._turns[0]
-            queue = self._queues[tenant]
-            if not self._credited:
-                self._deficit[tenant] += self._quantum
-                self._credited = True
-            item, cost = queue[0]
-            if cost <= self._deficit[tenant]:
-                queue.popleft()
-                self._len -= 1
-                self._deficit[tenant] -= cost
-                if not queue:
-                    self._retire(tenant)
-                return tenant, item
-            self._turns.rotate(-1)
-            self._credited = False
-
-    def remove(self, tenant: str, item: T) -> bool:
-        """Take ``item`` (compared by identity) out of ``tenant``'s queue; ``False`` if absent."""
-        queue = self._queues.get(tenant)
-        if queue is None:
-            return False
-        for index, (queued, _) in enumerate(queue):
-            if queued is item:
-                del queue[index]
-                self._len -= 1
-                if not queue:
-                    self._retire(tenant)
-                return True
-        return False
-
-    def longest(self) -> tuple[str, int] | None:
-        """The tenant with the most items queued, and how many; ``None`` when empty."""
-        if not self._queues:
-            return None
-        tenant = max(self._queues, key=lambda t: len(self._queues[t]))
-        return tenant, len(self._queues[tenant])
-
-    def pop_newest(self, tenant: str) -> T:
-        """Take the last item ``tenant`` queued (shed first when the queue is full).
-
-        Raises:
-            KeyError: ``tenant`` has nothing queued.
-        """
-        queue = self._queues[tenant]
-        item, _ = queue.pop()
-        self._len -= 1
-        if not queue:
-            self._retire(tenant)
-        return item
-
-    def _retire(self, tenant: str) -> None:
-        # An idle tenant leaves the rotation and forfeits its deficit, as DRR prescribes: credit
-        # saved while idle would let it burst ahead of tenants that kept waiting.
-        del self._queues[tenant]
-        del self._deficit[tenant]
-        if self._turns[0] == tenant:
-            self._turns.popleft()
-            self._credited = False
-        else:
-            self._turns.remove(tenant)
-
-
 @dataclass(eq=False, slots=True)
 class _Job:
     call: Callable[[], Any]
     future: asyncio.Future[Any]
     deadline: float  # time.monotonic(); a job still queued past it is dropped, never run
+    queued_since: float  # time.monotonic() its request began to queue (admission included)
     timeout_s: float = math.inf  # how long it may run once on a thread
     key: str | None = None  # what it runs (a model id): fenced while a run of it is stuck
     timer: asyncio.TimerHandle | None = None
@@ -167,8 +62,10 @@ class FairExecutor:
         workers: int,
         metrics: Metrics,
         spare_workers: int = 0,
+        codel: CoDel | None = None,
     ) -> None:
         self._pool = pool
+        self._codel = codel
         self._workers = workers
         self._spare_workers = spare_workers
         self._metrics = metrics
@@ -208,12 +105,16 @@ class FairExecutor:
         *,
         timeout_s: float = math.inf,
         key: str | None = None,
+        waited_s: float = 0.0,
     ) -> T:
         """Run ``call`` in ``tenant``'s turn unless ``deadline`` (monotonic) passes first.
 
         Args:
             timeout_s: how long the call may run once it has a thread.
             key: what the call runs (a model id), for fencing a key whose run is stuck.
+            waited_s: queue time the request already spent (for admission): with ``codel``,
+                a call whose queue time in all passes its limit while the queue stands is
+                refused at once instead of run late.
         Raises:
             Overloaded: the deadline passed while the call waited for a thread, or a call of
                 ``key`` is still running past its timeout.
@@ -223,7 +124,9 @@ class FairExecutor:
         if key is not None and key in self._stuck:
             raise _fenced(key, timeout_s)
         loop = asyncio.get_running_loop()
-        job = _Job(call, loop.create_future(), deadline, timeout_s, key)
+        job = _Job(
+            call, loop.create_future(), deadline, time.monotonic() - waited_s, timeout_s, key
+        )
         self._queue.push(tenant, job)
         self._dispatch(loop)
         timer = None
@@ -249,7 +152,8 @@ class FairExecutor:
             tenant, job = self._queue.pop()
             if job.future.done():  # its caller went away
                 continue
-            if time.monotonic() > job.deadline:
+            now = time.monotonic()
+            if now > job.deadline or self._too_late(now - job.queued_since):
                 self._drop(tenant, job)
                 continue
             if job.key is not None and job.key in self._stuck:
@@ -260,6 +164,12 @@ class FairExecutor:
                 job.timer = loop.call_later(job.timeout_s, self._time_out, loop, job)
             done = self._pool.submit(job.call)
             done.add_done_callback(functools.partial(self._on_done, loop, job))
+
+    def _too_late(self, waited_s: float) -> bool:
+        if self._codel is None:
+            return False
+        self._codel.observe(waited_s)
+        return waited_s > self._codel.limit_s(math.inf)
 
     def _time_out(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
         if job.future.done():  # answered, or its caller went away

@@ -162,3 +162,51 @@ async def test_a_waiter_cancelled_in_the_same_tick_is_not_shed_again(metrics: Me
     assert waiters[-1].cancelled()
     assert _rejected(metrics, "queue_full", "a") == _rejected(metrics, "queue_full", "b") == 0
     assert (admission.in_flight, admission.queued) == (0, 0)
+
+
+@pytest.mark.anyio
+async def test_would_refuse_says_so_only_when_a_newcomer_would_be_refused_at_once(
+    metrics: Metrics, stack: AsyncExitStack
+) -> None:
+    admission = Admission(max_in_flight=1, max_queued=2, queue_timeout_s=10, metrics=metrics)
+    release, log = asyncio.Event(), list[str]()
+    stack.push_async_callback(_set_and_settle, release)
+    holder = asyncio.ensure_future(_hold(admission, "a", release, log))
+    await asyncio.sleep(0)
+    assert not admission.would_refuse("a")  # the queue has room
+    waiting = [asyncio.ensure_future(_hold(admission, "a", release, log)) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert admission.would_refuse("a")  # full, and a's own queue is the longest
+    assert not admission.would_refuse("b")  # b would have a's newest waiter shed for it
+    assert _rejected(metrics, "queue_full", "a") == 1
+    release.set()
+    await asyncio.gather(holder, *waiting)
+
+
+@pytest.mark.anyio
+async def test_a_standing_queue_refuses_waiters_past_twice_the_target(metrics: Metrics) -> None:
+    from tenantserve.scheduling.codel import CoDel
+
+    now = [0.0]
+    codel = CoDel(target_s=0.01, interval_s=0.5, clock=lambda: now[0])
+    codel.observe(1.0)  # the predictors report only long waits for a whole interval
+    now[0] = 0.5
+    assert codel.overloaded  # and CoDel's clock stands still from here
+    admission = Admission(
+        max_in_flight=1, max_queued=4, queue_timeout_s=10, metrics=metrics, codel=codel
+    )
+    release, log = asyncio.Event(), list[str]()
+    holder = asyncio.ensure_future(_hold(admission, "a", release, log))
+    await asyncio.sleep(0)
+    late = asyncio.ensure_future(_hold(admission, "b", release, log))
+    await asyncio.sleep(0.05)  # b waits past 2 x 10 ms while the queue stands
+    release.set()
+    await holder
+    with pytest.raises(Overloaded, match="waited too long"):
+        await late
+    assert _rejected(metrics, "timeout", "b") == 1
+
+
+async def _set_and_settle(event: asyncio.Event) -> None:
+    event.set()
+    await asyncio.sleep(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from tenantserve.errors import Overloaded
 from tenantserve.metrics import Metrics
-from tenantserve.scheduling.fair import FairExecutor, FairQueue
+from tenantserve.scheduling.codel import CoDel
+from tenantserve.scheduling.fair import FairExecutor
+from tenantserve.scheduling.fair_queue import FairQueue
 
 
 def _drain(queue: FairQueue[str]) -> list[str]:
@@ -175,3 +178,30 @@ async def test_errors_reach_the_caller(pool: ThreadPoolExecutor, metrics: Metric
     with pytest.raises(ValueError, match="model raised"):
         await fair.run("a", boom)
     assert fair.running == 0
+
+
+@pytest.mark.anyio
+async def test_while_the_queue_stands_a_call_past_twice_the_target_is_refused_not_run(
+    pool: ThreadPoolExecutor, metrics: Metrics
+) -> None:
+    now = [0.0]
+    codel = CoDel(target_s=0.01, interval_s=0.5, clock=lambda: now[0])
+    codel.observe(1.0)
+    now[0] = 0.5  # a whole interval of long waits: the queue stands, CoDel's clock stops
+    fair = FairExecutor(pool, workers=1, metrics=metrics, codel=codel)
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(fair.run("a", gate.wait, 10))
+    await asyncio.sleep(0)
+    ran: list[str] = []
+    fresh = asyncio.ensure_future(fair.run_until(math.inf, "b", lambda: ran.append("fresh")))
+    # A request that spent 50 ms waiting for admission already: past 2 x 10 ms.
+    stale = asyncio.ensure_future(
+        fair.run_until(math.inf, "c", lambda: ran.append("stale"), waited_s=0.05)
+    )
+    await asyncio.sleep(0)
+    gate.set()
+    await blocker
+    await fresh
+    with pytest.raises(Overloaded):
+        await stale
+    assert ran == ["fresh"]
