@@ -159,6 +159,9 @@ def server_metrics(url: str) -> dict[str, float]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            if sample.name == "tenantserve_rejected_requests_total":
+                key = f"rejected:{sample.labels['reason']}"
+                totals[key] = totals.get(key, 0.0) + sample.value
     return totals
 
 
@@ -280,8 +283,20 @@ def markdown(report: dict[str, Any], curve_list: Sequence[Curve]) -> str:
         f"{server.get('tenantserve_loaded_models', 0):.0f} models resident, "
         f"{server.get('tenantserve_model_loading_seconds_count', 0):.0f} loads, "
         f"{server.get('tenantserve_model_evictions_total', 0):.0f} evictions, "
-        f"{server.get('tenantserve_rejected_requests_total', 0):.0f} rejected. "
-        "Lost = sent and never answered (timed out or connection failed); the goal is 0.",
+        f"{server.get('tenantserve_rejected_requests_total', 0):.0f} rejected ("
+        + ", ".join(
+            f"{k.removeprefix('rejected:')} {v:.0f}"
+            for k, v in sorted(server.items())
+            if k.startswith("rejected:") and v
+        )
+        + "). Lost = sent and never answered (timed out or connection failed); the goal is 0.",
+    ]
+    ok_rps = req["answered"].get("200", 0) / wall if wall else 0.0
+    rows += [
+        "",
+        f"Goodput: {ok_rps:.0f} answered 200 per second during the soak, "
+        f"{ok_rps / report['capacity_rps']:.2f}x the capacity measured before it "
+        f"({report['capacity_rps']:.0f} req/s).",
     ]
     return "\n".join(rows) + "\n"
 

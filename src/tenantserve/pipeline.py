@@ -23,6 +23,7 @@ from tenantserve.activity import Activity
 from tenantserve.cache.model_cache import ModelCache
 from tenantserve.errors import InvalidInput, PredictTimedOut
 from tenantserve.metrics import Metrics
+from tenantserve.runtimes import LoadedModel
 from tenantserve.scheduling.admission import Admission, Ticket
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
@@ -60,6 +61,20 @@ class Pipeline:
     predict_timeout_s: float = math.inf
     lingering: set[asyncio.Task[None]] = field(default_factory=set)
     """Leases held for stopped runs until their threads let go (shutdown waits for them)."""
+    in_flight: dict[str, int] = field(default_factory=dict)
+    """Requests admitted and not yet answered, by tenant (waits for loads included)."""
+
+    def _enter(self, tenant: str) -> None:
+        self.in_flight[tenant] = self.in_flight.get(tenant, 0) + 1
+        self.metrics.in_flight.inc()
+
+    def _leave(self, tenant: str) -> None:
+        left = self.in_flight[tenant] - 1
+        if left:
+            self.in_flight[tenant] = left
+        else:
+            del self.in_flight[tenant]
+        self.metrics.in_flight.dec()
 
     def call(self, model_id: ModelId, *, counted: bool = True) -> Call:
         """One request for ``model_id``; ``counted=False`` (a metadata read) is admitted the
@@ -70,7 +85,9 @@ class Pipeline:
 class Call:
     """One admitted request (see the module): an async context manager, then ``predict``."""
 
-    __slots__ = ("_counted", "_entered", "_pipeline", "_ticket", "_tracked", "hit", "model_id")
+    __slots__ = (
+        "_admitted", "_counted", "_entered", "_pipeline", "_ticket", "_tracked", "hit", "model_id",
+    )  # fmt: skip
 
     def __init__(self, pipeline: Pipeline, model_id: ModelId, counted: bool) -> None:
         self._pipeline = pipeline
@@ -79,7 +96,8 @@ class Call:
         self.hit = False
         self._ticket: Ticket | None = None
         self._tracked: Any = None
-        self._entered = 0  # how many of quota, slot were taken: what __aexit__ gives back
+        self._entered = 0  # how many of quota, slot are held: what __aexit__ gives back
+        self._admitted = False  # counted in flight, from admission to answer
 
     async def __aenter__(self) -> Call:
         p = self._pipeline
@@ -96,6 +114,8 @@ class Call:
             self._ticket = await p.admission.acquire(tenant)
             self._entered = 2
             p.cache.refuse_early(self.model_id)
+            p._enter(tenant)
+            self._admitted = True
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -114,6 +134,9 @@ class Call:
         if self._entered >= 1:
             p.quotas.release(tenant)
         self._entered = 0
+        if self._admitted:
+            p._leave(tenant)
+            self._admitted = False
         if self._tracked is not None:
             self._tracked.__exit__(exc_type, exc, tb)
             self._tracked = None
@@ -136,11 +159,11 @@ class Call:
             ModelNotFound, ModelNotReady, InsufficientMemory, LoadFailed, InvalidInput,
             Overloaded (its queue time ran out), PredictFailed, PredictTimedOut.
         """
-        ticket = self._ticket
-        assert ticket is not None, "predict inside `async with call`"
+        assert self._ticket is not None, "predict inside `async with call`"
         p = self._pipeline
         lease = p.cache.lease(self.model_id, counted=self._counted)
-        model = await lease.__aenter__()
+        model = await self._leased(lease)
+        ticket = self._ticket
         handed_off = False  # the lease's end passed to a task (see above)
         try:
             tensors = await self.off_loop(decode, model.inputs) if offload else decode(model.inputs)
@@ -163,6 +186,26 @@ class Call:
             if not handed_off:
                 await lease.__aexit__(None, None, None)
         return Prediction(_selected(result, outputs, self.model_id), self.hit)
+
+    async def _leased(self, lease: AbstractAsyncContextManager[LoadedModel]) -> LoadedModel:
+        """The leased model. A request whose model must load gives its admission slot back
+        while it waits (the load queue bounds those waits) and takes a slot again after, in
+        its tenant's turn: past capacity, requests for resident models are not stuck behind
+        requests waiting on loads."""
+        p = self._pipeline
+        if p.cache.is_resident(self.model_id):
+            return await lease.__aenter__()
+        tenant = self.model_id.tenant
+        p.admission.release(tenant)
+        self._entered = 1
+        model = await lease.__aenter__()
+        try:
+            self._ticket = await p.admission.acquire(tenant)
+        except BaseException:
+            await lease.__aexit__(None, None, None)
+            raise
+        self._entered = 2
+        return model
 
     def _end_lease_after(
         self, released: asyncio.Future[None], lease: AbstractAsyncContextManager[Any]

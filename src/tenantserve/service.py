@@ -199,9 +199,7 @@ class InferenceService:
             "predict": self._predictor.queued,
             "load": self._cache.snapshot().queued_loads,
         }
-        return SchedulingSnapshot(
-            queued=queued, in_flight_by_tenant=self._admission.in_flight_by_tenant()
-        )
+        return SchedulingSnapshot(queued=queued, in_flight_by_tenant=dict(self._pipeline.in_flight))
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         """A model's signature, read from its graph (it loads if needed): admitted as an
@@ -277,7 +275,7 @@ class InferenceService:
             held[tenant] = held.get(tenant, 0) + 1
         seen = {row.tenant: row for row in self._activity.tenants()}
         named = set((self._quotas.limits.tenants or {}).keys())
-        in_flight = self._admission.in_flight_by_tenant()
+        in_flight = self._pipeline.in_flight
         rows = []
         for tenant in sorted(held.keys() | seen.keys() | named):
             nbytes, cap = self._cache.tenant_memory(tenant)

@@ -67,7 +67,8 @@ class Admission:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def in_flight_by_tenant(self) -> dict[str, int]:
+    def slots_by_tenant(self) -> dict[str, int]:
+        """Slots held, by tenant (a request waiting for its model to load holds none)."""
         return dict(self._by_tenant)
 
     async def acquire(self, tenant: str) -> Ticket:
@@ -85,11 +86,9 @@ class Admission:
             await self._wait(tenant)  # on success the releasing request handed its slot over
             waited_s = time.monotonic() - arrived
         self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
-        self._metrics.in_flight.inc()
         return Ticket(waited_s, self._queue_timeout_s)
 
     def release(self, tenant: str) -> None:
-        self._metrics.in_flight.dec()
         left = self._by_tenant[tenant] - 1
         if left:
             self._by_tenant[tenant] = left

@@ -58,7 +58,7 @@ async def test_freed_slots_go_to_tenants_in_fair_turns(metrics: Metrics) -> None
     tasks += [asyncio.ensure_future(_hold(admission, "b", releases[i], order)) for i in (4, 5)]
     await asyncio.sleep(0)
     assert admission.queued == 5
-    assert admission.in_flight_by_tenant() == {"a": 1}
+    assert admission.slots_by_tenant() == {"a": 1}
     # Free one slot at a time, releasing whoever holds it.
     for _ in range(6):
         holder = len(order) - 1
