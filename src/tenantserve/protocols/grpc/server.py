@@ -76,7 +76,7 @@ class GrpcServer:
         max_body_bytes: int,
         version: str,
     ) -> None:
-        self._servicer = _Servicer(service, metrics, access, version)
+        self._servicer = OipServicer(service, metrics, access, version)
         self._address = _address(host, port)
         self._host = host
         self._options = [
@@ -98,6 +98,7 @@ class GrpcServer:
         try:
             port = server.add_insecure_port(self._address)
         except RuntimeError as exc:
+            await server.stop(None)
             raise OSError(
                 f"gRPC cannot listen on {self._address} ({exc}); is the port in use? choose "
                 "another --grpc-port"
@@ -118,16 +119,18 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _not_served(name: str) -> Callable[[_Servicer, object, Context], Awaitable[NoReturn]]:
+def _not_served(name: str) -> Callable[[OipServicer, object, Context], Awaitable[NoReturn]]:
     message = f"tenantserve does not serve {name}; its gRPC service has {', '.join(SERVED)}"
 
-    async def refuse(self: _Servicer, request: object, context: Context) -> NoReturn:
+    async def refuse(self: OipServicer, request: object, context: Context) -> NoReturn:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
 
     return refuse
 
 
-class _Servicer(GRPCInferenceServiceServicer):
+class OipServicer(GRPCInferenceServiceServicer):
+    """The RPCs (see the module); :class:`GrpcServer` serves one."""
+
     def __init__(
         self, service: InferenceService, metrics: Metrics, access: Access, version: str
     ) -> None:
