@@ -306,3 +306,12 @@ async def test_a_port_in_use_is_refused_with_what_to_do() -> None:
         )  # fmt: skip
         with pytest.raises(OSError, match="choose another --grpc-port"):
             await server.start()
+
+
+@pytest.mark.anyio
+async def test_a_message_over_the_body_limit_is_refused_by_grpc(open_server: Harness) -> None:
+    request = pb.ModelInferRequest(model_name="acme/m", raw_input_contents=[b"\0" * (2 << 20)])
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 1 << 19])
+    refused = await _fails(open_server.stub.ModelInfer(request))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert open_server.service.calls == []
