@@ -20,7 +20,8 @@ from tenantserve.protocols.grpc._generated import grpc_service_pb2 as pb
 from tenantserve.protocols.grpc._generated.grpc_service_pb2_grpc import (
     GRPCInferenceServiceStub,
 )
-from tenantserve.protocols.grpc.server import GrpcServer, OipServicer
+from tenantserve.protocols.grpc.server import GrpcServer
+from tenantserve.protocols.grpc.servicer import OipServicer
 from tenantserve.protocols.keys import KeyRing
 from tenantserve.service import InferenceService, RepositoryEntry
 from tenantserve.types import ModelId, ModelMetadata, Tensors, TensorSpec
