@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench fuzz soak clean
+.PHONY: demo test lint typecheck bench fuzz soak clean grpc-code
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+
+# protocols/grpc/_generated from the vendored .proto files (a test checks they match).
+grpc-code: $(STAMP)
+	$(BIN)/python -m tenantserve.protocols.grpc.codegen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage demo-store demo-store-minilm

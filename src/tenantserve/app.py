@@ -27,9 +27,10 @@ from tenantserve.cache import LRU, CostAware, Loader, LoadQueue, MemoryBudget, M
 from tenantserve.config import Settings
 from tenantserve.errors import StoreUnavailable
 from tenantserve.metrics import Metrics
-from tenantserve.protocols import routes
+from tenantserve.protocols import routes, server_version
 from tenantserve.protocols.auth import Access
 from tenantserve.protocols.front_door import FrontDoor
+from tenantserve.protocols.grpc.server import GrpcServer
 from tenantserve.protocols.keys import KeyRing
 from tenantserve.protocols.origin_guard import OriginGuard
 from tenantserve.runtimes import default_runtimes
@@ -127,6 +128,13 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         shutdown_grace_s=settings.shutdown_grace_s,
     )
     metrics.watch_scheduling(service.scheduling)
+    grpc: GrpcServer | None = None
+    if settings.grpc_port is not None:
+        grpc = GrpcServer(
+            service, metrics, access=Access(keys, max_body_bytes=settings.max_body),
+            host=settings.host, port=settings.grpc_port, max_body_bytes=settings.max_body,
+            version=server_version(),
+        )  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -154,10 +162,17 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             settings.memory_budget,
         )  # fmt: skip
         try:
+            if grpc is not None:
+                await grpc.start()
             yield
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if grpc is not None:  # calls in flight get the grace period, less the reserve
+                reserve_s = min(
+                    _CLOSE_RESERVE_MAX_S, _CLOSE_RESERVE_FRACTION * settings.shutdown_grace_s
+                )
+                await grpc.stop(service.shutdown_left_s() - reserve_s)
             await service.close()  # within the grace period, whatever still runs
 
     # Keys off on loopback: this machine's clients only, never a web page it has open

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     """Interface to bind; loopback by default so nothing is exposed by accident."""
     port: int = Field(default=8080, ge=0, le=65535)
     """TCP port."""
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """TCP port of the KServe Open Inference Protocol v2 gRPC service (tritonclient.grpc and
+    other OIP gRPC clients), on the same interface and with the same keys as HTTP; off unless
+    given (docs/grpc.md)."""
     preload: Listed = ()
     """Model ids to load at start-up (patterns such as ``acme/*`` work)."""
     pin: Listed = ()

@@ -25,7 +25,8 @@ class Metrics:
         self.tenants = TenantLabels(top_tenants, on_demote=self._forget_tenant)
         self.invocations = Counter(
             "tenantserve_invocations",
-            "Inference requests answered, by protocol and HTTP status code.",
+            "Inference requests answered, by protocol and status code (HTTP's number, gRPC's "
+            "name).",
             ["protocol", "code"],
             registry=r,
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp
 
-from tenantserve.config import Settings, SettingsError, load_settings
+from tenantserve.config import Settings, SettingsError, load_settings, public_name
 from tenantserve.integrations import ray_proxy
 from tenantserve.integrations.ray_replica import REPLICA_HEADER, ReplicaServer
 
@@ -116,7 +116,18 @@ class TenantServeReplica:
 
 
 def application(settings: Settings, options: RayOptions) -> Any:
-    """The Serve application: :class:`TenantServeReplica` with routing and scaling options."""
+    """The Serve application: :class:`TenantServeReplica` with routing and scaling options.
+
+    Raises:
+        SettingsError: a gRPC port, which replicas would each try to bind on their node.
+    """
+    if settings.grpc_port is not None:
+        raise SettingsError(
+            [
+                f"{public_name('grpc_port')}: the gRPC service runs under `tenantserve serve`, "
+                "not yet on Ray Serve, whose proxy here speaks HTTP; leave it unset"
+            ]
+        )
     if options.autoscaling:
         low = options.spread
         high = options.max_replicas if options.max_replicas is not None else max(low, 1)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from tenantserve.metrics import Metrics
     from tenantserve.service import InferenceService
 
-__all__ = ["routes"]
+__all__ = ["routes", "server_version"]
 
 
 def routes(
@@ -52,7 +52,7 @@ def routes(
             models, so by default it needs a key with the ``metrics`` role).
     """
     access = access or Access(None, max_body_bytes=max_body_bytes)
-    version = _version()
+    version = server_version()
     openapi = orjson.dumps(openapi_document(version))
 
     async def metrics_text(request: Request) -> Response:
@@ -99,7 +99,8 @@ class _NotFound(BaseRoute):
         await json_response(body, 404)(scope, receive, send)
 
 
-def _version() -> str:
+def server_version() -> str:
+    """The installed package's version, as ``GET /v2`` and gRPC ``ServerMetadata`` show it."""
     try:
         return importlib.metadata.version("tenantserve")
     except importlib.metadata.PackageNotFoundError:

@@ -24,6 +24,9 @@ from tenantserve.types import ModelId
 Handler = Callable[[Request], Awaitable[Response]]
 
 API_KEY_HEADER = "x-api-key"
+MISSING_CREDENTIALS = (
+    "missing credentials: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'"
+)
 _BEARER = "bearer "
 
 
@@ -45,8 +48,7 @@ class Access:
 
         async def endpoint(request: Request) -> Response:
             principal, request = await self.authenticate(request)
-            if not principal.has(role):
-                raise Forbidden(f"this key does not have the {role.value!r} role")
+            require_role(principal, role)
             if every_tenant and "*" not in principal.scopes:
                 raise Forbidden("this route shows every tenant's models: it needs scope '*'")
             request.state.principal = principal
@@ -61,24 +63,35 @@ class Access:
         Raises:
             Unauthenticated: no credentials, or ones no configured key matches.
         """
+        headers = request.headers
+        authorization = headers.get("authorization", "")
+        principal = self.from_key(headers.get(API_KEY_HEADER), authorization)
+        if principal is not None:
+            return principal, request
+        if self._keys is not None and authorization.startswith(sigv4.ALGORITHM):
+            return await self._sigv4(self._keys, request, authorization)
+        raise Unauthenticated(MISSING_CREDENTIALS)
+
+    def from_key(self, api_key: str | None, authorization: str) -> Principal | None:
+        """The principal of an API key sent as ``X-Api-Key`` (``api_key``) or as
+        ``Authorization: Bearer`` (``authorization``), headers or gRPC metadata alike:
+        :data:`ANONYMOUS` while keys are off, ``None`` when no key was sent.
+
+        Raises:
+            Unauthenticated: a key that no configured key matches.
+        """
         keys = self._keys
         if keys is None:
-            return ANONYMOUS, request
-        headers = request.headers
-        token = headers.get(API_KEY_HEADER)
-        authorization = headers.get("authorization", "")
+            return ANONYMOUS
+        token = api_key
         if token is None and authorization[: len(_BEARER)].lower() == _BEARER:
             token = authorization[len(_BEARER) :].strip()
-        if token is not None:
-            principal = keys.find(token)
-            if principal is None:
-                raise Unauthenticated("API key not recognised")
-            return principal, request
-        if authorization.startswith(sigv4.ALGORITHM):
-            return await self._sigv4(keys, request, authorization)
-        raise Unauthenticated(
-            "missing credentials: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'"
-        )
+        if token is None:
+            return None
+        principal = keys.find(token)
+        if principal is None:
+            raise Unauthenticated("API key not recognised")
+        return principal
 
     async def _sigv4(
         self, keys: KeyRing, request: Request, authorization: str
@@ -122,7 +135,16 @@ def authorize(request: Request, model_id: ModelId) -> None:
     Raises:
         Forbidden: outside the key's scopes, whether or not such a model exists.
     """
-    if not _principal(request).covers(model_id):
+    authorize_principal(_principal(request), model_id)
+
+
+def authorize_principal(principal: Principal, model_id: ModelId) -> None:
+    """:func:`authorize` for a principal a protocol found itself (gRPC's metadata).
+
+    Raises:
+        Forbidden: outside the key's scopes, whether or not such a model exists.
+    """
+    if not principal.covers(model_id):
         raise Forbidden(f"this key may not use model {model_id}")
     # Every route that names a model comes through here: from now on this request's log lines
     # (a load, an eviction it causes, a warning) carry its model and tenant. Each request runs
@@ -130,10 +152,25 @@ def authorize(request: Request, model_id: ModelId) -> None:
     model_var.set(model_id.value)
 
 
+def require_role(principal: Principal, role: Role) -> None:
+    """Refuse a principal without ``role``.
+
+    Raises:
+        Forbidden: the key does not grant ``role``.
+    """
+    if not principal.has(role):
+        raise Forbidden(f"this key does not have the {role.value!r} role")
+
+
 def covers(request: Request, model_id: str) -> bool:
     """Whether the request's key covers ``model_id`` (to filter listings)."""
+    return principal_covers(_principal(request), model_id)
+
+
+def principal_covers(principal: Principal, model_id: str) -> bool:
+    """Whether ``principal`` covers ``model_id``, a listed id (never an invalid one)."""
     try:
-        return _principal(request).covers(ModelId.parse(model_id))
+        return principal.covers(ModelId.parse(model_id))
     except InvalidModelId:
         return False
 

@@ -119,6 +119,11 @@ def test_the_config_entry_point_and_a_shared_cluster_need_keys(
     assert ray_serve.app_builder({"replicas": 1}) is not None
 
 
+def test_a_grpc_port_is_refused_before_replicas_each_try_to_bind_it() -> None:
+    with pytest.raises(SettingsError, match=r"--grpc-port .* not yet on Ray Serve"):
+        ray_serve.application(Settings(grpc_port=8001), ray_serve.RayOptions())
+
+
 def test_kuberay_example_builds_and_names_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     # The example reads its keys from a Secret: stand one in.
     monkeypatch.setenv("TENANTSERVE_API_KEYS_JSON", KEYS_JSON)

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from tenantserve.errors import (
+    Forbidden,
     InsufficientMemory,
     InvalidInput,
     InvalidModelId,
@@ -19,9 +20,13 @@ from tenantserve.errors import (
     Overloaded,
     PayloadTooLarge,
     PredictFailed,
+    PredictTimedOut,
     StoreUnavailable,
+    TenantLimitExceeded,
+    Unauthenticated,
 )
-from tenantserve.protocols.errors import ProtocolName, error_response, retry_after
+from tenantserve.protocols import errors
+from tenantserve.protocols.errors import ProtocolName, error_response, grpc_status, retry_after
 
 
 @pytest.mark.parametrize(
@@ -116,4 +121,50 @@ def test_unexpected_errors_are_generic_and_logged(
     assert b"secret" not in response.body
     assert b"/srv" not in response.body
     assert orjson.loads(response.body)["error"] == "internal server error"
+    assert any(record.exc_info for record in caplog.records), "traceback must be logged"
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "retry"),
+    [
+        (InvalidInput("input 'x': bad"), "INVALID_ARGUMENT", False),
+        (PayloadTooLarge("too big"), "RESOURCE_EXHAUSTED", False),
+        (Unauthenticated("API key not recognised"), "UNAUTHENTICATED", False),
+        (Forbidden("this key may not use model acme/m"), "PERMISSION_DENIED", False),
+        (ModelNotFound("no such model"), "NOT_FOUND", False),
+        (ModelAlreadyLoaded("loaded"), "ALREADY_EXISTS", False),
+        (ModelNotReady("loading"), "UNAVAILABLE", True),
+        (Overloaded("busy"), "UNAVAILABLE", True),
+        (TenantLimitExceeded("tenant acme is over its rate"), "RESOURCE_EXHAUSTED", True),
+        (InsufficientMemory("too large for the budget"), "RESOURCE_EXHAUSTED", False),
+        (LoadFailed("corrupt artifact"), "INTERNAL", False),
+        (StoreUnavailable("store down"), "UNAVAILABLE", True),
+        (PredictFailed("model raised"), "INTERNAL", False),
+        (PredictTimedOut("ran past 60s"), "DEADLINE_EXCEEDED", False),
+    ],
+)
+def test_grpc_status_per_error(error: Exception, code: str, retry: bool) -> None:
+    status = grpc_status(error)
+    assert (status.code, status.message) == (code, str(error))  # HTTP's message
+    assert bool(status.trailing) == retry
+    # Retry hints on gRPC exactly where HTTP sends Retry-After.
+    assert retry == ("Retry-After" in error_response(error, "oip").headers)
+
+
+def test_grpc_retry_hint_is_in_seconds_and_pushback_milliseconds() -> None:
+    status = grpc_status(Overloaded("busy", retry_after_s=2.2))
+    assert dict(status.trailing) == {"retry-after": "3", "grpc-retry-pushback-ms": "3000"}
+
+
+def test_every_grpc_code_in_the_table_is_a_grpc_status_code() -> None:
+    import grpc
+
+    rules = [*errors._RULES.values(), errors._UNEXPECTED]
+    assert all(rule.grpc_code in grpc.StatusCode.__members__ for rule in rules)
+
+
+def test_unexpected_errors_are_generic_on_grpc_too(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="tenantserve.protocols.errors"):
+        status = grpc_status(RuntimeError("open('/srv/models/acme/secret-key.onnx') failed"))
+    assert (status.code, status.message) == ("INTERNAL", "internal server error")
     assert any(record.exc_info for record in caplog.records), "traceback must be logged"

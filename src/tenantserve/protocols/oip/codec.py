@@ -130,7 +130,11 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
 def _name_of(raw: object, kind: str) -> str:
     if not isinstance(raw, dict):
         raise InvalidRequest(f"each {kind} must be a JSON object")
-    name = raw.get("name")
+    return checked_name(raw.get("name"), kind)
+
+
+def checked_name(name: object, kind: str) -> str:
+    """A tensor's name (``kind``: input or output), as every OIP transport limits it."""
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
         raise InvalidRequest(f"each {kind} needs a 'name' of 1 to {MAX_NAME_CHARS} characters")
     return name
@@ -148,22 +152,8 @@ def _parameters(raw: dict[str, Any], owner: str) -> dict[str, Any]:
 def _decode_input(
     name: str, raw: dict[str, Any], binary: memoryview, offset: int
 ) -> tuple[npt.NDArray[Any], int]:
-    datatype = raw.get("datatype")
-    if not isinstance(datatype, str) or datatype not in DATATYPE_TO_DTYPE:
-        shown = datatype if isinstance(datatype, str) else type(datatype).__name__
-        raise InvalidInput(
-            f"input {name!r}: unknown datatype {shown[:32]!r}; one of {sorted(DATATYPE_TO_DTYPE)}"
-        )
-    shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > MAX_RANK
-        or not all(type(dim) is int and dim >= 0 for dim in shape)
-    ):
-        raise InvalidInput(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} sizes")
-    count = math.prod(shape)
-    if count == 0:
-        raise InvalidInput(f"input {name!r} is empty (shape {shape})")
+    datatype = checked_datatype(name, raw.get("datatype"))
+    shape, count = checked_shape(name, raw.get("shape"))
     size = _parameters(raw, f"input {name!r}").get("binary_data_size")
     if size is not None:
         if "data" in raw:
@@ -181,6 +171,30 @@ def _decode_input(
             f"input {name!r}: shape {shape} holds {count} elements but 'data' has {array.size}"
         )
     return array.reshape(shape), 0
+
+
+def checked_datatype(name: str, datatype: object) -> str:
+    """Input ``name``'s declared datatype, one OIP knows."""
+    if not isinstance(datatype, str) or datatype not in DATATYPE_TO_DTYPE:
+        shown = datatype if isinstance(datatype, str) else type(datatype).__name__
+        raise InvalidInput(
+            f"input {name!r}: unknown datatype {shown[:32]!r}; one of {sorted(DATATYPE_TO_DTYPE)}"
+        )
+    return datatype
+
+
+def checked_shape(name: str, shape: object) -> tuple[list[int], int]:
+    """Input ``name``'s declared shape, and how many elements it holds (never 0)."""
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(type(dim) is int and dim >= 0 for dim in shape)
+    ):
+        raise InvalidInput(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} sizes")
+    count = math.prod(shape)
+    if count == 0:
+        raise InvalidInput(f"input {name!r} is empty (shape {shape})")
+    return shape, count
 
 
 def _requested_outputs(

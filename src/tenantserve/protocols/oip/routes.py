@@ -69,9 +69,18 @@ def split_target(path: str, actions: tuple[str, ...]) -> tuple[ModelId, str]:
     if versioned is not None:
         path, version = versioned["model"], versioned["version"]
     model_id = ModelId.parse(path)
+    check_version(model_id, version)
+    return model_id, action
+
+
+def check_version(model_id: ModelId, version: str) -> None:
+    """Refuse a version other than :data:`MODEL_VERSION`.
+
+    Raises:
+        ModelNotFound: a version this server does not serve.
+    """
     if version != MODEL_VERSION:
         raise ModelNotFound(f"model {model_id} has no version {version[:32]!r}; it serves '1'")
-    return model_id, action
 
 
 def oip_routes(
