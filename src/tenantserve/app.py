@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from tenantserve.activity import Activity
 from tenantserve.cache import LRU, CostAware, Loader, LoadQueue, MemoryBudget, ModelCache
@@ -284,9 +284,9 @@ def _budget(settings: Settings, limits: TenantLimits) -> MemoryBudget:
 
 
 class _App(Starlette):
-    """Starlette, with every request first through the shutdown cutoff, the origin guard (keys
-    off) and the front door (inferences straight to their handlers; protocols/front_door.py),
-    and only then, for the rest, through Starlette's middleware and router."""
+    """Starlette, with every request first through the front door (the origin guard when keys
+    are off, the shutdown cutoff, inferences straight to their handlers;
+    protocols/front_door.py), and only then, for the rest, through Starlette's own stack."""
 
     def __init__(
         self,
@@ -300,39 +300,11 @@ class _App(Starlette):
         super().__init__(**starlette)
 
     def build_middleware_stack(self) -> ASGIApp:
-        app: ASGIApp = FrontDoor(super().build_middleware_stack(), self.routes)
+        inner = super().build_middleware_stack()
+        guard = None
         if self._guard_hosts is not None:
-            app = OriginGuard(app, allowed_hosts=self._guard_hosts)
-        return _ShutdownCutoff(app, service=self._service)
-
-
-class _ShutdownCutoff:
-    """Answers 503 + Retry-After for a request still running when the grace period ends.
-
-    uvicorn cancels such requests, which would otherwise answer 500 and log a traceback; a
-    503 tells clients and balancers to retry elsewhere. Outside shutdown it only passes
-    calls through (a cancellation then is not ours to answer).
-    """
-
-    def __init__(self, app: ASGIApp, *, service: InferenceService) -> None:
-        self._app = app
-        self._service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self._app(scope, receive, send)
-        except asyncio.CancelledError:
-            if scope["type"] != "http" or self._service.ready():
-                raise
-            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
-            try:
-                await send({"type": "http.response.start", "status": 503, "headers": headers})
-                await send({"type": "http.response.body", "body": _SHUTTING_DOWN})
-            except Exception:  # the response had started, or the client is gone
-                raise asyncio.CancelledError from None
-
-
-_SHUTTING_DOWN = b'{"error": "server is shutting down and could not finish this request; retry"}'
+            guard = OriginGuard(inner, allowed_hosts=self._guard_hosts)
+        return FrontDoor(inner, self.routes, ready=self._service.ready, guard=guard)
 
 
 def run_server(app: Starlette, *, drain_s: float = 0.0, **uvicorn_options: Any) -> None:

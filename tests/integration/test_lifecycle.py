@@ -303,7 +303,7 @@ def test_sigterm_turns_unready_drains_finishes_in_flight_work_and_exits(
     grace_s = 30.0
     server = start_process(
         store, "--preload", LIGHT, "--preload", HEAVY, "--threads", "2",
-        "--shutdown-drain-s", "1", "--shutdown-grace-s", str(grace_s),
+        "--shutdown-drain-s", "3", "--shutdown-grace-s", str(grace_s),
     )  # fmt: skip
     ready = f"{server.url}/v2/health/ready"
 
@@ -315,7 +315,8 @@ def test_sigterm_turns_unready_drains_finishes_in_flight_work_and_exits(
 
     signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
-    # Readiness turns first, while the listener still takes connections ...
+    # Readiness turns first, while the listener still takes connections (3 s: time enough
+    # for this late request on a busy machine) ...
     until(lambda: _status(ready) != 200, timeout_s=5)
     assert _status(ready) == 503
     assert _infer(server.url, LIGHT).status_code == 200  # a late request is still served

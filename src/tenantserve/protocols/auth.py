@@ -47,14 +47,24 @@ class Access:
         all tenants' models at once, so only a key scoped to ``*`` may call it."""
 
         async def endpoint(request: Request) -> Response:
-            principal, request = await self.authenticate(request)
-            require_role(principal, role)
-            if every_tenant and "*" not in principal.scopes:
-                raise Forbidden("this route shows every tenant's models: it needs scope '*'")
-            request.state.principal = principal
-            return await handler(request)
+            return await handler(await self.admit(request, role, every_tenant=every_tenant))
 
         return endpoint
+
+    async def admit(self, request: Request, role: Role, *, every_tenant: bool = False) -> Request:
+        """The request to go on with, its caller authenticated and holding ``role`` (the
+        principal lands in ``request.state.principal`` for :func:`authorize`).
+
+        Raises:
+            Unauthenticated: no credentials, or ones no configured key matches.
+            Forbidden: the key lacks ``role``, or ``every_tenant`` and a scope short of ``*``.
+        """
+        principal, request = await self.authenticate(request)
+        require_role(principal, role)
+        if every_tenant and "*" not in principal.scopes:
+            raise Forbidden("this route shows every tenant's models: it needs scope '*'")
+        request.state.principal = principal
+        return request
 
     async def authenticate(self, request: Request) -> tuple[Principal, Request]:
         """The caller's principal, and the request to go on with (a SigV4 check reads the

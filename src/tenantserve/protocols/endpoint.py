@@ -15,9 +15,10 @@ from starlette.responses import Response
 
 from tenantserve.errors import InvalidRequest
 from tenantserve.metrics import Metrics
-from tenantserve.protocols.auth import authorize
+from tenantserve.protocols.auth import Access, authorize
 from tenantserve.protocols.body import read_body
 from tenantserve.protocols.errors import CLIENT_CLOSED, ProtocolName, error_response
+from tenantserve.protocols.keys import Role
 from tenantserve.types import ModelId, Tensors, TensorSpec
 
 if TYPE_CHECKING:
@@ -95,19 +96,31 @@ def guarded(handler: Handler, protocol: ProtocolName) -> Handler:
     return endpoint
 
 
-def invocation(handler: Handler, protocol: ProtocolName, metrics: Metrics) -> Handler:
-    """Like :func:`guarded`, and records ``invocations{protocol,code}`` and ``request_seconds``.
+def invocation(
+    handler: Handler, protocol: ProtocolName, metrics: Metrics, access: Access, role: Role
+) -> Handler:
+    """An inference route's whole wrapper, in one step: ``handler`` behind authentication
+    and ``role``, every exception answered as :func:`guarded` answers it, and the answer
+    counted in ``invocations{protocol,code}`` and timed in ``request_seconds``.
 
     Only inference endpoints are wrapped with this, so the counters match SageMaker's
     ``Invocations`` metric rather than every health probe.
     """
-    inner = guarded(handler, protocol)
+    invocations, seconds = metrics.invocations, metrics.request.labels(protocol)
 
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
-        response = await inner(request)
-        metrics.invocations.labels(protocol, str(response.status_code)).inc()
-        metrics.request.labels(protocol).observe(time.perf_counter() - started)
+        try:
+            if "\n" in request.scope["path"]:
+                raise InvalidRequest("the request path holds a line break")  # see guarded
+            request = await access.admit(request, role)
+            response = await handler(request)
+        except ClientDisconnect:
+            response = Response(status_code=CLIENT_CLOSED)
+        except Exception as exc:  # the one place any failure becomes an HTTP answer
+            response = error_response(exc, protocol)
+        invocations.labels(protocol, str(response.status_code)).inc()
+        seconds.observe(time.perf_counter() - started)
         return response
 
     return endpoint

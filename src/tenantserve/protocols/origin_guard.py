@@ -40,13 +40,14 @@ class OriginGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            refusal = self._refusal(scope)
+            refusal = self.refusal(scope)
             if refusal is not None:
-                await _forbidden(send, refusal)
+                await forbidden(send, refusal)
                 return
         await self._app(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> str | None:
+    def refusal(self, scope: Scope) -> str | None:
+        """Why this HTTP request is refused (403), or ``None`` to serve it."""
         headers = {k: v for k, v in scope.get("headers", ()) if k in _WANTED}
         host = _hostname(headers.get(b"host", b"").decode("latin-1"))
         if host not in self._hosts:
@@ -83,7 +84,7 @@ def _hostname(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-async def _forbidden(send: Send, message: str) -> None:
+async def forbidden(send: Send, message: str) -> None:
     body = orjson.dumps({"error": message})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 403, "headers": headers})

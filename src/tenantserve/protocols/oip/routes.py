@@ -104,7 +104,7 @@ def oip_routes(
             handler = access.protect(handler, role)
         return Route(path, guarded(handler, "oip"), methods=[method])
 
-    infer = invocation(access.protect(api.model_post, Role.INVOKE), "oip", metrics)
+    infer = invocation(api.model_post, "oip", metrics, access, Role.INVOKE)
     return [
         route("/v2/health/live", api.live, "GET"),
         route("/v2/health/ready", api.ready, "GET"),

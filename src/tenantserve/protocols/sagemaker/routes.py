@@ -58,7 +58,7 @@ def sagemaker_routes(
     """
     api = _SageMakerApi(service, max_body_bytes=max_body_bytes, store_url=store_url)
     access = access or Access(None, max_body_bytes=max_body_bytes)
-    invocations = invocation(access.protect(api.invocations, Role.INVOKE), "sagemaker", metrics)
+    invocations = invocation(api.invocations, "sagemaker", metrics, access, Role.INVOKE)
 
     def route(path: str, handler: Handler, method: str, role: Role | None = None) -> Route:
         if role is not None:
@@ -75,7 +75,7 @@ def sagemaker_routes(
         route("/models/{target:path}", api.unload_model, "DELETE", Role.MANAGE),
         InferenceRoute(
             "/models/{target:path}",
-            invocation(access.protect(api.invoke_model, Role.INVOKE), "sagemaker", metrics),
+            invocation(api.invoke_model, "sagemaker", metrics, access, Role.INVOKE),
             methods=["POST"],
         ),
     ]
