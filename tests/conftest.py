@@ -9,6 +9,7 @@ from collections.abc import Generator, Iterator
 import pytest
 
 pytest_plugins = [
+    "fixtures.clients",
     "fixtures.models",
     "fixtures.macros",
     "fixtures.s3",

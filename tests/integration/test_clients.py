@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from botocore.config import Config
 from tritonclient.utils import InferenceServerException
 
+from fixtures.clients import sagemaker_runtime
 from fixtures.models import ModelStoreDir, TextStore
 from fixtures.server import ThreadServer
 
@@ -27,22 +26,8 @@ def server(
     return start_server(synthetic_store.url)
 
 
-@pytest.fixture
-def triton_client(server: ThreadServer) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
-    yield client
-    client.close()
-
-
 def _sagemaker(url: str, **retries: Any) -> Any:
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries=retries or {"mode": "standard", "max_attempts": 1}),
-    )
+    return sagemaker_runtime(url, retries=retries or None)
 
 
 def _batch() -> np.ndarray[Any, Any]:

@@ -14,22 +14,21 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
+from fixtures.clients import sagemaker_runtime
 from fixtures.models import find_datasets
 from fixtures.s3 import S3Server
 from fixtures.server import ThreadServer
@@ -126,22 +125,8 @@ def server(start_server: Callable[..., ThreadServer], fleet: Fleet) -> ThreadSer
     return start_server(fleet.root, memory_budget=BUDGET_BYTES)
 
 
-@pytest.fixture
-def triton_client(server: ThreadServer) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
-    yield client
-    client.close()
-
-
 def _sagemaker(url: str) -> Any:
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"mode": "standard", "max_attempts": 1}, read_timeout=120),
-    )
+    return sagemaker_runtime(url, read_timeout_s=120)
 
 
 def _run(session: ort.InferenceSession, values: dict[str, Any]) -> dict[str, Any]:

@@ -13,14 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
+from fixtures.clients import sagemaker_runtime
 from fixtures.models import ModelStoreDir, heavy_model, make_model, slow_load_model
 from fixtures.polling import until
 from fixtures.server import ThreadServer
@@ -69,11 +68,7 @@ def sagemaker() -> Iterator[Callable[..., Any]]:
     clients: list[Any] = []
 
     def make(url: str, key_id: str = AWS_ID, secret: str = AWS_SECRET) -> Any:
-        client = boto3.client(
-            "sagemaker-runtime", endpoint_url=url, region_name="eu-west-1",
-            aws_access_key_id=key_id, aws_secret_access_key=secret,
-            config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
-        )  # fmt: skip
+        client = sagemaker_runtime(url, key_id=key_id, secret=secret, region="eu-west-1")
         clients.append(client)
         return client
 

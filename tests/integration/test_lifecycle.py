@@ -13,19 +13,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import onnx
 import pytest
 import tritonclient.http as triton
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
+from fixtures.clients import sagemaker_runtime
 from fixtures.models import heavy_model, make_model
 from fixtures.polling import until
 from fixtures.server import ProcessServer, ThreadServer
@@ -195,11 +194,7 @@ def test_a_predict_past_its_timeout_gets_504_and_other_models_are_served(
     # The model itself still serves what fits in its timeout.
     until(lambda: _infer(server.url, HEAVY).status_code == 200, timeout_s=10)
 
-    runtime = boto3.client(
-        "sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
-        aws_access_key_id="test", aws_secret_access_key="test",
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
-    )  # fmt: skip
+    runtime = sagemaker_runtime(server.url)
     with pytest.raises(ClientError) as raised:
         runtime.invoke_endpoint(
             EndpointName="local", TargetModel=HEAVY, ContentType="text/csv",

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from fixtures.clients import sagemaker_runtime
 from fixtures.macros import TOP_K, MacroStore
 from fixtures.server import ThreadServer
 
@@ -22,13 +21,6 @@ from fixtures.server import ThreadServer
 @pytest.fixture
 def server(start_server: Callable[..., ThreadServer], macro_store: MacroStore) -> ThreadServer:
     return start_server(macro_store.url)
-
-
-@pytest.fixture
-def triton_client(server: ThreadServer) -> Iterator[triton.InferenceServerClient]:
-    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +34,7 @@ def in_process(macro_store: MacroStore) -> tuple[list[str], np.ndarray[Any, Any]
 
 
 def _sagemaker(url: str) -> Any:
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"mode": "standard", "max_attempts": 1}),
-    )
+    return sagemaker_runtime(url)
 
 
 def _texts(values: np.ndarray[Any, Any]) -> list[list[str]]:

@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import psutil
 import pytest
-from botocore.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 
+from fixtures.clients import sagemaker_runtime
 from fixtures.models import heavy_model
 from fixtures.oip import infer, write_model
 from fixtures.polling import until
@@ -455,11 +454,7 @@ def test_boto3_retries_model_not_ready_a_bounded_number_of_times(
     })  # fmt: skip
 
     def client(**retries: Any) -> Any:
-        return boto3.client(
-            "sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
-            aws_access_key_id="test", aws_secret_access_key="test",
-            config=Config(retries=retries),
-        )  # fmt: skip
+        return sagemaker_runtime(server.url, retries=retries)
 
     def invoke(target: str, **retries: Any) -> Any:
         return client(**retries).invoke_endpoint(
