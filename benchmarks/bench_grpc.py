@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from tenantserve.tools.bench.servers import Served, free_port, served_tenantserve
-from tenantserve.tools.fleet.synth import write_fleet
+from tenantserve.tools.bench.side_by_side import cpu_seconds, kept_fleet, zipf_sequence
 
 ROW = [0.5] * 16
 JSON_BODY = json.dumps(
@@ -128,32 +128,20 @@ async def _grpc_sender(address: str) -> Any:
     return send, channel.close
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _zipf_ids(ids: list[str], s: float, n: int, seed: int) -> list[str]:
-    ranks = np.arange(1, len(ids) + 1, dtype=float)
-    weights = ranks**-s / (ranks**-s).sum()
-    picks = np.random.default_rng(seed).choice(len(ids), size=n, p=weights)
-    return [ids[i] for i in picks]
-
-
 def _slice(
     pool: ProcessPoolExecutor, served: Served, protocol: str, target: str,
     sequences: list[list[str]], clients: int, seconds: float,
 ) -> Slice:  # fmt: skip
     per_process = [clients // len(sequences) + (k < clients % len(sequences))
                    for k in range(len(sequences))]  # fmt: skip
-    before = _cpu_s(served.pid)
+    before = cpu_seconds(served.pid)
     futures = [
         pool.submit(drive, protocol, target, ids, n, seconds)
         for ids, n in zip(sequences, per_process, strict=True)
         if n
     ]
     results = [future.result() for future in futures]
-    cpu = _cpu_s(served.pid) - before  # the server idles but for the slice's requests
+    cpu = cpu_seconds(served.pid) - before  # the server idles but for the slice's requests
     latencies = np.array([x for _, _, lat in results for x in lat])
     requests, errors = sum(r[0] for r in results), sum(r[1] for r in results)
     return Slice(requests, errors, seconds, latencies, cpu)
@@ -173,11 +161,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
     store = args.store or work / "store"
-    if not (store / ".complete").exists():
-        write_fleet(store, models=args.models, size_bytes=int(args.size_mb * 1e6), seed=0)
-        (store / ".complete").touch()
-    ids = sorted(p.parent.relative_to(store).as_posix() for p in store.glob("*/*/model.onnx"))
-    sequences = [_zipf_ids(ids, 1.1, 5000, seed=k) for k in range(args.procs)]
+    ids = kept_fleet(store, models=args.models, size_mb=args.size_mb)
+    sequences = [zipf_sequence(ids, 1.1, 5000, seed=k) for k in range(args.procs)]
     budget = f"{max(4, int(len(ids) * args.size_mb * 3 / 1000) + 2)}GB"
     grpc_port = free_port()
     rows: dict[str, list[Slice]] = {name: [] for name in PROTOCOLS}

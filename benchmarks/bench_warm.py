@@ -20,33 +20,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from tenantserve.tools.bench.servers import Served, served_floor, served_tenantserve
+from tenantserve.tools.bench.side_by_side import cpu_seconds, kept_fleet, zipf_sequence
 from tenantserve.tools.bench.wrk import WrkResult, run_wrk
-from tenantserve.tools.fleet.synth import write_fleet
 
 BODY = json.dumps(
     {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
 ).encode()
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _zipf_ids(ids: list[str], s: float, n: int, seed: int) -> list[str]:
-    ranks = np.arange(1, len(ids) + 1, dtype=float)
-    weights = ranks**-s / (ranks**-s).sum()
-    picks = np.random.default_rng(seed).choice(len(ids), size=n, p=weights)
-    return [ids[i] for i in picks]
-
-
 def _slice(served: Served, sequence: list[str], seconds: float) -> tuple[WrkResult, float]:
-    before = _cpu_s(served.pid)
+    before = cpu_seconds(served.pid)
     result = run_wrk(served.url, sequence, body=BODY, concurrency=16, duration_s=seconds, threads=2)
-    used = _cpu_s(served.pid) - before
+    used = cpu_seconds(served.pid) - before
     return result, used / max(1, result.requests)
 
 
@@ -62,11 +48,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-warm-"))
     store = args.store or work / "store"
-    if not (store / ".complete").exists():
-        write_fleet(store, models=args.models, size_bytes=int(args.size_mb * 1e6), seed=0)
-        (store / ".complete").touch()
-    ids = sorted(p.parent.relative_to(store).as_posix() for p in store.glob("*/*/model.onnx"))
-    sequence = _zipf_ids(ids, 1.1, 5000, seed=0)
+    ids = kept_fleet(store, models=args.models, size_mb=args.size_mb)
+    sequence = zipf_sequence(ids, 1.1, 5000, seed=0)
     budget = f"{max(4, int(len(ids) * args.size_mb * 3 / 1000) + 2)}GB"
     rows: dict[str, list[tuple[WrkResult, float]]] = {"floor": [], "tenantserve": []}
     load = os.getloadavg()[0]
