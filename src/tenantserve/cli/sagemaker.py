@@ -256,4 +256,10 @@ def serve() -> None:
             typer.echo(f"error: cannot create {settings.store}: {exc.strerror}", err=True)
             raise typer.Exit(2) from None
     typer.echo(plan.summary, err=True)
+    if not plan.defaults.get("insecure_no_auth"):
+        typer.echo(
+            "warning: API keys are on, and SageMaker's own calls (load, list, invoke) carry "
+            "none: on SageMaker give no keys, it authenticates the endpoint's callers itself",
+            err=True,
+        )
     serve_command(settings)

@@ -147,8 +147,10 @@ def test_serve_runs_the_server_on_sagemakers_terms(served: list[Settings], tmp_p
 
 def test_serve_with_keys_serves_with_them(served: list[Settings], tmp_path: Path) -> None:
     env = {ROOT_VARIABLE: str(tmp_path), "TENANTSERVE_API_KEYS_JSON": '{"keys": []}'}
-    assert invoke("sagemaker", "serve", env=env).exit_code == 0
+    result = invoke("sagemaker", "serve", env=env)
+    assert result.exit_code == 0, result.output
     assert not served[0].insecure_no_auth
+    assert "warning: API keys are on, and SageMaker's own calls" in result.output
 
 
 def test_serve_says_each_problem_and_exits_2(served: list[Settings], tmp_path: Path) -> None:
