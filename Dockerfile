@@ -36,7 +36,9 @@ RUN python -m pip uninstall --yes pip setuptools wheel \
  && mkdir -p /opt/ml/models \
  && chown 10001:10001 /opt/ml/models
 COPY --from=build /opt/tenantserve /opt/tenantserve
+# The server user's home holds the disk cache (~/.cache/tenantserve, TENANTSERVE_CACHE_DIR).
 ENV PATH=/opt/tenantserve/bin:$PATH \
+    HOME=/home/tenantserve \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 10001:10001
