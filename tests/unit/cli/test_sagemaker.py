@@ -1,5 +1,5 @@
 """``tenantserve sagemaker serve``: SageMaker's variables and folders → the settings it serves
-with; the server itself, driven as SageMaker drives it: tests/integration/test_sagemaker.py."""
+with. The server itself, driven as SageMaker drives it: integration/test_sagemaker_container.py."""
 
 from __future__ import annotations
 
