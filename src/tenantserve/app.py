@@ -188,6 +188,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             store_url=store.url,
             access=Access(keys, max_body_bytes=settings.max_body),
             open_metrics=settings.open_metrics,
+            default_model=settings.default_model,
         ),
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,

@@ -27,6 +27,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
+from tenantserve.errors import InvalidModelId
+from tenantserve.types import ModelId
 from tenantserve.units import parse_size
 
 ENV_PREFIX = "TENANTSERVE_"
@@ -36,6 +38,8 @@ PROJECT_VARIABLES: Mapping[str, str] = {
     "TENANTSERVE_API_KEY": "API key of `tenantserve status` and `models` (tools/remote/cli.py)",
     "TENANTSERVE_DATASETS": "datasets folder of `tenantserve fleet build` (tools/fleet/cli.py), "
     "examples/demo.py, benchmarks/bench_fleet.py and the tests",
+    "TENANTSERVE_SAGEMAKER_ROOT": "the folder `tenantserve sagemaker serve` takes for SageMaker's "
+    "/opt/ml (cli/sagemaker.py)",
 }
 """The ``TENANTSERVE_*`` variables that are not settings, and what reads them; every other
 unknown name in the prefix is refused. The tests' own knobs (``FUZZ_EXAMPLES``,
@@ -71,6 +75,9 @@ class Settings(BaseSettings):
     store: str = "./models"
     """Model store: a local folder or an fsspec URL (``s3://bucket/prefix``). A model id is an
     artifact's path under it, e.g. ``acme/macros``."""
+    default_model: str | None = None
+    """Model id that SageMaker's ``/invocations`` serves when no X-Amzn-SageMaker-Target-Model
+    header names one, as a single-model endpoint calls it; without it such a call is a 400."""
     memory_budget: Size = Field(default=4 * 1024**3, gt=0)
     """Bytes resident models may hold in all, measured at load, not file size (``4GiB``,
     ``512MiB`` …); models are evicted to stay within it."""
@@ -232,6 +239,16 @@ class Settings(BaseSettings):
                 "is part of the grace period"
             )
         return self
+
+    @field_validator("default_model")
+    @classmethod
+    def _model_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ModelId.parse(value)
+            except InvalidModelId as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
