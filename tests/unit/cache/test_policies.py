@@ -15,6 +15,8 @@ import pytest
 from tenantserve.cache.eviction import EvictionPolicy
 from tenantserve.cache.policies import (
     S3FIFO,
+    AdaptiveCost,
+    DecayedCost,
     FrequencySketch,
     Sieve,
     WTinyLFU,
@@ -130,9 +132,51 @@ def test_frequency_sketch_counts_ages_and_stops_at_its_ceiling() -> None:
     assert sketch.estimate("b") == 7  # 19 counted, stopped at 15, halved
 
 
+def test_decayed_cost_prefers_to_keep_recent_cheap_small_and_forgets_old_hits() -> None:
+    policy: DecayedCost[str] = DecayedCost(per_model=25.0)  # tau: 100 requests, 4 models
+    policy.add("big", nbytes=100, load_seconds=0.0)
+    policy.add("small", nbytes=10, load_seconds=0.0)
+    policy.add("dear", nbytes=100, load_seconds=1.0)
+    for key in ("big", "small", "dear"):
+        policy.touch(key)
+    assert list(policy.candidates()) == ["big", "small", "dear"]
+    for _ in range(50):
+        policy.touch("big")
+    assert policy.uses("big") == 8.0  # stops at the ceiling
+    assert next(policy.candidates()) == "small"
+    load(policy, "new")
+    for _ in range(300):  # a few tau of requests for new alone: big's uses fade below one
+        policy.touch("new")
+    assert policy.uses("big") < 0.5
+    assert list(policy.candidates())[-1] == "new"
+
+
+def test_adaptive_cost_follows_the_memory_whose_shadow_hits_most() -> None:
+    policy: AdaptiveCost[str] = AdaptiveCost(per_model=(2.0, 8.0, 32.0), horizon=50)
+    assert policy.chosen_per_model == 8.0  # the middle until a shadow does better
+    load(policy, "m0")
+    load(policy, "m1")  # room for two: the shadows get the same
+    # Popularity moves to a new pair every 40 requests: the short memory keeps up.
+    for start in range(0, 16, 2):
+        for _ in range(20):
+            for key in (f"m{start}", f"m{start + 1}"):
+                if key in set(policy.candidates()):
+                    policy.touch(key)
+                else:
+                    assert evict(policy) != [key]
+                    load(policy, key)
+    assert policy.chosen_per_model == 2.0
+
+
 @pytest.mark.parametrize("sizes", [(10, 10, 10), (5, 20, 10)])
 def test_policies_offer_every_resident_model_once(sizes: tuple[int, ...]) -> None:
-    policies = (Sieve[str](), S3FIFO[str](), WTinyLFU[str]())
+    policies = (
+        Sieve[str](),
+        S3FIFO[str](),
+        WTinyLFU[str](),
+        DecayedCost[str](),
+        AdaptiveCost[str](),
+    )
     for policy in policies:
         for key, nbytes in zip("abc", sizes, strict=True):
             load(policy, key, nbytes)
