@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from tenantserve.activity import Activity
-from tenantserve.cache import LRU, CostAware, Loader, LoadQueue, MemoryBudget, ModelCache
+from tenantserve.cache import Loader, LoadQueue, MemoryBudget, ModelCache
+from tenantserve.cache.policies import make_policy
 from tenantserve.config import Settings
 from tenantserve.errors import StoreUnavailable
 from tenantserve.metrics import Metrics
@@ -91,11 +92,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         ),
         budget=budget,
         metrics=metrics,
-        policy=(
-            CostAware(min_residency_s=settings.min_residency_s)
-            if settings.eviction == "cost"
-            else LRU()
-        ),
+        policy=make_policy(settings.eviction, min_residency_s=settings.min_residency_s),
         load_wait_s=settings.load_wait_s,
         events=activity.cache_event,
     )

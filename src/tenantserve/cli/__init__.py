@@ -14,7 +14,8 @@ from tenantserve.cli.serve import serve_command
 from tenantserve.cli.settings_options import with_settings
 from tenantserve.integrations.ray_cli import build_ray_app  # imports Ray only when run
 from tenantserve.tools.bench.cli import bench_app
-from tenantserve.tools.bench.plan_cli import plan_command, replay_command
+from tenantserve.tools.bench.plan_cli import plan_command
+from tenantserve.tools.bench.replay_cli import replay_command
 from tenantserve.tools.fleet.cli import fleet_app
 from tenantserve.tools.remote.cli import models_app, status_command, tenants_app
 
