@@ -47,9 +47,9 @@ def test_an_eviction_names_the_load_that_needed_room_and_the_full_budget(
     tmp_path: Path, start_server: Callable[..., ThreadServer]
 ) -> None:
     for name in ("a", "b"):
-        make_model(tmp_path / "acme" / name, size_bytes=4 * MiB)
-    make_model(tmp_path / "globex" / "c", size_bytes=4 * MiB)
-    # Room for about one model per tenant (share), and two in all.
+        make_model(tmp_path / "acme" / name, size_bytes=7 * MiB)
+    make_model(tmp_path / "globex" / "c", size_bytes=7 * MiB)
+    # Room for one model per tenant (share), each holding its 7 MiB file and a little more.
     server = start_server(tmp_path, memory_budget=24 * MiB, tenant_max_memory_fraction=0.5)
     with httpx.Client(base_url=server.url) as client:
         for model_id in ("acme/a", "acme/b"):
