@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from fixtures.models import make_model
+from fixtures.models import external_data_model, make_model
 from fixtures.oip import infer, scrape
 from fixtures.server import ThreadServer
 
@@ -85,3 +85,22 @@ def test_metadata_reads_are_not_cache_hits_and_a_missing_model_is_no_load_failur
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "POST"
     assert "POST" in wrong.json()["error"]
+
+
+def test_a_model_that_cannot_be_made_fast_to_load_says_why_in_its_status(
+    tmp_path: Path, start_server: Callable[..., ThreadServer]
+) -> None:
+    make_model(tmp_path / "acme" / "fast", size_bytes=50_000)
+    external_data_model(tmp_path / "acme" / "external")
+    server = start_server(tmp_path)
+    with httpx.Client(base_url=server.url) as client:
+        assert infer(client, "acme/fast").status_code == 200
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16],
+                            "data": [0.5] * 16}]}  # fmt: skip
+        assert client.post("/v2/models/acme/external/infer", json=body).status_code == 200
+        status = _status(client)
+    notes = {m["id"]: m["note"] for m in status["models"]}
+    assert notes["acme/fast"] == ""
+    assert notes["acme/external"].startswith("loads from model.onnx: ONNX Runtime cannot convert")
+    loads = {e["model"]: e["detail"] for e in status["events"] if e["kind"] == "load"}
+    assert loads["acme/external"] == notes["acme/external"]

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from fixtures.models import external_data_model
 from fixtures.shared_base import base_bytes, write_tenant
 from tenantserve.errors import LoadFailed
 from tenantserve.runtimes import LoadedModel, Runtime, default_runtimes, ort_format
@@ -113,26 +113,11 @@ def test_every_fleet_kind_answers_from_its_ort_format_file_as_from_onnx(
     from_ort.close()
 
 
-def _external_data_model(folder: Path) -> None:
-    """y = x @ W with W in a file beside the graph (external data)."""
-    weight = np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["output"])], "external",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 16])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 256])],
-        [numpy_helper.from_array(weight, "W")],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    folder.mkdir(parents=True)
-    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True,
-              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)  # fmt: skip
-
-
 def test_a_model_that_cannot_convert_loads_from_onnx_and_says_why_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = tmp_path / "acme" / "external"
-    _external_data_model(folder)
+    external_data_model(folder)
     runtime = default_runtimes(DiskCache(tmp_path / "disk", max_bytes=1 << 30))["onnx"]
     with caplog.at_level(logging.WARNING, logger=ort_format.__name__):
         notes = [runtime.prepare(folder, ModelManifest()) for _ in range(3)]
@@ -224,6 +209,6 @@ def test_a_base_file_is_made_from_bytes_of_its_declared_digest_only(tmp_path: Pa
 def test_publishing_skips_the_ort_format_copy_of_a_model_that_cannot_convert(
     tmp_path: Path,
 ) -> None:
-    _external_data_model(tmp_path / "m")
+    external_data_model(tmp_path / "m")
     assert add_ort_format(tmp_path / "m", (tmp_path / "m" / "model.onnx").read_bytes()) is None
     assert not (tmp_path / "m" / "model.ort").exists()
