@@ -261,7 +261,8 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
     warm = [_oip(port, m, "warm") for m in warm_ids]
     options = {"rate": args.warm_rate / len(warm), "duration_s": d}
     pacing = ("--max-loads-per-s", str(args.max_loads_per_s)) if args.max_loads_per_s else ()
-    with serve(root, port, *flags, *pacing, "--memory-budget", "3GiB") as url:
+    extra = tuple(args.storm_server_flags.split())
+    with serve(root, port, *flags, *pacing, *extra, "--memory-budget", "3GiB") as url:
         start = time.time() + 0.5
         undisturbed = Outcome()
         for future in [pool.submit(run_stream, "open", t, {**options, "start_at": start})
@@ -291,7 +292,8 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
         f"sent {'at once' if not args.storm_clients else f'from {args.storm_clients} clients'}"
         f", 1 s into {d:.0f} s of warm traffic ({args.warm_rate:.0f} req/s over "
         f"{len(warm_ids)} resident models, open loop); each refused call retries after the "
-        f"Retry-After it got. Server: `{' '.join(pacing) or 'defaults'}`, API keys on.\n"
+        f"Retry-After it got. Server: `{' '.join((*pacing, *extra)) or 'defaults'}`, API keys "
+        "on.\n"
     )
     print("| warm traffic | requests | not 200 | p50 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -383,6 +385,9 @@ def main() -> None:
     parser.add_argument("--storm-deadline-s", type=float, default=120.0)
     parser.add_argument(
         "--storm-clients", type=int, default=0, help="storm requests in flight at most (0: all)"
+    )
+    parser.add_argument(
+        "--storm-server-flags", default="", help="more `tenantserve serve` flags for the storm"
     )
     parser.add_argument(
         "--storm-window-s",
