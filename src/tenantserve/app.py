@@ -41,7 +41,7 @@ from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.service import InferenceService
-from tenantserve.store import ModelStore, open_store
+from tenantserve.store import DiskCache, ModelStore, open_store
 from tenantserve.store.patterns import resolve_patterns
 
 log = logging.getLogger("tenantserve")
@@ -64,7 +64,9 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     limits = _limits(settings)
     metrics = Metrics(registry, top_tenants=settings.top_tenants)
     activity = Activity(registry=metrics.registry, model_label_top_k=settings.top_models)
-    store = _open_store(settings)
+    # One bounded disk tier: artifact copies and the ORT-format files made from them.
+    disk_cache = DiskCache(settings.cache_dir, max_bytes=settings.disk_cache)
+    store = _open_store(settings, disk_cache)
     executor = BoundedExecutor(
         compute_threads=settings.threads,
         load_threads=settings.max_concurrent_loads,
@@ -72,16 +74,18 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         # As many spares as workers: predicts past their timeout whose threads have not
         # returned yet do not take threads from other models, up to that many at once.
         spare_compute_threads=settings.threads,
+        background_nice=settings.load_nice,
     )
     budget = _budget(settings, limits)
     cache = ModelCache(
         loader=Loader(
             store=store,
-            runtimes=default_runtimes(),
+            runtimes=default_runtimes(disk_cache, prepack=settings.prepack),
             budget=budget,
             metrics=metrics,
             io_executor=executor.io,
             load_executor=executor.load,
+            trimmer_nice=settings.load_nice,
         ),
         queue=LoadQueue(
             metrics=metrics,
@@ -242,11 +246,12 @@ async def _watch_store(
     log.info("model store %s answers again: ready", store.url)
 
 
-def _open_store(settings: Settings) -> ModelStore:
+def _open_store(settings: Settings, disk_cache: DiskCache | None = None) -> ModelStore:
     return open_store(
         settings.store,
         cache_dir=settings.cache_dir,
         max_cache_bytes=settings.disk_cache,
+        disk_cache=disk_cache,
         retry_deadline_s=settings.store_retry_deadline_s,
         read_timeout_s=settings.store_read_timeout_s,
         verify_etag=settings.store_verify_etag,

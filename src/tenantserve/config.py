@@ -128,8 +128,18 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     """Threads that run predictions (default: one per core): a fixed budget, whatever the number
     of models."""
-    max_concurrent_loads: int = Field(default=2, gt=0)
-    """Model loads that may run at once; other first calls wait their turn."""
+    max_concurrent_loads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
+    """Model loads that may run at once (default: one per core); other first calls wait their
+    turn. A model whose size its runtime knows (an ORT-format file, mapped) loads beside
+    others; one that must be measured loads alone."""
+    load_nice: int = Field(default=10, ge=0, le=19)
+    """How far below predictions the OS schedules model loads, store reads and heap trims (a
+    nice increment for their threads; 0: the same priority), so a storm of first calls takes
+    the cores only when warm predictions leave them idle."""
+    prepack: bool = False
+    """Pre-pack each model's weights at load for faster products over many rows (ONNX
+    Runtime's default): a packed copy of the weights, and most of a load's time. Shared bases
+    are always pre-packed."""
     max_in_flight: int = Field(default=256, gt=0)
     """Requests admitted at once; past it requests queue."""
     queue_timeout_s: float = Field(default=5.0, gt=0)
