@@ -27,7 +27,16 @@ from tenantserve.protocols import routes
 from tenantserve.protocols.auth import Access
 from tenantserve.protocols.keys import KeyRing, Principal, Role
 from tenantserve.service import InferenceService, RepositoryEntry
-from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors, TensorSpec
+from tenantserve.store.versions import choose_unversioned
+from tenantserve.types import (
+    ModelId,
+    ModelMetadata,
+    ModelRef,
+    ModelStatus,
+    ResolvedModel,
+    Tensors,
+    TensorSpec,
+)
 
 ACME_INVOKE = "acme-invoke-key-0001"
 ACME_MANAGE = "acme-manage-key-0001"
@@ -103,6 +112,12 @@ class FakeService:
     def status_of(self, model_id: ModelId) -> ModelStatus:
         self.seen.append(model_id.value)
         return ModelStatus(model_id.value, "ready", 1, False, 0, 1, 0.0, 0.1)
+
+    async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
+        return choose_unversioned(ref.model_id, ref.selector)  # no versioned models here
+
+    async def versions_of(self, model: ResolvedModel) -> list[str]:
+        return [model.version]
 
     async def index(self) -> list[RepositoryEntry]:
         return [RepositoryEntry(m, "READY") for m in self.models]
