@@ -57,6 +57,9 @@ class ModelId:
 
 
 VERSION_SEPARATOR = "@"
+DEFAULT_ALIAS = "stable"
+"""The alias a bare id follows when a model sets it; without it a bare id serves the
+highest version (docs/versions.md)."""
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 

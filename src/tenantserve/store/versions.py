@@ -18,12 +18,11 @@ import orjson
 from fsspec import AbstractFileSystem
 
 from tenantserve.errors import LoadFailed, ModelNotFound
-from tenantserve.types import ModelId, ResolvedModel, is_alias, is_version
+from tenantserve.types import DEFAULT_ALIAS, ModelId, ResolvedModel, is_alias, is_version
+
+__all__ = ["ALIASES_FILE", "DEFAULT_ALIAS", "ModelVersions", "choose", "choose_unversioned"]
 
 ALIASES_FILE = "aliases.json"
-DEFAULT_ALIAS = "stable"
-"""The alias a bare id follows when it is set; without it a bare id serves the highest
-version."""
 MAX_ALIASES_BYTES = 64 * 1024
 
 
