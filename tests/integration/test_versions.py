@@ -30,6 +30,7 @@ from tenantserve.cli import app
 MACROS = "acme/macros"  # versions 1 and 2, no aliases
 ALIASED = "acme/aliased"  # versions 1, 2 and 3; aliases.json: stable 1, canary 3
 PLAIN = "beta/plain"  # no versions: served as it always was
+BROKEN = "beta/broken"  # version 1; aliases.json names a version it does not have
 WIDTH = 4
 
 
@@ -64,6 +65,8 @@ def versions_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_answering(root / ALIASED / str(version), version)
     (root / ALIASED / "aliases.json").write_text('{"stable": 1, "canary": 3}')
     write_answering(root / PLAIN, 7)
+    write_answering(root / BROKEN / "1", 1)
+    (root / BROKEN / "aliases.json").write_text('{"stable": 5}')
     return root
 
 
@@ -162,6 +165,31 @@ def test_bad_versions_and_aliases_are_refused_naming_the_problem(server: ThreadS
         both = _post(client, f"{MACROS}@1/versions/2")
         assert both.status_code == 400
         assert "named with @1 and asked for version 2" in both.json()["error"]
+
+
+def test_bad_promotions_and_a_bad_aliases_file_are_refused_naming_the_problem(
+    server: ThreadServer,
+) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        for body, problem in (
+            ({"version": "two"}, "version must be a version number of model acme/aliased"),
+            ({"version": 2, "alias": "2nd"}, "alias '2nd' is not an alias name"),
+            ({"version": 2, "when": "now"}, 'promote takes {"version": 2, "alias": "stable"}'),
+        ):
+            refused = client.post(f"/v1/models/{ALIASED}/promote", json=body)
+            assert refused.status_code == 400, refused.text
+            assert problem in refused.json()["error"]
+        broken = _post(client, BROKEN)
+        assert broken.status_code == 500
+        assert broken.json()["error"] == (
+            f"aliases.json of model {BROKEN}: {BROKEN}@stable names version 5, which the "
+            "model does not have (versions: 1)"
+        )
+        # The version itself is an ordinary artifact and still serves.
+        assert _answer(_post(client, f"{BROKEN}/1")) == 1.0
+        # An operator's load of a bare id loads the version it serves.
+        loaded = client.post(f"/v2/repository/models/{MACROS}/load")
+        assert loaded.json() == {"name": MACROS, "version": "2", "action": "load"}
 
 
 def test_tritonclient_grpc_reaches_every_version(server: ThreadServer) -> None:
