@@ -21,7 +21,7 @@ from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.grace import GracePeriod
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.store.base import ModelStore
-from tenantserve.store.patterns import resolve_patterns
+from tenantserve.store.patterns import is_pattern, resolve_patterns
 from tenantserve.store.versions import DEFAULT_ALIAS, split_version
 from tenantserve.types import ModelId, ModelMetadata, ModelRef, ModelStatus, ResolvedModel
 
@@ -272,15 +272,20 @@ class InferenceService:
         """Load (and with ``pin``, pin) the models named by ids or glob patterns (``acme/*``)
         at start-up; returns the ids that loaded.
 
-        A name that matches nothing raises (``serve`` checks them all before it listens); a
-        model that exists but fails to load is logged and left out: the others serve.
+        A versioned model's name (``acme/macros``, ``acme/macros@2``) stands for the version it
+        serves now; patterns match versions by path (``acme/macros/*``). A name that matches
+        nothing raises (``serve`` checks them all before it listens); a model that exists but
+        fails to load is logged and left out: the others serve.
 
         Raises:
-            ModelNotFound: a name matches no model (``what`` and the nearest ids say which).
+            ModelNotFound: a name matches no model (``what`` and the nearest ids say which),
+                or no such version.
         """
-        listed = await self._executor.run_io(
-            resolve_patterns, patterns, self._store.list, what=what
-        )
+        named = [
+            name if is_pattern(name) else (await self.resolve(ModelRef.parse(name))).key.value
+            for name in patterns
+        ]
+        listed = await self._executor.run_io(resolve_patterns, named, self._store.list, what=what)
         loaded = []
         for model_id in listed:
             try:

@@ -312,3 +312,17 @@ def _wait_for(check: Callable[[], bool], timeout_s: float = 60.0) -> None:
     from fixtures.polling import until
 
     until(check, timeout_s, what="the load generators' counts")
+
+
+def test_pins_and_preloads_name_versions_as_requests_do(
+    versions_store: Path, start_server: Callable[..., ThreadServer]
+) -> None:
+    started = start_server(
+        versions_store, pin=(MACROS,), preload=(f"{ALIASED}@canary", f"{BROKEN}/*")
+    )
+    status = httpx.get(f"{started.url}/v1/status", timeout=10).json()
+    assert {m["id"]: m["pinned"] for m in status["models"]} == {
+        f"{MACROS}/2": True,  # the version the bare id serves at start-up
+        f"{ALIASED}/3": False,
+        f"{BROKEN}/1": False,  # a pattern matches versions by path
+    }
