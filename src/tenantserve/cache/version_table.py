@@ -143,6 +143,8 @@ class VersionTable:
             await self._read_once(model_id)
         except TenantServeError as exc:
             log.warning("model %s: versions not re-read (%s); serving the last read", model_id, exc)
+        except Exception:  # nobody awaits a re-read (a closed pool at shutdown): log it here
+            log.exception("model %s: versions not re-read; serving the last read", model_id)
 
     def _keep(self, model_id: ModelId, found: ModelVersions | None) -> None:
         self._entries[model_id] = _Entry(found, self._clock())
