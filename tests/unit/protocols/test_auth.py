@@ -113,6 +113,10 @@ class FakeService:
         self.seen.append(model_id.value)
         return ModelStatus(model_id.value, "ready", 1, False, 0, 1, 0.0, 0.1)
 
+    async def promote(self, model_id: ModelId, version: int, alias: str) -> ResolvedModel:
+        self.seen.append(model_id.value)
+        return ResolvedModel(model_id, str(version), ModelId.parse(f"{model_id}/{version}"))
+
     async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
         return choose_unversioned(ref.model_id, ref.selector)  # no versioned models here
 
@@ -172,6 +176,7 @@ def _calls(model: str) -> dict[str, tuple[Role, Call]]:
         "sm describe": (Role.MANAGE, ("GET", f"/models/{model}", {}, b"")),
         "sm unload": (Role.MANAGE, ("DELETE", f"/models/{model}", {}, b"")),
         "v1 pin": (Role.MANAGE, ("POST", f"/v1/models/{model}/pin", {}, b"")),
+        "v1 promote": (Role.MANAGE, ("POST", f"/v1/models/{model}/promote", {}, b'{"version": 1}')),
     }
 
 
