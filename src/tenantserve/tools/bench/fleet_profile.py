@@ -14,6 +14,7 @@ import orjson
 from tenantserve import memory
 from tenantserve.runtimes import default_runtimes, runtime_for
 from tenantserve.store import open_store
+from tenantserve.store.disk_cache import DiskCache
 from tenantserve.types import DATATYPE_TO_DTYPE, ModelId, TensorSpec
 
 
@@ -78,7 +79,8 @@ def profile_store(store_url: str, *, sample: int = 12, cache_dir: Path) -> Fleet
             f"no models found in {store_url}: give --store a folder or URL that holds model "
             "artifacts (tenantserve fleet build makes some)"
         )
-    runtimes = default_runtimes()
+    # As the server loads: ONNX models from ORT-format files made once in its disk tier.
+    runtimes = default_runtimes(DiskCache(cache_dir / "derived", max_bytes=64 * 1024**3))
     for runtime in runtimes.values():
         runtime.warm_up()
     disk = {model_id: store.fetch(ModelId.parse(model_id)) for model_id in ids}
@@ -86,15 +88,19 @@ def profile_store(store_url: str, *, sample: int = 12, cache_dir: Path) -> Fleet
     measured: dict[str, ModelCost] = {}
     held = []  # keep sessions alive so each RSS delta is that model's own
     for model_id in ids[::step][:sample]:
-        # Timed as the server loads: fetch, then trim / load / trim (its size measurement).
-        started = time.perf_counter()
         artifact = store.fetch(ModelId.parse(model_id))
         runtime = runtime_for(runtimes, artifact.manifest)
+        # Its fast-load file made once, untimed: under a budget nearly every load is a reload.
+        runtime.prepare(artifact.path, artifact.manifest)
         memory.trim()
         before = memory.rss_bytes()
+        # Timed as the server loads on a reload: fetch (a cache hit), prepare, load; no trims.
+        started = time.perf_counter()
+        artifact = store.fetch(ModelId.parse(model_id))
+        runtime.prepare(artifact.path, artifact.manifest)
         model = runtime.load(artifact.path, artifact.manifest)
-        memory.trim()
         load_s = time.perf_counter() - started
+        memory.trim()
         grown = max(memory.rss_bytes() - before, artifact.nbytes)
         feed = {spec.name: _zeros(spec) for spec in model.inputs}
         model.predict(feed)  # first run allocates; time the second
@@ -102,12 +108,12 @@ def profile_store(store_url: str, *, sample: int = 12, cache_dir: Path) -> Fleet
         model.predict(feed)
         measured[model_id] = ModelCost(grown, load_s, time.perf_counter() - started)
         held.append(model)
-    # Under a full budget every load also evicts: the server closes the victim and trims.
+    # Under a full budget every load also evicts: the server closes the victim (trims run in
+    # the background, off the load's path).
     releases = []
     for model in held:
         started = time.perf_counter()
         model.close()
-        memory.trim()
         releases.append(time.perf_counter() - started)
     release_s = statistics.median(releases)
     measured = {

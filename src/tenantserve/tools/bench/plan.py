@@ -74,7 +74,8 @@ class Options:
     overhead_bytes: int = 512 * 1024**2
     policy: str = "lru"
     request_cpu_s: float = DEFAULT_REQUEST_CPU_S
-    load_slots: int = 1
+    load_slots: int = 0
+    """Loads side by side per instance; 0: its cores (the server's --max-concurrent-loads)."""
     min_residency_s: float = 1.0
     max_ongoing: int = DEFAULT_MAX_ONGOING
 
@@ -83,7 +84,8 @@ class Options:
         if budget <= 0:
             raise ValueError(f"{instance.label}: the overhead leaves no memory for models")
         return FleetShape(
-            instances, instance.cores, budget, self.max_ongoing, self.policy, self.load_slots,
+            instances, instance.cores, budget, self.max_ongoing, self.policy,
+            self.load_slots or instance.cores,
             self.min_residency_s, self.request_cpu_s,
         )  # fmt: skip
 
@@ -103,8 +105,8 @@ def simulate(
     queued on its cores. ``options`` are :class:`Options` fields.
 
     ``min_residency_s`` is the server's default (``--min-residency-s``) for the cost policy.
-    ``load_slots`` is 1 by default: the server fetches up to two models at once, but its runtime
-    loads run one at a time (each measures its own RSS growth under one lock)."""
+    ``load_slots`` is the instance's cores by default, as the server's
+    ``--max-concurrent-loads``: loads of known size run side by side."""
     opts = Options(**options)  # type: ignore[arg-type]
     run = run_fleet(trace, profile, opts.shape(instance, instances), progress=progress)
     return predict(trace, instance, instances, run, p99_target_s)
