@@ -1,0 +1,145 @@
+"""Native scikit-learn, XGBoost and LightGBM artifacts served from a store over OIP (tritonclient)
+and SageMaker (boto3): converted on first load, predictions equal to the framework's own."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from botocore.exceptions import ClientError
+
+from fixtures.clients import sagemaker_runtime
+from fixtures.native_models import NativeModel, write_native_store
+from fixtures.server import ThreadServer
+
+
+@pytest.fixture(scope="module")
+def native_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, NativeModel]]:
+    root = tmp_path_factory.mktemp("native-store")
+    return root, write_native_store(root)
+
+
+@pytest.fixture
+def server(
+    start_server: Callable[..., ThreadServer], native_store: tuple[Path, dict[str, NativeModel]]
+) -> ThreadServer:
+    return start_server(native_store[0])
+
+
+def _assert_equal(got: dict[str, Any], model: NativeModel) -> None:
+    assert set(got) == set(model.expected)
+    for name, want in model.expected.items():
+        if name == "label":
+            np.testing.assert_array_equal(np.asarray(got[name]), want)
+        else:
+            np.testing.assert_allclose(
+                np.asarray(got[name], dtype=np.float32), want, rtol=1e-5, atol=model.atol
+            )
+
+
+def test_every_framework_over_oip_equals_the_original(
+    server: ThreadServer, native_store: tuple[Path, dict[str, NativeModel]]
+) -> None:
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    try:
+        for model_id, model in native_store[1].items():
+            metadata = client.get_model_metadata(model_id)
+            assert metadata["inputs"] == [
+                {"name": "input", "datatype": "FP32", "shape": [-1, model.rows.shape[1]]}
+            ]
+            assert {o["name"] for o in metadata["outputs"]} == set(model.expected)
+            tensor = triton.InferInput("input", list(model.rows.shape), "FP32")
+            tensor.set_data_from_numpy(model.rows, binary_data=True)
+            result = client.infer(model_id, [tensor])
+            _assert_equal({name: result.as_numpy(name) for name in model.expected}, model)
+    finally:
+        client.close()
+
+
+def test_every_framework_over_sagemaker_json_and_csv(
+    server: ThreadServer, native_store: tuple[Path, dict[str, NativeModel]]
+) -> None:
+    runtime = sagemaker_runtime(server.url)
+    for model_id, model in native_store[1].items():
+        as_json = runtime.invoke_endpoint(
+            EndpointName="local",
+            TargetModel=model_id,
+            ContentType="application/json",
+            Body=json.dumps({"instances": model.rows.tolist()}),
+        )
+        predictions = json.loads(as_json["Body"].read())["predictions"]
+        if "predictions" in model.expected:  # a regressor: one number per row
+            _assert_equal({"predictions": predictions}, model)
+        else:  # a classifier: {"label": …, "probabilities": […]} per row
+            got = {name: [row[name] for row in predictions] for name in model.expected}
+            _assert_equal(got, model)
+        # CSV, as the SageMaker XGBoost and scikit-learn containers take it.
+        as_csv = runtime.invoke_endpoint(
+            EndpointName="local",
+            TargetModel=model_id,
+            ContentType="text/csv",
+            Body="\n".join(",".join(repr(float(v)) for v in row) for row in model.rows),
+        )
+        assert json.loads(as_csv["Body"].read())["predictions"] == predictions
+
+
+def test_a_conversion_is_made_once_and_kept_in_the_disk_tier(
+    start_server: Callable[..., ThreadServer],
+    native_store: tuple[Path, dict[str, NativeModel]],
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "tier"
+    server = start_server(native_store[0], cache_dir=cache)
+    assert httpx.post(f"{server.url}/v2/repository/models/xgb/cancer/load").status_code == 200
+    reports = list(cache.rglob("conversion.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert report["framework"] == "XGBoost"
+    assert report["kind"] == "classifier"
+    assert report["max_difference"] <= 1e-5
+    assert (reports[0].parent / "model.onnx").is_file()
+    made = reports[0].stat().st_mtime_ns
+    # A reload takes the kept file: nothing is converted again.
+    assert httpx.post(f"{server.url}/v2/repository/models/xgb/cancer/unload").status_code == 200
+    assert httpx.post(f"{server.url}/v2/repository/models/xgb/cancer/load").status_code == 200
+    assert [p.stat().st_mtime_ns for p in cache.rglob("conversion.json")] == [made]
+
+
+def test_a_missing_extra_is_named_and_other_models_still_serve(
+    start_server: Callable[..., ThreadServer],
+    native_store: tuple[Path, dict[str, NativeModel]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As on a server installed without tenantserve[xgboost]: the framework cannot be imported.
+    monkeypatch.setitem(sys.modules, "xgboost", None)
+    monkeypatch.delitem(sys.modules, "tenantserve.convert.xgboost_booster", raising=False)
+    server = start_server(native_store[0])
+    rows = native_store[1]["xgb/cancer"].rows
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                        "data": rows.ravel().tolist()}]}  # fmt: skip
+    refused = httpx.post(f"{server.url}/v2/models/xgb/cancer/infer", json=body)
+    assert refused.status_code == 501
+    assert "tenantserve[xgboost]" in refused.json()["error"]
+    with pytest.raises(ClientError) as caught:
+        sagemaker_runtime(server.url).invoke_endpoint(
+            EndpointName="local",
+            TargetModel="xgb/cancer",
+            ContentType="application/json",
+            Body=json.dumps({"instances": rows.tolist()}),
+        )
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+    assert "tenantserve[xgboost]" in caught.value.response["Error"]["Message"]
+    # LightGBM's and scikit-learn's models are served all the same.
+    for model_id in ("lgb/iris", "sk/iris-pipeline"):
+        model = native_store[1][model_id]
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(model.rows.shape),
+                            "data": model.rows.ravel().tolist()}]}  # fmt: skip
+        served = httpx.post(f"{server.url}/v2/models/{model_id}/infer", json=body)
+        assert served.status_code == 200, served.text
