@@ -3,8 +3,10 @@ and SageMaker (boto3): converted on first load, predictions equal to the framewo
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from fixtures.clients import sagemaker_runtime
 from fixtures.native_models import NativeModel, write_native_store
+from fixtures.s3 import S3Server
 from fixtures.server import ThreadServer
 
 
@@ -143,3 +146,34 @@ def test_a_missing_extra_is_named_and_other_models_still_serve(
                             "data": model.rows.ravel().tolist()}]}  # fmt: skip
         served = httpx.post(f"{server.url}/v2/models/{model_id}/infer", json=body)
         assert served.status_code == 200, served.text
+
+
+@pytest.mark.s3
+def test_native_artifacts_serve_from_s3_as_folders_and_archives(
+    s3_env: S3Server,
+    native_store: tuple[Path, dict[str, NativeModel]],
+    start_server: Callable[..., ThreadServer],
+) -> None:
+    root, models = native_store
+    bucket = s3_env.create_bucket()
+    s3_env.upload_tree(root / "lgb", bucket, "fleet/lgb")
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        for name in ("xgboost.json", "sample.csv"):
+            tar.add(root / "xgb" / "diabetes" / name, arcname=name)
+    s3_env.put_bytes(bucket, "fleet/xgb/diabetes.tar.gz", packed.getvalue())
+    server = start_server(f"s3://{bucket}/fleet")
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    try:
+        for model_id, stored in [
+            ("lgb/iris", "lgb/iris"),
+            ("lgb/diabetes", "lgb/diabetes"),
+            ("xgb/diabetes.tar.gz", "xgb/diabetes"),
+        ]:
+            model = models[stored]
+            tensor = triton.InferInput("input", list(model.rows.shape), "FP32")
+            tensor.set_data_from_numpy(model.rows)
+            result = client.infer(model_id, [tensor])
+            _assert_equal({name: result.as_numpy(name) for name in model.expected}, model)
+    finally:
+        client.close()

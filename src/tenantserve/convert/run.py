@@ -56,13 +56,20 @@ def convert_artifact(folder: Path, model_file: str) -> Conversion:
     except LoadFailed:
         raise
     except Exception as exc:  # converters raise anything: name it, never a host path
-        reason = str(exc).replace(str(folder), "").splitlines()[0][:300] if str(exc) else ""
         raise LoadFailed(
-            f"{framework.name} model could not be converted to ONNX: {type(exc).__name__}: {reason}"
+            f"{framework.name} model could not be converted to ONNX: {_reason(exc, folder)}"
         ) from exc
     onnx_bytes: bytes = model.SerializeToString()
+    try:
+        expected = original.predict(rows)
+    except LoadFailed:
+        raise
+    except Exception as exc:  # the framework's own predict failed on the sample rows
+        raise LoadFailed(
+            f"{framework.name} could not predict the sample rows: {_reason(exc, folder)}"
+        ) from exc
     difference = largest_difference(
-        original.predict(rows), run_onnx(onnx_bytes, rows), converter.tolerance, framework.name
+        expected, run_onnx(onnx_bytes, rows), converter.tolerance, framework.name
     )
     return Conversion(
         onnx_bytes,
@@ -74,3 +81,8 @@ def convert_artifact(folder: Path, model_file: str) -> Conversion:
         difference,
         str(converter.tolerance),
     )
+
+
+def _reason(exc: Exception, folder: Path) -> str:
+    lines = str(exc).replace(str(folder), "").splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
