@@ -177,3 +177,33 @@ def test_native_artifacts_serve_from_s3_as_folders_and_archives(
             _assert_equal({name: result.as_numpy(name) for name in model.expected}, model)
     finally:
         client.close()
+
+
+def test_a_mixed_fleet_serves_from_one_store(
+    start_server: Callable[..., ThreadServer], tmp_path: Path
+) -> None:
+    from tenantserve.tools.fleet.build import synth_fleet
+    from tenantserve.tools.fleet.publish import open_publisher
+
+    store = tmp_path / "mixed"
+    written = synth_fleet(
+        models=4, size_bytes=20_000, seed=1, publisher=open_publisher(str(store)), kind="mixed"
+    )
+    assert [kind for _, _, kind in written] == ["onnx", "sklearn", "xgboost", "lightgbm"]
+    server = start_server(store)
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    rows = np.random.default_rng(5).normal(size=(6, 16)).astype(np.float32)
+    try:
+        for model_id, _, kind in written:
+            tensor = triton.InferInput("input", [6, 16], "FP32")
+            tensor.set_data_from_numpy(rows)
+            result = client.infer(model_id, [tensor])
+            if kind == "onnx":
+                assert result.as_numpy("output").shape == (6, 4)
+                continue
+            probabilities = result.as_numpy("probabilities")
+            assert probabilities.shape == (6, 4)
+            np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+            np.testing.assert_array_equal(result.as_numpy("label"), probabilities.argmax(axis=1))
+    finally:
+        client.close()
