@@ -14,6 +14,7 @@ import hashlib
 import json
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,12 +24,17 @@ from tenantserve.errors import LoadFailed
 from tenantserve.runtimes.ort_format import DerivedFiles
 from tenantserve.types import ModelManifest
 
+_REMEMBERED = 100_000
+
 
 class NativeArtifacts:
     """Where converted models are kept: ``files`` (the disk tier), else a private folder."""
 
     def __init__(self, files: DerivedFiles | None) -> None:
         self._files: DerivedFiles = files if files is not None else _ScratchFiles()
+        # By file identity: a load hashes an unchanged file once, not on every load.
+        self._digests: OrderedDict[tuple[str, int, int, int, int], str] = OrderedDict()
+        self._lock = threading.Lock()
 
     def resolve(self, path: Path, manifest: ModelManifest) -> tuple[Path, ModelManifest]:
         """The folder and manifest to load: the converted ONNX for a native file, else as given.
@@ -42,8 +48,8 @@ class NativeArtifacts:
             return path, manifest
         converter = converter_for(framework)  # MissingExtra before any reading or hashing
         source = path / manifest.model_file
-        parts = [_digest(source), converter.versions, ONNX_FILE]
-        parts += [_digest(path / name) for name in (SAMPLE_NPY, SAMPLE_CSV)]
+        parts = [self._digest(source), converter.versions, ONNX_FILE]
+        parts += [self._digest(path / name) for name in (SAMPLE_NPY, SAMPLE_CSV)]
         key = "native-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
 
         def build(work: Path) -> None:
@@ -61,15 +67,28 @@ class NativeArtifacts:
         )
         return entry.path, converted
 
-
-def _digest(path: Path) -> str:
-    try:
-        with path.open("rb") as file:
-            return hashlib.file_digest(file, "sha256").hexdigest()
-    except FileNotFoundError:
-        return "-"
-    except OSError as exc:
-        raise LoadFailed(f"{path.name} could not be read ({type(exc).__name__})") from exc
+    def _digest(self, path: Path) -> str:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "-"
+        except OSError as exc:
+            raise LoadFailed(f"{path.name} could not be read ({type(exc).__name__})") from exc
+        identity = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            known = self._digests.get(identity)
+        if known is not None:
+            return known
+        try:
+            with path.open("rb") as file:
+                digest = hashlib.file_digest(file, "sha256").hexdigest()
+        except OSError as exc:
+            raise LoadFailed(f"{path.name} could not be read ({type(exc).__name__})") from exc
+        with self._lock:
+            self._digests[identity] = digest
+            if len(self._digests) > _REMEMBERED:
+                self._digests.popitem(last=False)
+        return digest
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
