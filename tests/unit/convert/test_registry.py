@@ -11,6 +11,7 @@ from tenantserve.convert.registry import (
     NATIVE_FILES,
     converter_for,
     framework_for,
+    installed_versions,
     native_file,
 )
 from tenantserve.errors import LoadFailed, MissingExtra
@@ -43,6 +44,18 @@ def test_a_framework_that_cannot_be_imported_names_the_extra(
         converter_for(framework)
     assert isinstance(caught.value, LoadFailed)  # a failed load to the cache, 501 to callers
     assert "lightgbm" in str(caught.value)
+
+
+def test_installed_versions_are_found_without_importing_and_a_gap_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    framework = framework_for("xgboost.json")
+    assert framework is not None
+    versions = installed_versions(framework)
+    assert versions.startswith("xgboost=3.2.0;onnxmltools=1.16.0;onnx=")  # xgboost-cpu's
+    monkeypatch.setitem(sys.modules, "onnxmltools", None)
+    with pytest.raises(MissingExtra, match=r"tenantserve\[xgboost\]'; missing: onnxmltools"):
+        installed_versions(framework)
 
 
 def test_an_installed_framework_gives_its_converter() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
+import pytest
 
+from tenantserve.errors import LoadFailed
 from tenantserve.runtimes import default_runtimes
 from tenantserve.runtimes.native import NativeArtifacts
 from tenantserve.store import DiskCache
@@ -67,3 +71,25 @@ def test_a_conversion_is_made_once_per_source_and_sample(tmp_path: Path) -> None
     proved, _ = NativeArtifacts(disk).resolve(artifact, manifest)
     assert proved != first
     assert '"proved_on": "sample.npy"' in (proved / "conversion.json").read_text()
+
+
+def test_the_framework_is_imported_in_a_child_never_in_the_server(tmp_path: Path) -> None:
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    _lightgbm(artifact)
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from tenantserve.runtimes.native import NativeArtifacts\n"
+        "from tenantserve.store.manifest import read_manifest\n"
+        f"folder = Path({str(artifact)!r})\n"
+        "out, _ = NativeArtifacts(None).resolve(folder, read_manifest(folder))\n"
+        "print((out / 'model.onnx').is_file(), 'lightgbm' in sys.modules, 'onnx' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    assert done.stdout.decode().split() == ["True", "False", "False"]
+
+
+def test_a_refused_conversion_comes_back_from_the_child_with_its_reason(tmp_path: Path) -> None:
+    (tmp_path / "lightgbm.txt").write_text("not a model\n")
+    with pytest.raises(LoadFailed, match=r"^lightgbm.txt is not a LightGBM model"):
+        NativeArtifacts(None).resolve(tmp_path, read_manifest(tmp_path))
