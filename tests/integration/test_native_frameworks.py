@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from fixtures.clients import sagemaker_runtime
 from fixtures.native_models import NativeModel, write_native_store
 from fixtures.s3 import S3Server
-from fixtures.server import ThreadServer
+from fixtures.server import ThreadServer, free_port
 
 
 @pytest.fixture(scope="module")
@@ -205,5 +205,35 @@ def test_a_mixed_fleet_serves_from_one_store(
             assert probabilities.shape == (6, 4)
             np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
             np.testing.assert_array_equal(result.as_numpy("label"), probabilities.argmax(axis=1))
+    finally:
+        client.close()
+
+
+def test_native_models_over_oip_grpc_and_a_missing_extra_is_unimplemented(
+    start_server: Callable[..., ThreadServer],
+    native_store: tuple[Path, dict[str, NativeModel]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # a server without tenantserve[lightgbm]
+    port = free_port()
+    start_server(native_store[0], grpc_port=port)
+    client = tgrpc.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        for model_id in ("sk/cancer-forest", "xgb/iris-ubj", "xgb/diabetes"):
+            model = native_store[1][model_id]
+            tensor = tgrpc.InferInput("input", list(model.rows.shape), "FP32")
+            tensor.set_data_from_numpy(model.rows)
+            result = client.infer(model_id, [tensor])
+            _assert_equal({name: result.as_numpy(name) for name in model.expected}, model)
+        rows = native_store[1]["lgb/iris"].rows
+        tensor = tgrpc.InferInput("input", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("lgb/iris", [tensor])
+        assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
+        assert "tenantserve[lightgbm]" in caught.value.message()
     finally:
         client.close()
