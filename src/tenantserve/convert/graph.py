@@ -17,12 +17,14 @@ from tenantserve.convert.base import LABEL, PREDICTIONS, PROBABILITIES, Kind
 from tenantserve.errors import LoadFailed
 
 
-def finish(model: Any, kind: Kind) -> Any:
-    """``model`` (an ``onnx.ModelProto``, changed in place) with the served outputs."""
+def finish(model: Any, kind: Kind, classes: int | None = None) -> Any:
+    """``model`` (an ``onnx.ModelProto``, changed in place) with the served outputs;
+    ``classes``, when known, declared as the width of ``probabilities``."""
     graph = model.graph
     sources = [_unzipped(graph, output.name) for output in graph.output]
     label_type = _elem_type(graph.output[0]) if graph.output else TensorProto.INT64
-    classes = _classes(model, sources[-1]) if sources else None
+    if classes is None and sources:
+        classes = _classes(model, sources[-1])
     del graph.output[:]
     if kind == "classifier":
         if len(sources) != 2:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tenantserve.convert.base import INPUT
+from tenantserve.convert.base import INPUT, PROBABILITIES
 from tenantserve.convert.graph import finish
 from tenantserve.convert.proof import largest_difference, run_onnx, sample_rows
 from tenantserve.convert.registry import converter_for, framework_for
@@ -52,15 +53,6 @@ def convert_artifact(folder: Path, model_file: str) -> Conversion:
     original = converter.open(folder / model_file)
     rows, source = sample_rows(folder, original.n_features)
     try:
-        model = finish(original.to_onnx(), original.kind)
-    except LoadFailed:
-        raise
-    except Exception as exc:  # converters raise anything: name it, never a host path
-        raise LoadFailed(
-            f"{framework.name} model could not be converted to ONNX: {_reason(exc, folder)}"
-        ) from exc
-    onnx_bytes: bytes = model.SerializeToString()
-    try:
         expected = original.predict(rows)
     except LoadFailed:
         raise
@@ -68,6 +60,15 @@ def convert_artifact(folder: Path, model_file: str) -> Conversion:
         raise LoadFailed(
             f"{framework.name} could not predict the sample rows: {_reason(exc, folder)}"
         ) from exc
+    try:
+        model = finish(original.to_onnx(), original.kind, _classes(expected))
+    except LoadFailed:
+        raise
+    except Exception as exc:  # converters raise anything: name it, never a host path
+        raise LoadFailed(
+            f"{framework.name} model could not be converted to ONNX: {_reason(exc, folder)}"
+        ) from exc
+    onnx_bytes: bytes = model.SerializeToString()
     difference = largest_difference(
         expected, run_onnx(onnx_bytes, rows), converter.tolerance, framework.name
     )
@@ -86,3 +87,8 @@ def convert_artifact(folder: Path, model_file: str) -> Conversion:
 def _reason(exc: Exception, folder: Path) -> str:
     lines = str(exc).replace(str(folder), "").splitlines()
     return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _classes(outputs: dict[str, Any]) -> int | None:
+    scores = outputs.get(PROBABILITIES)
+    return int(scores.shape[1]) if scores is not None and scores.ndim == 2 else None

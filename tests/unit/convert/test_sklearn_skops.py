@@ -60,3 +60,20 @@ def test_a_forest_needs_the_trusted_tree_type_and_converts(tmp_path: Path) -> No
     )
     assert conversion.max_difference <= 1e-4
     assert np.isfinite(conversion.max_difference)
+
+
+def test_string_classes_serve_as_text_labels_with_a_declared_width(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = load_iris(return_X_y=True)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    sio.dump(DecisionTreeClassifier(max_depth=3).fit(x, names), tmp_path / "sklearn.skops")
+    session = ort.InferenceSession(convert_artifact(tmp_path, "sklearn.skops").onnx)
+    outputs = {o.name: (o.type, o.shape) for o in session.get_outputs()}
+    assert outputs == {
+        "label": ("tensor(string)", ["N"]),
+        "probabilities": ("tensor(float)", ["N", 3]),
+    }
+    label, _ = session.run(None, {"input": x[:2].astype(np.float32)})
+    assert label.tolist() == ["setosa", "setosa"]
