@@ -182,8 +182,8 @@ def test_native_artifacts_serve_from_s3_as_folders_and_archives(
 def test_a_mixed_fleet_serves_from_one_store(
     start_server: Callable[..., ThreadServer], tmp_path: Path
 ) -> None:
-    from tenantserve.tools.fleet.build import synth_fleet
     from tenantserve.tools.fleet.publish import open_publisher
+    from tenantserve.tools.fleet.synth_publish import synth_fleet
 
     store = tmp_path / "mixed"
     written = synth_fleet(

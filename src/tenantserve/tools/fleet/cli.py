@@ -186,8 +186,8 @@ def synth(
     create_bucket: CreateBucketOpt = False,
 ) -> None:
     """Write a synthetic fleet (help text above, shown by ``--help``)."""
-    from tenantserve.tools.fleet.build import synth_fleet
     from tenantserve.tools.fleet.native import MissingFramework
+    from tenantserve.tools.fleet.synth_publish import synth_fleet
 
     console = Console()
     publisher = _open_store(store, create_bucket=create_bucket, console=console)

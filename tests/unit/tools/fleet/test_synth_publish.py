@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from tenantserve.cli import app
 from tenantserve.convert.run import convert_artifact
-from tenantserve.tools.fleet.build import synth_fleet
 from tenantserve.tools.fleet.native import write_native_model
 from tenantserve.tools.fleet.publish import open_publisher
+from tenantserve.tools.fleet.synth_publish import synth_fleet
 
 
 def test_mixed_synth_writes_each_kind_in_turn(tmp_path: Path) -> None:
