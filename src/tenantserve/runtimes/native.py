@@ -42,6 +42,7 @@ class NativeArtifacts:
         # By file identity: a load hashes an unchanged file once, not on every load.
         self._digests: OrderedDict[tuple[str, int, int, int, int], str] = OrderedDict()
         self._lock = threading.Lock()
+        self._versions: dict[str, str] = {}  # by framework, once found installed
 
     def resolve(self, path: Path, manifest: ModelManifest) -> tuple[Path, ModelManifest]:
         """The folder and manifest to load: the converted ONNX for a native file, else as given.
@@ -53,7 +54,9 @@ class NativeArtifacts:
         framework = framework_for(manifest.model_file)
         if framework is None:
             return path, manifest
-        versions = installed_versions(framework)  # MissingExtra before reading or hashing
+        versions = self._versions.get(framework.name)
+        if versions is None:  # MissingExtra before reading or hashing anything
+            versions = self._versions.setdefault(framework.name, installed_versions(framework))
         source = path / manifest.model_file
         parts = [self._digest(source), versions, ONNX_FILE]
         parts += [self._digest(path / name) for name in (SAMPLE_NPY, SAMPLE_CSV)]
