@@ -29,11 +29,19 @@ def native_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     return root, write_native_store(root)
 
 
+@pytest.fixture(scope="module")
+def kept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One disk tier for the module's servers (one after another): each model converts once."""
+    return tmp_path_factory.mktemp("disk-tier")
+
+
 @pytest.fixture
 def server(
-    start_server: Callable[..., ThreadServer], native_store: tuple[Path, dict[str, NativeModel]]
+    start_server: Callable[..., ThreadServer],
+    native_store: tuple[Path, dict[str, NativeModel]],
+    kept: Path,
 ) -> ThreadServer:
-    return start_server(native_store[0])
+    return start_server(native_store[0], cache_dir=kept)
 
 
 def _assert_equal(got: dict[str, Any], model: NativeModel) -> None:
@@ -212,6 +220,7 @@ def test_a_mixed_fleet_serves_from_one_store(
 def test_native_models_over_oip_grpc_and_a_missing_extra_is_unimplemented(
     start_server: Callable[..., ThreadServer],
     native_store: tuple[Path, dict[str, NativeModel]],
+    kept: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import tritonclient.grpc as tgrpc
@@ -219,7 +228,7 @@ def test_native_models_over_oip_grpc_and_a_missing_extra_is_unimplemented(
 
     monkeypatch.setitem(sys.modules, "lightgbm", None)  # a server without tenantserve[lightgbm]
     port = free_port()
-    start_server(native_store[0], grpc_port=port)
+    start_server(native_store[0], grpc_port=port, cache_dir=kept)
     client = tgrpc.InferenceServerClient(f"127.0.0.1:{port}")
     try:
         for model_id in ("sk/cancer-forest", "xgb/iris-ubj", "xgb/diabetes"):
