@@ -87,6 +87,10 @@ class LoadFailed(TenantServeError):
     """The artifact was found but could not be fetched, unpacked or loaded."""
 
 
+class MissingExtra(LoadFailed):
+    """The artifact needs an optional part this server was installed without (an extra)."""
+
+
 class StoreUnavailable(LoadFailed):
     """The store did not answer (network, credentials, server errors)."""
 

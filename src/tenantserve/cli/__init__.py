@@ -1,6 +1,6 @@
 """The ``tenantserve`` command: ``serve`` (serve.py), ``sagemaker`` (the container's entry point,
-sagemaker.py), ``ray``, ``fleet``, ``bench``, ``status``, ``models``, ``tenants``; the server's
-options come from its Settings (settings_options.py)."""
+sagemaker.py), ``convert`` (convert.py), ``ray``, ``fleet``, ``bench``, ``status``, ``models``,
+``tenants``; the server's options come from its Settings (settings_options.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from tenantserve import __version__
+from tenantserve.cli.convert import convert_command
 from tenantserve.cli.sagemaker import sagemaker_app
 from tenantserve.cli.serve import serve_command
 from tenantserve.cli.settings_options import with_settings
@@ -36,6 +37,7 @@ app.add_typer(build_ray_app(with_settings), name="ray")
 app.add_typer(bench_app, name="bench")
 app.command("plan")(plan_command)
 app.command("replay")(replay_command)
+app.command("convert")(convert_command)
 app.command("status")(status_command)
 app.add_typer(models_app, name="models")
 app.add_typer(tenants_app, name="tenants")

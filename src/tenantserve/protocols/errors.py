@@ -16,6 +16,7 @@ from tenantserve.errors import (
     InsufficientMemory,
     InvalidRequest,
     LoadFailed,
+    MissingExtra,
     ModelAlreadyLoaded,
     ModelNotFound,
     ModelNotReady,
@@ -72,6 +73,9 @@ _RULES: dict[type[TenantServeError], _Rule] = {
     # An artifact that will not load fails the same way on a retry; a store that does not answer
     # may answer later: UNAVAILABLE, which gRPC clients treat as retryable.
     LoadFailed: _Rule(500, 500, "InternalFailure", "INTERNAL"),
+    # A native artifact whose converter this server was installed without (docs/frameworks.md):
+    # the server cannot do it, not a fault of the file; the message names the extra.
+    MissingExtra: _Rule(501, 501, "InternalFailure", "UNIMPLEMENTED"),
     StoreUnavailable: _Rule(503, 503, "ServiceUnavailable", "UNAVAILABLE"),
     # SageMaker reports an error raised inside the model as 424 ModelError carrying the
     # original status and message, and boto3 does not retry it (a retry would fail the same).

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tenantserve.errors import LoadFailed
 from tenantserve.runtimes.base import LoadedModel, Prepared, Runtime, SharedUsage
+from tenantserve.runtimes.native import NativeArtifacts
 from tenantserve.runtimes.onnx import OnnxRuntime
 from tenantserve.runtimes.ort_format import DerivedFiles, FastLoads
 from tenantserve.runtimes.shared import file_digest
@@ -32,12 +33,14 @@ def default_runtimes(
 ) -> dict[str, Runtime]:
     """The runtimes enabled without any opt-in: those that load artifacts as data only.
 
-    With ``derived`` (the disk tier), ONNX models load from ORT-format files made there once;
-    ``prepack``: see :class:`OnnxRuntime`.
+    With ``derived`` (the disk tier), ONNX models load from ORT-format files made there once,
+    and native files (``xgboost.json`` …) are converted there once; ``prepack``: see
+    :class:`OnnxRuntime`.
     """
     fast_loads = FastLoads(derived) if derived is not None else None
+    onnx = OnnxRuntime(fast_loads, prepack=prepack, native=NativeArtifacts(derived))
     # One tokenizer pool for all, so models on the same tokenizer.json share one parse.
-    return {"onnx": DeclaredSteps(OnnxRuntime(fast_loads, prepack=prepack), SharedTokenizers())}
+    return {"onnx": DeclaredSteps(onnx, SharedTokenizers())}
 
 
 def runtime_for(runtimes: dict[str, Runtime], manifest: ModelManifest) -> Runtime:

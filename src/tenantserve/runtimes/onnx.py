@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
 from tenantserve.runtimes.base import Prepared, SharedUsage
+from tenantserve.runtimes.native import NativeArtifacts
 from tenantserve.runtimes.ort_format import FastLoads, NoFastLoad, first_line, session_options
 from tenantserve.runtimes.run_stop import current_run_stop
 from tenantserve.runtimes.shared import BaseHeadModel, SharedBlocks, measured, verified_path
@@ -163,9 +164,17 @@ class OnnxRuntime:
 
     name = "onnx"
 
-    def __init__(self, fast_loads: FastLoads | None = None, *, prepack: bool = False) -> None:
+    def __init__(
+        self,
+        fast_loads: FastLoads | None = None,
+        *,
+        prepack: bool = False,
+        native: NativeArtifacts | None = None,
+    ) -> None:
         self._fast_loads = fast_loads
         self._prepack = prepack
+        # Native files (xgboost.json …) load as the ONNX converted from them (docs/frameworks.md).
+        self._native = native if native is not None else NativeArtifacts(None)
         self._bases: SharedBlocks[ort.InferenceSession] = SharedBlocks()
 
     def shared_usage(self) -> SharedUsage:
@@ -188,7 +197,9 @@ class OnnxRuntime:
 
     def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
         """Make the ORT-format files (the model's, its base's) unless made before; the model
-        then holds its mapped file plus a session's structures."""
+        then holds its mapped file plus a session's structures. A native file (xgboost.json
+        …) is converted to ONNX first, once: the result is kept (:mod:`.native`)."""
+        path, manifest = self._native.resolve(path, manifest)
         if self._fast_loads is None:
             return Prepared()
         notes = []
@@ -207,6 +218,7 @@ class OnnxRuntime:
         return Prepared(size, f"onnx:{int(math.log2(max(size, 1)) * 16)}", "; ".join(notes))
 
     def load(self, path: Path, manifest: ModelManifest) -> OnnxModel | BaseHeadModel:
+        path, manifest = self._native.resolve(path, manifest)
         if manifest.base is None:
             return OnnxModel(self._own_session(path, manifest))
         base = manifest.base

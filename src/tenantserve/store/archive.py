@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from tenantserve.convert.registry import native_file
 from tenantserve.errors import LoadFailed
 from tenantserve.store.manifest import DEFAULT_MODEL_FILE, MANIFEST_NAME
 from tenantserve.store.tar_stream import open_tar_stream
@@ -68,7 +69,11 @@ def find_artifact_dir(root: Path) -> Path:
 
 
 def _holds_model(folder: Path) -> bool:
-    return (folder / MANIFEST_NAME).is_file() or (folder / DEFAULT_MODEL_FILE).is_file()
+    return (
+        (folder / MANIFEST_NAME).is_file()
+        or (folder / DEFAULT_MODEL_FILE).is_file()
+        or native_file(folder) is not None
+    )
 
 
 def _extract_into(archive: Path, staging: Path, *, max_bytes: int, max_members: int) -> None:

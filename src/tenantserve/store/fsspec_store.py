@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
 
+from tenantserve.convert.registry import NATIVE_FILES
 from tenantserve.errors import (
     Forbidden,
     InvalidModelId,
@@ -196,7 +197,7 @@ class FsspecStore:
             lambda: self._fs.find(rpath, detail=True), deadline, model_id
         )
         files = {_relative(name, rpath): info for name, info in listing.items()}
-        if MANIFEST_NAME not in files and DEFAULT_MODEL_FILE not in files:
+        if not {MANIFEST_NAME, DEFAULT_MODEL_FILE, *NATIVE_FILES} & files.keys():
             raise ModelNotFound(f"model {model_id} not found in the store (no model file)")
         self._check_fits(model_id, sum(int(info.get("size") or 0) for info in files.values()))
         version = sorted((rel, info.get("size"), _version(info)) for rel, info in files.items())

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from tenantserve.convert.registry import native_file
 from tenantserve.errors import Forbidden, LoadFailed, ModelNotFound
 from tenantserve.types import (
     ModelManifest,
@@ -72,17 +73,27 @@ def parse_manifest(raw: bytes) -> ModelManifest:
 
 
 def read_manifest(folder: Path) -> ModelManifest:
-    """The manifest of the artifact in ``folder``; defaults when it has no ``model.json``."""
+    """The manifest of the artifact in ``folder``; defaults when it has no ``model.json``.
+
+    Without a ``model_file`` in it and without ``model.onnx``, the model is the folder's
+    native file if it has one (``xgboost.json``, ``sklearn.skops`` …: docs/frameworks.md).
+    """
     path = folder / MANIFEST_NAME
     try:
         with path.open("rb") as file:
             # Read one byte past the cap so an oversized file is refused, not truncated.
             raw = file.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
-        return ModelManifest()
+        manifest = ModelManifest()
     except OSError as exc:
         raise LoadFailed(f"{MANIFEST_NAME} could not be read ({type(exc).__name__})") from exc
-    return parse_manifest(raw)
+    else:
+        manifest = parse_manifest(raw)
+    if manifest.model_file == DEFAULT_MODEL_FILE and not (folder / DEFAULT_MODEL_FILE).is_file():
+        native = native_file(folder)
+        if native is not None:
+            return dataclasses.replace(manifest, model_file=native)
+    return manifest
 
 
 def checked_manifest(

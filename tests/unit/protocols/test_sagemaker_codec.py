@@ -279,3 +279,12 @@ def test_accept_picks_the_response_type(accept: str | None, kind: str) -> None:
 def test_an_unsupported_accept_is_a_bad_request() -> None:
     with pytest.raises(InvalidRequest, match="Accept"):
         response_type("application/x-protobuf")
+
+
+def test_a_classifiers_label_and_probabilities_come_back_per_row() -> None:
+    # ONNX Runtime hands int64 outputs back as C long long, a NumPy type orjson refuses.
+    labels = np.array([2, 0], dtype=np.longlong)
+    scores = np.array([[0.1, 0.2, 0.7], [0.8, 0.1, 0.1]], dtype=np.float32)
+    body = orjson.loads(encode_predictions({"label": labels, "probabilities": scores}, JSON))
+    assert [row["label"] for row in body["predictions"]] == [2, 0]
+    np.testing.assert_allclose([row["probabilities"] for row in body["predictions"]], scores)

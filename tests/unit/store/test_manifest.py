@@ -269,3 +269,13 @@ def test_verified_files_skip_rehash_but_see_a_replaced_file(tmp_path: Path) -> N
     model.write_bytes(b"weights-v2 longer")  # a new size and mtime: a new identity
     with pytest.raises(LoadFailed, match="does not match the sha256"):
         verify_sha256(model, manifest, verified)
+
+
+def test_a_folder_with_a_native_file_and_no_model_onnx_names_it(tmp_path: Path) -> None:
+    (tmp_path / "xgboost.ubj").write_bytes(b"{}")
+    assert read_manifest(tmp_path).model_file == "xgboost.ubj"
+    (tmp_path / "model.json").write_text('{"labels": ["a", "b"]}')
+    manifest = read_manifest(tmp_path)
+    assert (manifest.model_file, manifest.labels) == ("xgboost.ubj", ("a", "b"))
+    (tmp_path / "model.onnx").write_bytes(b"onnx")  # ONNX wins when both are there
+    assert read_manifest(tmp_path).model_file == "model.onnx"

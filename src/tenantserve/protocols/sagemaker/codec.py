@@ -247,6 +247,10 @@ def _plain(array: npt.NDArray[Any]) -> Any:
         return np.vectorize(_text_of, otypes=[object])(array).tolist() if array.size else []
     if array.ndim == 0:
         return array.item()  # orjson serialises no 0-d arrays
+    if array.dtype.kind in "iu":
+        # ONNX Runtime's int64 is C's long long, a NumPy type orjson does not take; "i8" is.
+        sized = np.dtype(f"{array.dtype.kind}{array.dtype.itemsize}")  # astype keeps longlong
+        return np.ascontiguousarray(array.astype(sized.newbyteorder("="), copy=False)).view(sized)
     return array.astype(array.dtype.newbyteorder("="), order="C", copy=False)
 
 

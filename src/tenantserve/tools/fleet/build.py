@@ -18,7 +18,7 @@ import numpy as np
 from tenantserve.tools.fleet import minilm
 from tenantserve.tools.fleet.publish import MANIFEST_NAME, Publisher
 from tenantserve.tools.fleet.sources import TenantPlan
-from tenantserve.tools.fleet.synth import add_ort_format, write_synthetic_model
+from tenantserve.tools.fleet.synth import add_ort_format
 from tenantserve.tools.fleet.text import INPUT_NAME, build_tenant_tfidf
 
 KINDS = ("tfidf", "minilm")
@@ -131,37 +131,6 @@ def build_fleet(
             if progress is not None:
                 progress.advance("building tenants")
         return results
-
-
-def synth_fleet(
-    *,
-    models: int,
-    size_bytes: int,
-    seed: int,
-    publisher: Publisher,
-    progress: FleetProgress | None = None,
-) -> list[tuple[str, int]]:
-    """Write ``models`` synthetic numeric models, as ``synth.write_fleet`` does, and publish them.
-
-    Returns each model id with its file size in bytes.
-    """
-    with tempfile.TemporaryDirectory(prefix="tenantserve-synth-") as work:
-        if progress is not None:
-            progress.begin("writing models", models)
-        published: list[tuple[str, int]] = []
-        for index in range(models):
-            # The names and seeds synth.write_fleet gives (tenants=None), one model on disk
-            # at a time.
-            model_id = f"tenant-{index:03d}/model-{index:04d}"
-            model_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-            folder = Path(work) / f"model-{index:04d}"
-            write_synthetic_model(folder, size_bytes=size_bytes, seed=model_seed)
-            publisher.publish(folder, model_id)
-            published.append((model_id, (folder / MODEL_FILE).stat().st_size))
-            shutil.rmtree(folder)
-            if progress is not None:
-                progress.advance("writing models")
-        return published
 
 
 class _TfidfBuilder:

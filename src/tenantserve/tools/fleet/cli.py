@@ -153,10 +153,19 @@ def build(
     _warn_near_chance(results)
 
 
+class SynthKind(StrEnum):
+    """The kinds of fleet ``fleet synth`` writes."""
+
+    numeric = "numeric"
+    mixed = "mixed"
+
+
 @fleet_app.command(
     help="Write numeric models of a chosen size for load and eviction benchmarks.\n\nModel i "
     "is tenant-<i>/model-<i> (input FP32 [N, 16], output FP32 [N, 4]); its random weights are "
-    "fixed by (seed, i), so a fleet can be rebuilt byte for byte."
+    "fixed by (seed, i), so a fleet can be rebuilt byte for byte. With --kind mixed, every "
+    "fourth model from the second on is a scikit-learn, XGBoost or LightGBM file in turn (a "
+    "4-class classifier on the same input, docs/frameworks.md)."
 )
 def synth(
     models: Annotated[int, typer.Option(min=1, help="How many models to write.")],
@@ -165,10 +174,20 @@ def synth(
     ],
     store: Annotated[str, typer.Option(help="A local folder or an fsspec URL (s3://…).")],
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    kind: Annotated[
+        SynthKind,
+        typer.Option(
+            case_sensitive=False,
+            help="numeric: ONNX models only. mixed: ONNX, scikit-learn (sklearn.skops), "
+            "XGBoost (xgboost.json) and LightGBM (lightgbm.txt) tenants in turn; needs the "
+            "sklearn, xgboost and lightgbm extras.",
+        ),
+    ] = SynthKind.numeric,
     create_bucket: CreateBucketOpt = False,
 ) -> None:
     """Write a synthetic fleet (help text above, shown by ``--help``)."""
-    from tenantserve.tools.fleet.build import synth_fleet
+    from tenantserve.tools.fleet.native import MissingFramework
+    from tenantserve.tools.fleet.synth_publish import synth_fleet
 
     console = Console()
     publisher = _open_store(store, create_bucket=create_bucket, console=console)
@@ -180,14 +199,18 @@ def synth(
                 seed=seed,
                 publisher=publisher,
                 progress=_BarProgress(bar),
+                kind=kind.value,
             )
+    except MissingFramework as exc:
+        raise _fail(str(exc), 2) from None
     except OSError as exc:
         raise _fail(str(exc), 1) from None
     table = Table(title=f"{len(written)} synthetic models in {store}")
     table.add_column("model id")
     table.add_column("size", justify="right")
-    for model_id, nbytes in written[:_SYNTH_ROWS_SHOWN]:
-        table.add_row(model_id, human_bytes(nbytes))
+    table.add_column("kind")
+    for model_id, nbytes, framework in written[:_SYNTH_ROWS_SHOWN]:
+        table.add_row(model_id, human_bytes(nbytes), framework)
     if len(written) > _SYNTH_ROWS_SHOWN:
         table.add_row(f"… {len(written) - _SYNTH_ROWS_SHOWN} more", "")
     console.print(table)
