@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -91,6 +93,21 @@ async def test_concurrent_first_requests_share_one_read() -> None:
     assert store.reads == [MACROS]
 
 
+async def _until(done: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """The background re-read runs on a thread: wait for it, however busy the machine."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "the background re-read never ran"
+        await asyncio.sleep(0.01)
+
+
+async def _until_key(table: VersionTable, want: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (got := await _key(table, "acme/macros")) != want:
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.anyio
 async def test_a_stale_entry_serves_while_it_is_read_again_behind_the_request() -> None:
     store, clock = Store(), Clock()
@@ -103,9 +120,8 @@ async def test_a_stale_entry_serves_while_it_is_read_again_behind_the_request() 
     clock.now = 11.0
     # Past the period the answer is still the last read; the re-read runs behind it.
     assert await _key(table, "acme/macros") == "acme/macros/2"
-    await asyncio.sleep(0.01)
-    assert len(store.reads) == 2
-    assert await _key(table, "acme/macros") == "acme/macros/3"
+    await _until(lambda: len(store.reads) == 2)
+    await _until_key(table, "acme/macros/3")
 
 
 @pytest.mark.anyio
@@ -116,7 +132,8 @@ async def test_a_failed_re_read_keeps_the_last_good_answer() -> None:
     store.fail = LoadFailed("aliases.json of model acme/macros is not valid JSON")
     clock.now = 11.0
     await _key(table, "acme/macros")
-    await asyncio.sleep(0.01)
+    await _until(lambda: len(store.reads) == 2)
+    await asyncio.sleep(0.05)  # the failed re-read's answer is in (or never comes)
     assert await _key(table, "acme/macros") == "acme/macros/2"
     # A model never read before gets the error itself.
     store.fail = StoreUnavailable("the model store did not answer")
