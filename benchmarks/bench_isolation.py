@@ -260,8 +260,9 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
     d = args.storm_window_s
     warm = [_oip(port, m, "warm") for m in warm_ids]
     options = {"rate": args.warm_rate / len(warm), "duration_s": d}
-    pacing = ("--max-loads-per-s", str(args.max_loads_per_s))
-    with serve(root, port, *flags, *pacing, "--memory-budget", "3GiB") as url:
+    pacing = ("--max-loads-per-s", str(args.max_loads_per_s)) if args.max_loads_per_s else ()
+    extra = tuple(args.storm_server_flags.split())
+    with serve(root, port, *flags, *pacing, *extra, "--memory-budget", "3GiB") as url:
         start = time.time() + 0.5
         undisturbed = Outcome()
         for future in [pool.submit(run_stream, "open", t, {**options, "start_at": start})
@@ -274,7 +275,9 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
         time.sleep(max(0.0, start + 1.0 - time.time()))
         targets = [(_oip if i % 2 == 0 else _sagemaker)(port, m, "storm")
                    for i, m in enumerate(storm_ids)]  # fmt: skip
-        calls = asyncio.run(storm(targets, deadline_s=args.storm_deadline_s))
+        calls = asyncio.run(
+            storm(targets, deadline_s=args.storm_deadline_s, clients=args.storm_clients)
+        )
         during = Outcome()
         for future in futures:
             during.merge(future.result())
@@ -286,10 +289,11 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
     print(
         f"## Load storm\n\n{len(storm_ids)} first calls to distinct models "
         f"({args.storm_model_bytes // 1000} kB ONNX each; even ones OIP, odd ones SageMaker) "
-        f"sent at once, 1 s into {d:.0f} s of warm traffic ({args.warm_rate:.0f} req/s over "
+        f"sent {'at once' if not args.storm_clients else f'from {args.storm_clients} clients'}"
+        f", 1 s into {d:.0f} s of warm traffic ({args.warm_rate:.0f} req/s over "
         f"{len(warm_ids)} resident models, open loop); each refused call retries after the "
-        "Retry-After it got. Server: 2 loads at once, `--max-queued-loads 32 "
-        f"--max-loads-per-s {args.max_loads_per_s:g}`, API keys on.\n"
+        f"Retry-After it got. Server: `{' '.join((*pacing, *extra)) or 'defaults'}`, API keys "
+        "on.\n"
     )
     print("| warm traffic | requests | not 200 | p50 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -301,6 +305,7 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
         f"the storm: {_codes(during)}.\n"
     )
     refusal_s = [c.first_s for _, c in refused]
+    refusal_latency_s = [c.first_latency_s for _, c in refused]
     retry_s = [c.retry_after_s for _, c in refused if c.retry_after_s is not None]
     print("| storm | value |\n|---|---:|")
     print(f"| first answer 200 | {len(calls) - len(refused)} |")
@@ -313,6 +318,9 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
         print(f"| refusal received after (from the storm's start; client included): "
               f"p50 / p99 / max ms | {_pct(refusal_s, 0.5):.0f} / {_pct(refusal_s, 0.99):.0f} "
               f"/ {_pct(refusal_s, 1.0):.0f} |")  # fmt: skip
+        print(f"| refusal latency (sent to answered): p50 / p99 / max ms | "
+              f"{_pct(refusal_latency_s, 0.5):.1f} / {_pct(refusal_latency_s, 0.99):.1f} "
+              f"/ {_pct(refusal_latency_s, 1.0):.1f} |")  # fmt: skip
         print(
             f"| Retry-After given: min / median / max s | {min(retry_s):.0f} / "
             f"{statistics.median(retry_s):.0f} / {max(retry_s):.0f} |"
@@ -375,6 +383,12 @@ def main() -> None:
     parser.add_argument("--storm-models", type=int, default=1000)
     parser.add_argument("--storm-model-bytes", type=int, default=20_000)
     parser.add_argument("--storm-deadline-s", type=float, default=120.0)
+    parser.add_argument(
+        "--storm-clients", type=int, default=0, help="storm requests in flight at most (0: all)"
+    )
+    parser.add_argument(
+        "--storm-server-flags", default="", help="more `tenantserve serve` flags for the storm"
+    )
     parser.add_argument(
         "--storm-window-s",
         type=float,

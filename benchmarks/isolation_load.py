@@ -193,31 +193,37 @@ class FirstCall:
     first_s: float  # seconds from the storm's start to the first answer
     served_s: float | None
     attempts: int
+    first_latency_s: float = 0.0  # the first attempt's own time, from sending to its answer
 
 
-async def storm(targets: list[Target], *, deadline_s: float) -> list[FirstCall]:
-    """Every target at once, each on its own connection; refused ones retry after the
-    Retry-After they were given (1 s when none), until served or ``deadline_s`` passes."""
+async def storm(targets: list[Target], *, deadline_s: float, clients: int = 0) -> list[FirstCall]:
+    """Every target at once, each on its own connection, or at most ``clients`` requests in
+    flight (0: no limit); refused ones retry after the Retry-After they were given (1 s when
+    none), until served or ``deadline_s`` passes."""
     began = time.perf_counter()
+    slots = asyncio.Semaphore(clients or len(targets) or 1)
 
-    async def attempt(target: Target) -> tuple[int, float | None]:
-        pool = Pool(target.host, target.port)
-        try:
-            return await asyncio.wait_for(pool.send(target.raw()), 60)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-            return -1, None
-        finally:
-            pool.close()
+    async def attempt(target: Target) -> tuple[int, float | None, float]:
+        async with slots:
+            pool = Pool(target.host, target.port)
+            sent = time.perf_counter()
+            try:
+                status, retry = await asyncio.wait_for(pool.send(target.raw()), 60)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                status, retry = -1, None
+            finally:
+                pool.close()
+            return status, retry, time.perf_counter() - sent
 
     async def call(target: Target) -> FirstCall:
-        status, first_retry = await attempt(target)
+        status, first_retry, latency = await attempt(target)
         first_s = time.perf_counter() - began
         answer, retry, attempts = status, first_retry, 1
         while answer != 200 and time.perf_counter() - began < deadline_s:
             await asyncio.sleep(retry if retry is not None else 1.0)
-            answer, retry = await attempt(target)
+            answer, retry, _ = await attempt(target)
             attempts += 1
         served = time.perf_counter() - began if answer == 200 else None
-        return FirstCall(status, first_retry, first_s, served, attempts)
+        return FirstCall(status, first_retry, first_s, served, attempts, latency)
 
     return list(await asyncio.gather(*(call(t) for t in targets)))

@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from tenantserve.activity import Activity
-from tenantserve.cache import LRU, CostAware, Loader, LoadQueue, MemoryBudget, ModelCache
+from tenantserve.cache import Loader, LoadQueue, MemoryBudget, ModelCache
+from tenantserve.cache.policies import make_policy
 from tenantserve.config import Settings
 from tenantserve.errors import StoreUnavailable
 from tenantserve.metrics import Metrics
@@ -40,7 +41,7 @@ from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.service import InferenceService
-from tenantserve.store import ModelStore, open_store
+from tenantserve.store import DiskCache, ModelStore, open_store
 from tenantserve.store.patterns import resolve_patterns
 
 log = logging.getLogger("tenantserve")
@@ -63,7 +64,9 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     limits = _limits(settings)
     metrics = Metrics(registry, top_tenants=settings.top_tenants)
     activity = Activity(registry=metrics.registry, model_label_top_k=settings.top_models)
-    store = _open_store(settings)
+    # One bounded disk tier: artifact copies and the ORT-format files made from them.
+    disk_cache = DiskCache(settings.cache_dir, max_bytes=settings.disk_cache)
+    store = _open_store(settings, disk_cache)
     executor = BoundedExecutor(
         compute_threads=settings.threads,
         load_threads=settings.max_concurrent_loads,
@@ -71,16 +74,18 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         # As many spares as workers: predicts past their timeout whose threads have not
         # returned yet do not take threads from other models, up to that many at once.
         spare_compute_threads=settings.threads,
+        background_nice=settings.load_nice,
     )
     budget = _budget(settings, limits)
     cache = ModelCache(
         loader=Loader(
             store=store,
-            runtimes=default_runtimes(),
+            runtimes=default_runtimes(disk_cache, prepack=settings.prepack),
             budget=budget,
             metrics=metrics,
             io_executor=executor.io,
             load_executor=executor.load,
+            trimmer_nice=settings.load_nice,
         ),
         queue=LoadQueue(
             metrics=metrics,
@@ -91,11 +96,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         ),
         budget=budget,
         metrics=metrics,
-        policy=(
-            CostAware(min_residency_s=settings.min_residency_s)
-            if settings.eviction == "cost"
-            else LRU()
-        ),
+        policy=make_policy(settings.eviction, min_residency_s=settings.min_residency_s),
         load_wait_s=settings.load_wait_s,
         events=activity.cache_event,
     )
@@ -190,6 +191,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             store_url=store.url,
             access=Access(keys, max_body_bytes=settings.max_body),
             open_metrics=settings.open_metrics,
+            default_model=settings.default_model,
         ),
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
@@ -246,11 +248,12 @@ async def _watch_store(
     log.info("model store %s answers again: ready", store.url)
 
 
-def _open_store(settings: Settings) -> ModelStore:
+def _open_store(settings: Settings, disk_cache: DiskCache | None = None) -> ModelStore:
     return open_store(
         settings.store,
         cache_dir=settings.cache_dir,
         max_cache_bytes=settings.disk_cache,
+        disk_cache=disk_cache,
         retry_deadline_s=settings.store_retry_deadline_s,
         read_timeout_s=settings.store_read_timeout_s,
         verify_etag=settings.store_verify_etag,

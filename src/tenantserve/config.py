@@ -27,6 +27,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvParseError
 
+from tenantserve.errors import InvalidModelId
+from tenantserve.types import ModelId
 from tenantserve.units import parse_size
 
 ENV_PREFIX = "TENANTSERVE_"
@@ -36,6 +38,8 @@ PROJECT_VARIABLES: Mapping[str, str] = {
     "TENANTSERVE_API_KEY": "API key of `tenantserve status` and `models` (tools/remote/cli.py)",
     "TENANTSERVE_DATASETS": "datasets folder of `tenantserve fleet build` (tools/fleet/cli.py), "
     "examples/demo.py, benchmarks/bench_fleet.py and the tests",
+    "TENANTSERVE_SAGEMAKER_ROOT": "the folder `tenantserve sagemaker serve` takes for SageMaker's "
+    "/opt/ml (cli/sagemaker.py)",
 }
 """The ``TENANTSERVE_*`` variables that are not settings, and what reads them; every other
 unknown name in the prefix is refused. The tests' own knobs (``FUZZ_EXAMPLES``,
@@ -71,6 +75,9 @@ class Settings(BaseSettings):
     store: str = "./models"
     """Model store: a local folder or an fsspec URL (``s3://bucket/prefix``). A model id is an
     artifact's path under it, e.g. ``acme/macros``."""
+    default_model: str | None = None
+    """Model id that SageMaker's ``/invocations`` serves when no X-Amzn-SageMaker-Target-Model
+    header names one, as a single-model endpoint calls it; without it such a call is a 400."""
     memory_budget: Size = Field(default=4 * 1024**3, gt=0)
     """Bytes resident models may hold in all, measured at load, not file size (``4GiB``,
     ``512MiB`` …); models are evicted to stay within it."""
@@ -100,9 +107,16 @@ class Settings(BaseSettings):
     store_verify_etag: bool = True
     """Refuse a downloaded object whose MD5 differs from its MD5-form ETag (single-part
     uploads); turn off for buckets under SSE-KMS or SSE-C, whose ETags are not MD5s."""
-    eviction: Literal["lru", "cost"] = "lru"
-    """Victim choice when the budget is full: least recently used, or cost-aware (GDSF:
-    reload cost per byte and frequency)."""
+    eviction: Literal[
+        "lru", "cost", "decayed-cost", "adaptive-cost", "s3fifo", "sieve", "wtinylfu"
+    ] = "adaptive-cost"
+    """Victim choice when the budget is full. ``adaptive-cost`` (the default): fewest recent
+    uses per byte of reload cost, uses fading at the pace that recent requests reward; it
+    matched or beat LRU, S3-FIFO, SIEVE and W-TinyLFU on stable, shifting and flat Zipf traces
+    at 1/8, 1/4 and 1/2 of the fleet (benchmarks/RESULTS.md, "Eviction policies").
+    ``decayed-cost``: the same with one fixed pace. ``cost``: GDSF (reload cost per byte and
+    frequency, ``--min-residency-s``). ``lru``, ``s3fifo``, ``sieve``, ``wtinylfu``: the
+    published policies, by model bytes."""
     min_residency_s: float = Field(default=1.0, ge=0)
     """Cost-aware eviction (``--eviction cost``) offers models younger than this last, against
     thrash.
@@ -114,8 +128,18 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     """Threads that run predictions (default: one per core): a fixed budget, whatever the number
     of models."""
-    max_concurrent_loads: int = Field(default=2, gt=0)
-    """Model loads that may run at once; other first calls wait their turn."""
+    max_concurrent_loads: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
+    """Model loads that may run at once (default: one per core); other first calls wait their
+    turn. A model whose size its runtime knows (an ORT-format file, mapped) loads beside
+    others; one that must be measured loads alone."""
+    load_nice: int = Field(default=10, ge=0, le=19)
+    """How far below predictions the OS schedules model loads, store reads and heap trims (a
+    nice increment for their threads; 0: the same priority), so a storm of first calls takes
+    the cores only when warm predictions leave them idle."""
+    prepack: bool = False
+    """Pre-pack each model's weights at load for faster products over many rows (ONNX
+    Runtime's default): a packed copy of the weights, and most of a load's time. Shared bases
+    are always pre-packed."""
     max_in_flight: int = Field(default=256, gt=0)
     """Requests admitted at once; past it requests queue."""
     queue_timeout_s: float = Field(default=5.0, gt=0)
@@ -239,6 +263,16 @@ class Settings(BaseSettings):
                 "is part of the grace period"
             )
         return self
+
+    @field_validator("default_model")
+    @classmethod
+    def _model_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ModelId.parse(value)
+            except InvalidModelId as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

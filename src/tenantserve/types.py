@@ -141,6 +141,20 @@ class SharedBase:
 
 
 @dataclass(frozen=True, slots=True)
+class OrtFormat:
+    """A published ORT-format copy of ``model_file``, made by ONNX Runtime ``onnxruntime``.
+
+    ORT format loads by mapping the file (no parse, no copy of the weights). The server takes
+    the copy only when its own ONNX Runtime has the same version; otherwise it converts
+    ``model_file`` itself. ``sha256`` is the ORT file's own digest.
+    """
+
+    model_file: str
+    sha256: str
+    onnxruntime: str
+
+
+@dataclass(frozen=True, slots=True)
 class ModelManifest:
     """What ``model.json`` beside an artifact may declare; every field is optional.
 
@@ -154,6 +168,7 @@ class ModelManifest:
         preprocess: text → tokens, done by the runtime (see :class:`TextPreprocess`).
         postprocess: scores → top-k labels, done by the runtime (see :class:`TopKPostprocess`).
         base: a shared base graph held once for every model that declares it.
+        ort_format: a published ORT-format copy of ``model_file`` (see :class:`OrtFormat`).
     """
 
     runtime: str = "onnx"
@@ -165,6 +180,7 @@ class ModelManifest:
     preprocess: TextPreprocess | None = None
     postprocess: TopKPostprocess | None = None
     base: SharedBase | None = None
+    ort_format: OrtFormat | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +195,7 @@ class ModelStatus:
     hits: int
     last_used_s: float
     load_seconds: float
+    note: str = ""  # how it loaded when not the fast way, and why ("" when it did)
 
 
 @dataclass(frozen=True, slots=True)

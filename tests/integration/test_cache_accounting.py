@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from fixtures.models import make_model
+from fixtures.models import external_data_model, make_model
 from fixtures.oip import infer, scrape
 from fixtures.server import ThreadServer
 
@@ -47,9 +47,9 @@ def test_an_eviction_names_the_load_that_needed_room_and_the_full_budget(
     tmp_path: Path, start_server: Callable[..., ThreadServer]
 ) -> None:
     for name in ("a", "b"):
-        make_model(tmp_path / "acme" / name, size_bytes=4 * MiB)
-    make_model(tmp_path / "globex" / "c", size_bytes=4 * MiB)
-    # Room for about one model per tenant (share), and two in all.
+        make_model(tmp_path / "acme" / name, size_bytes=7 * MiB)
+    make_model(tmp_path / "globex" / "c", size_bytes=7 * MiB)
+    # Room for one model per tenant (share), each holding its 7 MiB file and a little more.
     server = start_server(tmp_path, memory_budget=24 * MiB, tenant_max_memory_fraction=0.5)
     with httpx.Client(base_url=server.url) as client:
         for model_id in ("acme/a", "acme/b"):
@@ -85,3 +85,22 @@ def test_metadata_reads_are_not_cache_hits_and_a_missing_model_is_no_load_failur
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "POST"
     assert "POST" in wrong.json()["error"]
+
+
+def test_a_model_that_cannot_be_made_fast_to_load_says_why_in_its_status(
+    tmp_path: Path, start_server: Callable[..., ThreadServer]
+) -> None:
+    make_model(tmp_path / "acme" / "fast", size_bytes=50_000)
+    external_data_model(tmp_path / "acme" / "external")
+    server = start_server(tmp_path)
+    with httpx.Client(base_url=server.url) as client:
+        assert infer(client, "acme/fast").status_code == 200
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16],
+                            "data": [0.5] * 16}]}  # fmt: skip
+        assert client.post("/v2/models/acme/external/infer", json=body).status_code == 200
+        status = _status(client)
+    notes = {m["id"]: m["note"] for m in status["models"]}
+    assert notes["acme/fast"] == ""
+    assert notes["acme/external"].startswith("loads from model.onnx: ONNX Runtime cannot convert")
+    loads = {e["model"]: e["detail"] for e in status["events"] if e["kind"] == "load"}
+    assert loads["acme/external"] == notes["acme/external"]

@@ -340,13 +340,13 @@ def test_a_tfidf_fleet_built_into_s3_is_served_from_s3_end_to_end(
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
         for item in page.get("Contents", [])
     )
-    # Published whole: a manifest and its model per tenant, no staging prefix left behind.
+    # Published whole: a manifest, its model and its ORT-format copy per tenant, no staging
+    # prefix left behind.
     model_ids = [key.removeprefix("fleet/").removesuffix("/model.json") for key in keys]
     model_ids = [m for m in model_ids if m.endswith("/macros")]
     assert len(model_ids) == TENANTS
-    assert keys == sorted(
-        f"fleet/{m}/{name}" for m in model_ids for name in ("model.json", "model.onnx")
-    )
+    names = ("model.json", "model.onnx", "model.ort")
+    assert keys == sorted(f"fleet/{m}/{name}" for m in model_ids for name in names)
 
     plans = {p.model_id: p for p in plan_banking77(datasets, tenants=TENANTS, seed=SEED)}
     server = start_server(store, memory_budget=BUDGET_BYTES)

@@ -36,6 +36,9 @@ SLOW_LOAD = "life/slow-load"  # slow to load: its session takes seconds to build
 GARBAGE = "life/garbage"
 SLOW_LOAD_NODES = 60_000  # about 3.5 s to load on one idle core; each node adds 1
 SLOW_LOAD_OUTPUT = 16 * (SLOW_LOAD_NODES + 0.5)  # for a row of 0.5s, as _body sends
+# Slower still: its load must outlast the 3 s drain even on a fast machine (CI's 3.5 s one did not).
+SLOWER_LOAD = "life/slower-load"
+SLOWER_LOAD_NODES = 4 * SLOW_LOAD_NODES
 HEAVY_RUN_ROWS = 1024  # a few seconds of one core: in flight while the test acts
 ENDLESS_ROWS = 16_384  # about 40 s of one core: only a stopped run ends soon
 
@@ -70,6 +73,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_model(root / LIGHT, size_bytes=100_000, seed=3)
     heavy_model(root / HEAVY)
     _slow_load_model(root / SLOW_LOAD)
+    _slow_load_model(root / SLOWER_LOAD, SLOWER_LOAD_NODES)
     garbage = root / GARBAGE
     garbage.mkdir(parents=True)
     (garbage / "model.onnx").write_bytes(random.Random(0).randbytes(4096))
@@ -302,7 +306,7 @@ def test_sigterm_turns_unready_drains_finishes_in_flight_work_and_exits(
     )  # fmt: skip
     ready = f"{server.url}/v2/health/ready"
 
-    loading = pool.submit(_infer, server.url, SLOW_LOAD)  # waits on its model's load
+    loading = pool.submit(_infer, server.url, SLOWER_LOAD)  # waits on its model's load
     running = pool.submit(_infer, server.url, HEAVY, HEAVY_RUN_ROWS)
     until(lambda: _in_flight(server.url) == 2)
     unloaded = httpx.post(f"{server.url}/v2/repository/models/{HEAVY}/unload", timeout=10)
@@ -319,7 +323,7 @@ def test_sigterm_turns_unready_drains_finishes_in_flight_work_and_exits(
     until(lambda: _status(ready) == 0, timeout_s=10)
     assert not loading.done()
 
-    assert _output(loading.result()) == [SLOW_LOAD_OUTPUT]
+    assert _output(loading.result()) == [16 * (SLOWER_LOAD_NODES + 0.5)]
     assert len(_output(running.result())) == HEAVY_RUN_ROWS
     returncode = server.proc.wait(timeout=grace_s)
     assert returncode in (0, -signal.SIGTERM)
@@ -332,7 +336,7 @@ def test_shutdown_during_a_load_longer_than_the_grace_period_ends_in_time(
 ) -> None:
     grace_s = 2.0  # shorter than the load
     server = start_process(store, "--shutdown-grace-s", str(grace_s))
-    loading: Future[Any] = pool.submit(_infer, server.url, SLOW_LOAD)
+    loading: Future[Any] = pool.submit(_infer, server.url, SLOWER_LOAD)
     until(lambda: _in_flight(server.url) == 1)
 
     signalled = time.monotonic()

@@ -123,10 +123,9 @@ def test_a_model_larger_than_the_budget_is_507_and_evicts_nothing(
     store = tmp_path / "store"
     write_model(store / "acme" / "pinned", weight_floats=2 * MiB // 4, seed=1)  # 2 MiB file
     write_model(store / "acme" / "b", weight_floats=64, seed=2)
-    write_model(store / "acme" / "huge", weight_floats=5 * MiB // 4, seed=3)  # 5 MiB file
-    write_model(store / "acme" / "big", weight_floats=64, seed=4)
+    write_model(store / "acme" / "huge", weight_floats=9 * MiB // 4, seed=3)  # 9 MiB file
     # Fits the budget alone, but not beside the pinned model.
-    (store / "acme" / "big" / "model.json").write_text(json.dumps({"memory_hint_bytes": 7 * MiB}))
+    write_model(store / "acme" / "big", weight_floats=6 * MiB // 4, seed=4)
     server = start_process(store, "--memory-budget", str(8 * MiB), "--pin", "acme/pinned")
     with httpx.Client(base_url=server.url, timeout=60) as client:
         assert infer(client, "acme/b").status_code == 200

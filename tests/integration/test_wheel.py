@@ -1,5 +1,6 @@
 """The package as users install it: a wheel built from this tree, in an empty venv outside the
-repository, builds a fleet from the data it carries and serves it, status page included."""
+repository, builds a fleet from the data it carries and serves it, status page included; and
+serves as the container image's entry point (``tenantserve sagemaker serve``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fixtures.models import make_model
 from fixtures.server import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,6 +91,39 @@ def test_the_installed_wheel_builds_a_fleet_from_its_own_data_and_serves_it(
         script = httpx.get(f"{url}/ui/status.js", timeout=10)
         assert script.status_code == 200
         assert len(script.content) > 1000
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+def test_the_installed_wheels_sagemaker_entry_point_loads_and_invokes(
+    installed: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """What the Dockerfile's ENTRYPOINT runs, from the wheel: a multi-model load and invoke."""
+    bin_dir, env = installed
+    root, port = tmp_path / "ml", free_port()
+    name = "5d41402abc4b2a76b9719d911017c592"  # SageMaker's name for a model
+    make_model(root / "models" / name / "model", size_bytes=50_000)  # as SageMaker unpacks it
+    environ = {k: v for k, v in env.items() if not k.startswith(("TENANTSERVE_", "SAGEMAKER_"))}
+    environ |= {
+        "TENANTSERVE_SAGEMAKER_ROOT": str(root), "SAGEMAKER_BIND_TO_PORT": str(port),
+        "SAGEMAKER_MULTI_MODEL": "true", "TENANTSERVE_CACHE_DIR": str(tmp_path / "cache"),
+    }  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "container.log").open("wb")
+    proc = subprocess.Popen(
+        [bin_dir / "tenantserve", "sagemaker", "serve"],
+        cwd=tmp_path, env=environ, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_ready(url, proc=proc, probe="/ping")
+        body = {"model_name": name, "url": f"{root}/models/{name}/model"}
+        loaded = httpx.post(f"{url}/models", json=body, timeout=60)
+        assert loaded.status_code == 200, loaded.text
+        answer = httpx.post(f"{url}/models/{name}/invoke", json=[[0.5] * 16], timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["predictions"]) == 1
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -91,7 +91,8 @@ def test_every_tenantserve_name_in_the_repository_is_known() -> None:
         ([], {"TENANTSERVE_PORT": "http"}, "error: --port (TENANTSERVE_PORT): 'http': input "
          "should be a valid integer, unable to parse string as an integer"),
         (["--eviction", "fifo"], {}, "error: --eviction (TENANTSERVE_EVICTION): 'fifo': input "
-         "should be 'lru' or 'cost'"),
+         "should be 'lru', 'cost', 'decayed-cost', 'adaptive-cost', 's3fifo', 'sieve' or "
+         "'wtinylfu'"),
         (["--shutdown-drain-s", "40"], {}, "error: --shutdown-drain-s "
          "(TENANTSERVE_SHUTDOWN_DRAIN_S) (40) must be shorter than --shutdown-grace-s "
          "(TENANTSERVE_SHUTDOWN_GRACE_S) (30): the drain is part of the grace period"),

@@ -22,7 +22,7 @@ class CacheEvent:
         kind: ``load``, ``evict`` (made room), ``unload`` (asked for) or ``load_failed``.
         nbytes: the model's measured size (loads, evictions, unloads).
         seconds: how long the load took.
-        detail: why a load failed.
+        detail: why a load failed; for a load, how the model loaded when not the fast way.
     """
 
     kind: Literal["load", "evict", "unload", "load_failed"]

@@ -61,7 +61,7 @@ class _Cost:
 
 # Every load pays a fixed price beyond its measured seconds (a store round trip, a first
 # request that waited); without it, a model that loaded in ~0 s would look free to reload.
-_LOAD_OVERHEAD_S = 0.005
+LOAD_OVERHEAD_S = 0.005
 _FREQUENCIES_MAX = 100_000
 
 
@@ -94,7 +94,7 @@ class CostAware(Generic[K]):
 
     def _priority(self, key: K, cost: _Cost) -> float:
         frequency = self._frequency.get(key, 1)
-        reload_s = cost.load_seconds + _LOAD_OVERHEAD_S
+        reload_s = cost.load_seconds + LOAD_OVERHEAD_S
         return self._inflation + frequency * reload_s / max(cost.nbytes, 1)
 
     def _count(self, key: K) -> None:

@@ -49,6 +49,10 @@ class LoadQueue(Generic[V]):
         self._failed_load_ttl_s = failed_load_ttl_s
         self._next_load_at = 0.0
         self._load_s_ewma: float | None = None  # a load's seconds, for Retry-After when full
+        # Seconds between loads finishing while others waited: the rate a full queue drains at.
+        self._gap_s_ewma: float | None = None
+        self._last_finished = 0.0
+        self._waiting_at_last_finish = False
         self._told_to_retry = 0.0  # refused first calls expected back, draining at the load rate
         self._told_at = 0.0
         self._flights: SingleFlight[ModelId, V] = SingleFlight()
@@ -102,6 +106,13 @@ class LoadQueue(Generic[V]):
         """``model_id`` loaded in ``took_s``: its own time, not its wait for a slot."""
         ewma = self._load_s_ewma
         self._load_s_ewma = took_s if ewma is None else ewma + 0.2 * (took_s - ewma)
+        # A gap counts only between two finishes with loads waiting at both: one after an idle
+        # spell says nothing of how fast a full queue drains.
+        now, waiting = time.monotonic(), self.queued > 0
+        if waiting and self._waiting_at_last_finish:
+            gap, ewma = now - self._last_finished, self._gap_s_ewma
+            self._gap_s_ewma = gap if ewma is None else ewma + 0.2 * (gap - ewma)
+        self._last_finished, self._waiting_at_last_finish = now, waiting
         self._failures.forget(model_id)
 
     def failed(self, model_id: ModelId, error: TenantServeError) -> bool:
@@ -167,6 +178,11 @@ class LoadQueue(Generic[V]):
         if not rate:
             load_s = self._load_s_ewma if self._load_s_ewma is not None else 1.0  # none seen yet
             rate = self._max_concurrent_loads / max(load_s, 1e-3)
+            if self._gap_s_ewma is not None:
+                # Loads of a few ms would promise hundreds a second; a storm drains at the rate
+                # first calls get through, HTTP and fetches included. Told the faster one, the
+                # refused came back at once and were refused again.
+                rate = min(rate, 1.0 / max(self._gap_s_ewma, 1e-3))
         now = time.monotonic()
         drained = (now - self._told_at) * rate
         self._told_to_retry = max(0.0, self._told_to_retry - drained) + 1.0

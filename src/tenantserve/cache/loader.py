@@ -1,52 +1,59 @@
-"""Loader: a model from the store into its runtime, and the bytes it really holds (measured)."""
+"""Loader: a model from the store into its runtime, and the bytes it really holds."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from tenantserve import memory
 from tenantserve.cache.budget import MemoryBudget
+from tenantserve.cache.sizes import Plan, Sizes
+from tenantserve.cache.trimmer import HeapTrimmer
 from tenantserve.metrics import Metrics
-from tenantserve.runtimes import LoadedModel, Runtime, runtime_for
+from tenantserve.runtimes import LoadedModel, Prepared, Runtime, runtime_for
 from tenantserve.store.base import LocalArtifact, ModelStore
 from tenantserve.types import ModelId
 
-# Before the first load of a model its resident size is unknown; an ONNX Runtime session was
-# seen to hold 1.5-1.6x its file, so reserve 2x and settle to the measured size.
-_FIRST_LOAD_FACTOR = 2
-_KNOWN_SIZES_MAX = 100_000
-# A model file's identity for its measured size: the id and the file's size (a replaced
-# artifact of another size is measured again).
-_SizeKey = tuple[ModelId, int]
 _OVERHEAD_SHARE = 4  # non-model resident bytes charged to the budget: at most 1/4 of it
+_TRIM_SHARE = 8  # the heap is trimmed after closing models worth 1/8 of the budget
 
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """An artifact on local disk, the runtime that loads it, and the bytes to reserve first."""
+    """An artifact on local disk, the runtime that loads it, what it said of it, and how the
+    load is sized."""
 
     artifact: LocalArtifact
     runtime: Runtime
-    size_key: _SizeKey
-    known: int | None  # this file's size as measured before, if it was
-    estimate: int
+    prepared: Prepared
+    plan: Plan
+
+    @property
+    def estimate(self) -> int:
+        return self.plan.estimate
 
     @property
     def labels(self) -> tuple[str, ...] | None:
         return self.artifact.manifest.labels
 
+    @property
+    def note(self) -> str:
+        """How the model loads when not the fast way, and why ("" when it does)."""
+        return self.prepared.note
+
 
 class Loader:
-    """Fetches on the I/O executor, loads and measures on the load executor.
+    """Fetches on the I/O executor; prepares, loads and closes on the load executor, as many
+    at once as it has threads, each model's size known (its runtime maps its file) or
+    measured alone once (see :class:`Sizes`).
 
     Counts the runtimes' shared parts (a base model, a tokenizer) in the budget once, apart
-    from the models that use them; the models' own bytes are the caller's to count.
+    from the models that use them; the models' own bytes are the caller's to count. Freed
+    memory goes back to the OS as it is freed, and a trim runs in the background now and then
+    (see :class:`HeapTrimmer`), never on a load's or a close's way.
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class Loader:
         io_executor: Executor,
         load_executor: Executor,
         measure_memory: bool = True,
+        trimmer_nice: int = 0,
     ) -> None:
         self._store = store
         self._runtimes = dict(runtimes)
@@ -67,15 +75,21 @@ class Loader:
         self._io = io_executor
         self._load_executor = load_executor
         self._measure_memory = measure_memory
-        self._known_sizes: OrderedDict[_SizeKey, int] = OrderedDict()
-        # RSS deltas are only meaningful when one runtime load runs at a time.
-        self._measure_lock = threading.Lock()
+        self._sizes = Sizes(measure_memory=measure_memory)
+        self._trimmer = HeapTrimmer(
+            self._sizes.lock,
+            threshold_bytes=budget.capacity_bytes // _TRIM_SHARE,
+            nice=trimmer_nice,
+        )
         self._rss_baseline: int | None = None
         self._shared_bytes = 0  # what the budget holds for shared parts (counted once)
 
     async def start(self) -> None:
         """Initialise runtimes, then take the process's baseline resident size (no models)."""
         loop = asyncio.get_running_loop()
+        if self._measure_memory:
+            memory.return_freed_memory()
+            self._trimmer.start()
         for runtime in self._runtimes.values():
             await loop.run_in_executor(self._load_executor, runtime.warm_up)
         await loop.run_in_executor(self._load_executor, memory.trim)
@@ -103,34 +117,43 @@ class Loader:
         return max(0, min(beyond, self._budget.capacity_bytes // _OVERHEAD_SHARE))
 
     async def fetch(self, model_id: ModelId) -> Fetched:
-        """Fetch the artifact, pick its runtime and estimate what loading it will take."""
+        """Fetch the artifact, pick its runtime, let it prepare (on the load executor: making
+        a fast-load file is CPU work) and size the load."""
         loop = asyncio.get_running_loop()
         artifact = await loop.run_in_executor(self._io, self._store.fetch, model_id)
         self._metrics.downloading.observe(artifact.download_seconds)
         runtime = runtime_for(self._runtimes, artifact.manifest)
-        size_key = _size_key(artifact)
-        known = self._known_sizes.get(size_key)
-        return Fetched(artifact, runtime, size_key, known, self._estimate(artifact, runtime, known))
+        path, manifest = artifact.path, artifact.manifest
+        prepared = await loop.run_in_executor(self._load_executor, runtime.prepare, path, manifest)
+        shared = runtime.shared_estimate(manifest, path)
+        return Fetched(artifact, runtime, prepared, self._sizes.plan(artifact, prepared, shared))
 
     async def load(self, fetched: Fetched) -> tuple[LoadedModel, int, float]:
         """Load on the load executor: (the model, the bytes it holds, the seconds it took)."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        model, measured = await loop.run_in_executor(
-            self._load_executor, self._load_measured, fetched
+        model, nbytes = await loop.run_in_executor(
+            self._load_executor,
+            self._sizes.load,
+            fetched.runtime,
+            fetched.artifact,
+            fetched.prepared,
+            fetched.plan,
         )
-        load_seconds = time.perf_counter() - started
-        # A model is measured once (the same file, the same size on every load after).
-        self._remember_size(fetched.size_key, measured)
-        return model, measured, load_seconds
+        return model, nbytes, time.perf_counter() - started
 
     async def discard(self, model: LoadedModel) -> None:
         """Close a model that was loaded but will not be resident."""
-        await asyncio.get_running_loop().run_in_executor(self._load_executor, model.close)
+        await asyncio.get_running_loop().run_in_executor(self._load_executor, self._close, model)
 
-    async def release(self, model: LoadedModel) -> None:
-        """Close a resident model and give its heap back to the OS."""
-        await asyncio.get_running_loop().run_in_executor(self._load_executor, self._release, model)
+    async def release(self, model: LoadedModel, nbytes: int) -> None:
+        """Close a resident model that held ``nbytes``; its memory goes back to the OS."""
+        await asyncio.get_running_loop().run_in_executor(self._load_executor, self._close, model)
+        self._trimmer.freed(nbytes)
+
+    def close(self) -> None:
+        """Stop the background trim (shutdown)."""
+        self._trimmer.close()
 
     def sync_shared(self) -> None:
         """Count shared parts once: the budget follows the runtimes' total of shared bytes."""
@@ -141,59 +164,8 @@ class Loader:
             self._budget.release(self._shared_bytes - held)
         self._shared_bytes = held
 
-    def _estimate(self, artifact: LocalArtifact, runtime: Runtime, known: int | None) -> int:
-        """The model's own bytes (as measured before, else hinted, else guessed from its
-        file), plus whatever shared part it needs that is not resident yet."""
-        shared = runtime.shared_estimate(artifact.manifest, artifact.path)
-        if known is not None:
-            return known + shared
-        if artifact.manifest.memory_hint_bytes:
-            return artifact.manifest.memory_hint_bytes + shared
-        return _own_file_bytes(artifact) * _FIRST_LOAD_FACTOR + shared
-
-    def _load_measured(self, fetched: Fetched) -> tuple[LoadedModel, int]:
-        """Load in a worker thread and measure what the model really holds (RSS delta), unless
-        this file was measured before: then its size is that, and no lock is needed."""
-        runtime, artifact, known = fetched.runtime, fetched.artifact, fetched.known
-        if not self._measure_memory:  # offline replay: sizes are given, nothing is resident
-            model = runtime.load(artifact.path, artifact.manifest)
-            return model, artifact.manifest.memory_hint_bytes or artifact.nbytes
-        if known is not None:
-            model = runtime.load(artifact.path, artifact.manifest)
-            memory.trim()  # the parsed model file is garbage glibc would otherwise keep
-            return model, known
-        with self._measure_lock:
-            memory.trim()
-            before = memory.rss_bytes()
-            shared_before = runtime.shared_usage().held_bytes
-            model = runtime.load(artifact.path, artifact.manifest)
-            memory.trim()  # the parsed model file is garbage glibc would otherwise keep
-            grown = memory.rss_bytes() - before
-            # A shared part created by this load is the runtime's to count, once.
-            grown -= runtime.shared_usage().held_bytes - shared_before
-        return model, max(grown, _own_file_bytes(artifact))
-
-    def _remember_size(self, key: _SizeKey, nbytes: int) -> None:
-        self._known_sizes[key] = nbytes
-        self._known_sizes.move_to_end(key)
-        if len(self._known_sizes) > _KNOWN_SIZES_MAX:
-            self._known_sizes.popitem(last=False)
-
-    def _release(self, model: LoadedModel) -> None:
-        # Under the measurement lock: memory freed here during a load's measurement would
-        # make that model look smaller than it is.
-        with self._measure_lock:
+    def _close(self, model: LoadedModel) -> None:
+        # Beside other loads, never during a measurement: memory freed then would make the
+        # measured model look smaller than it is.
+        with self._sizes.lock.shared():
             model.close()
-            memory.trim()
-
-
-def _size_key(artifact: LocalArtifact) -> _SizeKey:
-    return artifact.model_id, _own_file_bytes(artifact)
-
-
-def _own_file_bytes(artifact: LocalArtifact) -> int:
-    """The model file's size: a floor for what its session holds (a shared base excluded)."""
-    try:
-        return (artifact.path / artifact.manifest.model_file).stat().st_size
-    except OSError:
-        return artifact.nbytes

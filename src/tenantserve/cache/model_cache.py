@@ -193,7 +193,7 @@ class ModelCache:
         self._budget.reserve(measured, tenant)
         self._loader.sync_shared()
         self._queue.finished(model_id, time.perf_counter() - began)
-        entry = Resident(model_id, model, measured, fetched.labels, load_seconds)
+        entry = Resident(model_id, model, measured, fetched.labels, load_seconds, fetched.note)
         old = self._entries.get(model_id)
         if old is not None:  # a reload: the new copy takes over, the old one drains
             entry.pinned = old.pinned
@@ -205,7 +205,7 @@ class ModelCache:
         for victim in self._room.shed(model_id):
             self._close_soon(victim)
         log.info("loaded %s (%d bytes in %.3fs)", model_id, measured, load_seconds)
-        self._emit(CacheEvent("load", model_id.value, measured, load_seconds))
+        self._emit(CacheEvent("load", model_id.value, measured, load_seconds, fetched.note))
         return entry
 
     def _close_soon(self, entry: Resident) -> None:
@@ -233,7 +233,7 @@ class ModelCache:
         if self._unloading.get(entry.model_id) is entry:
             del self._unloading[entry.model_id]
         started = time.perf_counter()
-        await self._loader.release(entry.model)
+        await self._loader.release(entry.model, entry.nbytes)
         self._budget.release(entry.nbytes, entry.model_id.tenant)
         self._loader.sync_shared()  # the last user of a shared part frees it
         self._metrics.unloading.observe(time.perf_counter() - started)
@@ -295,3 +295,4 @@ class ModelCache:
         for entry in list(self._draining):
             if entry.leases == 0:
                 await self._close(entry)
+        self._loader.close()

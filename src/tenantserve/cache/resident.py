@@ -16,6 +16,7 @@ class Resident:
     nbytes: int
     labels: tuple[str, ...] | None
     load_seconds: float
+    note: str = ""  # how it loaded when not the fast way, and why
     pinned: bool = False
     leases: int = 0
     hits: int = 0
@@ -32,4 +33,5 @@ class Resident:
             hits=self.hits,
             last_used_s=self.last_used_s,
             load_seconds=self.load_seconds,
+            note=self.note,
         )

@@ -1,5 +1,6 @@
-"""The ``tenantserve`` command: ``serve`` (serve.py), ``ray``, ``fleet``, ``bench``, ``status``,
-``models``, ``tenants``; the server's options come from its Settings (settings_options.py)."""
+"""The ``tenantserve`` command: ``serve`` (serve.py), ``sagemaker`` (the container's entry point,
+sagemaker.py), ``ray``, ``fleet``, ``bench``, ``status``, ``models``, ``tenants``; the server's
+options come from its Settings (settings_options.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Annotated
 import typer
 
 from tenantserve import __version__
+from tenantserve.cli.sagemaker import sagemaker_app
 from tenantserve.cli.serve import serve_command
 from tenantserve.cli.settings_options import with_settings
 from tenantserve.integrations.ray_cli import build_ray_app  # imports Ray only when run
 from tenantserve.tools.bench.cli import bench_app
-from tenantserve.tools.bench.plan_cli import plan_command, replay_command
+from tenantserve.tools.bench.plan_cli import plan_command
+from tenantserve.tools.bench.replay_cli import replay_command
 from tenantserve.tools.fleet.cli import fleet_app
 from tenantserve.tools.remote.cli import models_app, status_command, tenants_app
 
@@ -27,6 +30,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("serve")(with_settings(serve_command))
+app.add_typer(sagemaker_app, name="sagemaker")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(build_ray_app(with_settings), name="ray")
 app.add_typer(bench_app, name="bench")

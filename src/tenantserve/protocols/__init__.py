@@ -38,6 +38,7 @@ def routes(
     store_url: str = "",
     access: Access | None = None,
     open_metrics: bool = False,
+    default_model: str | None = None,
 ) -> list[BaseRoute]:
     """Every HTTP route of the server: OIP v2, SageMaker, ``/metrics`` and ``/openapi.json``.
 
@@ -50,6 +51,8 @@ def routes(
         access: API-key authentication and scopes; ``None`` serves everyone (loopback only).
         open_metrics: with keys on, ``/metrics`` is open anyway (it names every tenant's
             models, so by default it needs a key with the ``metrics`` role).
+        default_model: the model SageMaker's ``/invocations`` serves when no header names
+            one (a single-model endpoint).
     """
     access = access or Access(None, max_body_bytes=max_body_bytes)
     version = server_version()
@@ -71,7 +74,12 @@ def routes(
             service, metrics, max_body_bytes=max_body_bytes, version=version, access=access
         ),
         *sagemaker_routes(
-            service, metrics, max_body_bytes=max_body_bytes, store_url=store_url, access=access
+            service,
+            metrics,
+            max_body_bytes=max_body_bytes,
+            store_url=store_url,
+            access=access,
+            default_model=default_model,
         ),
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),

@@ -188,6 +188,7 @@ def status_document(status: ServerStatus, *, version: str, models: int) -> dict[
                 "hits": m.hits,
                 "last_used_s": round(m.last_used_s, 3),
                 "load_seconds": round(m.load_seconds, 6),
+                "note": m.note,
             }
             for m in resident[:models]
         ],

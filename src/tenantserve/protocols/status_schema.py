@@ -91,6 +91,7 @@ def status_schemas() -> dict[str, Any]:
                 "hits": _INT,
                 "last_used_s": _NUM,
                 "load_seconds": _NUM,
+                "note": _STR,
             }
         ),
         "StatusTotals": _object(

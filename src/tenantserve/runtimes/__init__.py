@@ -6,8 +6,9 @@ import contextlib
 from pathlib import Path
 
 from tenantserve.errors import LoadFailed
-from tenantserve.runtimes.base import LoadedModel, Runtime, SharedUsage
+from tenantserve.runtimes.base import LoadedModel, Prepared, Runtime, SharedUsage
 from tenantserve.runtimes.onnx import OnnxRuntime
+from tenantserve.runtimes.ort_format import DerivedFiles, FastLoads
 from tenantserve.runtimes.shared import file_digest
 from tenantserve.runtimes.text import SharedTokenizers, with_tokenizer
 from tenantserve.runtimes.topk import with_top_k
@@ -15,7 +16,9 @@ from tenantserve.types import ModelManifest
 
 __all__ = [
     "DeclaredSteps",
+    "DerivedFiles",
     "LoadedModel",
+    "Prepared",
     "Runtime",
     "SharedUsage",
     "default_runtimes",
@@ -24,10 +27,17 @@ __all__ = [
 ]
 
 
-def default_runtimes() -> dict[str, Runtime]:
-    """The runtimes enabled without any opt-in: those that load artifacts as data only."""
+def default_runtimes(
+    derived: DerivedFiles | None = None, *, prepack: bool = False
+) -> dict[str, Runtime]:
+    """The runtimes enabled without any opt-in: those that load artifacts as data only.
+
+    With ``derived`` (the disk tier), ONNX models load from ORT-format files made there once;
+    ``prepack``: see :class:`OnnxRuntime`.
+    """
+    fast_loads = FastLoads(derived) if derived is not None else None
     # One tokenizer pool for all, so models on the same tokenizer.json share one parse.
-    return {"onnx": DeclaredSteps(OnnxRuntime(), SharedTokenizers())}
+    return {"onnx": DeclaredSteps(OnnxRuntime(fast_loads, prepack=prepack), SharedTokenizers())}
 
 
 def runtime_for(runtimes: dict[str, Runtime], manifest: ModelManifest) -> Runtime:
@@ -48,6 +58,9 @@ class DeclaredSteps:
         self._runtime = runtime
         self._tokenizers = tokenizers
         self.name = runtime.name
+
+    def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
+        return self._runtime.prepare(path, manifest)
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
         return wrap(self._runtime.load(path, manifest), manifest, path, self._tokenizers)

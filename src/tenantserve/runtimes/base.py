@@ -17,6 +17,23 @@ class SharedUsage:
     logical_bytes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a runtime can tell of an artifact before loading it (see ``Runtime.prepare``).
+
+    Attributes:
+        mapped_bytes: the model file its session maps and keeps whole (the weights live in
+            it), so the model holds this plus a session's own structures, which are alike for
+            models of one ``shape``; ``None`` when the runtime cannot say (measure the load).
+        shape: models of one shape hold the same bytes beside their mapped file.
+        note: how the model loads when not the fast way, and why ("" when it does).
+    """
+
+    mapped_bytes: int | None = None
+    shape: str = ""
+    note: str = ""
+
+
 class LoadedModel(Protocol):
     """A model held in memory, ready to predict. Thread-safe ``predict``; ``close`` once."""
 
@@ -44,6 +61,11 @@ class Runtime(Protocol):
     """Turns an artifact folder into a :class:`LoadedModel`; raises ``LoadFailed`` on bad files."""
 
     name: str
+
+    def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
+        """Make the artifact quick to load where the runtime can (once per file: the result is
+        kept), and say what loading it will hold. Runs on a load thread, before ``load``."""
+        ...
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel: ...
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +11,11 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
-from tenantserve.runtimes.base import SharedUsage
+from tenantserve.runtimes.base import Prepared, SharedUsage
+from tenantserve.runtimes.ort_format import FastLoads, NoFastLoad, first_line, session_options
 from tenantserve.runtimes.run_stop import current_run_stop
 from tenantserve.runtimes.shared import BaseHeadModel, SharedBlocks, measured, verified_path
-from tenantserve.types import DATATYPE_TO_DTYPE, ModelManifest, Tensors, TensorSpec
+from tenantserve.types import DATATYPE_TO_DTYPE, ModelManifest, SharedBase, Tensors, TensorSpec
 
 # ONNX Runtime's type strings → OIP datatype names.
 _ORT_TO_DATATYPE = {
@@ -85,7 +86,7 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             if stop is not None and stop.stopped:
                 raise PredictFailed("the run was stopped before it finished") from exc
-            raise PredictFailed(f"model failed to run: {_first_line(exc)}") from exc
+            raise PredictFailed(f"model failed to run: {first_line(exc)}") from exc
         finally:
             if forget is not None:
                 forget()
@@ -139,18 +140,6 @@ def _as_text(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return out.reshape(array.shape)
 
 
-# "[ONNXRuntimeError] : 1 : FAIL : " and "/onnxruntime_src/<file>:<line> <C++ signature> ":
-# build paths and noise that would push the reason itself past the cut below.
-_ORT_NOISE = re.compile(
-    r"^\[ONNXRuntimeError\] : \d+ : \w+ : |/\S+\.(?:h|cc|cpp|c):\d+ .*?[)>] (?=[A-Z])"
-)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = _ORT_NOISE.sub("", str(exc)).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
 # y = Identity(x): the smallest valid model, to initialise ONNX Runtime at start-up (~10 MB of
 # one-time set-up that would otherwise be measured as part of the first tenant's model).
 _WARM_UP_MODEL = (
@@ -162,13 +151,21 @@ _WARM_UP_MODEL = (
 class OnnxRuntime:
     """Loads ``model.onnx`` as data (no custom ops, nothing executed).
 
+    With ``fast_loads``, a model loads from its ORT-format file, mapped (see
+    :mod:`tenantserve.runtimes.ort_format`); one that cannot be converted loads from ONNX. A
+    model's own weights are pre-packed only with ``prepack``: packing costs a copy of them and
+    most of a load's time, and pays off only for products over many rows. A shared base is
+    loaded once and runs for every model on it, so it is always pre-packed.
+
     A model that declares a shared ``base`` gets the one session every such model shares
     (see :mod:`tenantserve.runtimes.shared`) and a session of its own for its head.
     """
 
     name = "onnx"
 
-    def __init__(self) -> None:
+    def __init__(self, fast_loads: FastLoads | None = None, *, prepack: bool = False) -> None:
+        self._fast_loads = fast_loads
+        self._prepack = prepack
         self._bases: SharedBlocks[ort.InferenceSession] = SharedBlocks()
 
     def shared_usage(self) -> SharedUsage:
@@ -183,52 +180,94 @@ class OnnxRuntime:
 
     def warm_up(self) -> None:
         session = ort.InferenceSession(
-            _WARM_UP_MODEL, sess_options=_session_options(), providers=["CPUExecutionProvider"]
+            _WARM_UP_MODEL,
+            sess_options=session_options(prepack=self._prepack),
+            providers=["CPUExecutionProvider"],
         )
         session.run(None, {"x": np.ones(1, dtype=np.float32)})
 
+    def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
+        """Make the ORT-format files (the model's, its base's) unless made before; the model
+        then holds its mapped file plus a session's structures."""
+        if self._fast_loads is None:
+            return Prepared()
+        notes = []
+        base = manifest.base
+        if base is not None and not self._bases.holds(base.sha256):
+            try:
+                self._fast_loads.ort_file(path, base.model_file, sha256=base.sha256, published=None)
+            except NoFastLoad as exc:
+                notes.append(f"its base loads from {base.model_file}: {exc}")
+        try:
+            own = self._ort_file(path, manifest)
+        except NoFastLoad as exc:
+            return Prepared(note="; ".join([f"loads from {manifest.model_file}: {exc}", *notes]))
+        size = own.stat().st_size
+        # Sessions of models alike (sizes within 1/16 of an octave) hold alike structures.
+        return Prepared(size, f"onnx:{int(math.log2(max(size, 1)) * 16)}", "; ".join(notes))
+
     def load(self, path: Path, manifest: ModelManifest) -> OnnxModel | BaseHeadModel:
         if manifest.base is None:
-            return OnnxModel(self._session(path, manifest.model_file))
+            return OnnxModel(self._own_session(path, manifest))
         base = manifest.base
         base_session, release = self._bases.acquire(
-            base.sha256,
-            # The digest is checked as the shared session is made: no artifact can pass
-            # another graph off under a digest that other tenants' models will then run.
-            lambda: measured(
-                lambda: self._session(path, base.model_file),
-                (verified_path(path, base.model_file, base.sha256)).stat().st_size,
-            ),
+            base.sha256, lambda: self._base_session(path, base)
         )
         try:
-            head = OnnxModel(self._session(path, manifest.model_file))
+            head = OnnxModel(self._own_session(path, manifest))
         except BaseException:
             release()
             raise
         return BaseHeadModel(OnnxModel(base_session), head, release)
 
-    def _session(self, path: Path, file_name: str) -> ort.InferenceSession:
-        model_file = path / file_name
-        if not model_file.is_file():
-            raise LoadFailed(f"artifact has no {file_name}")
-        try:
-            session = ort.InferenceSession(
-                str(model_file), sess_options=_session_options(), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # InvalidProtobuf, Fail, NotImplemented …
-            # ORT puts the absolute path in its message; callers must never see host paths.
-            reason = _first_line(exc).replace(str(model_file), file_name)
-            raise LoadFailed(f"not a loadable ONNX model: {reason}") from exc
-        return session
+    def _ort_file(self, path: Path, manifest: ModelManifest) -> Path:
+        assert self._fast_loads is not None
+        return self._fast_loads.ort_file(
+            path, manifest.model_file, sha256=manifest.sha256, published=manifest.ort_format
+        )
+
+    def _own_session(self, path: Path, manifest: ModelManifest) -> ort.InferenceSession:
+        if self._fast_loads is not None:
+            try:
+                ort_file = self._ort_file(path, manifest)
+            except NoFastLoad:
+                pass  # said in prepare's note and the log
+            else:
+                return _session(ort_file, manifest.model_file, self._prepack, ort_format=True)
+        return _session(path / manifest.model_file, manifest.model_file, self._prepack)
+
+    def _base_session(self, path: Path, base: SharedBase) -> tuple[ort.InferenceSession, int]:
+        """The shared base's session and the bytes it holds. Its digest is checked as it is
+        made: no artifact can pass another graph off under a digest that other tenants'
+        models will then run (an ORT-format file is made from bytes of that digest only)."""
+        if self._fast_loads is not None:
+            try:
+                ort_file = self._fast_loads.ort_file(
+                    path, base.model_file, sha256=base.sha256, published=None
+                )
+            except NoFastLoad:
+                pass
+            else:
+                return measured(
+                    lambda: _session(ort_file, base.model_file, True, ort_format=True),
+                    ort_file.stat().st_size,
+                )
+        verified = verified_path(path, base.model_file, base.sha256)
+        return measured(lambda: _session(verified, base.model_file, True), verified.stat().st_size)
 
 
-def _session_options() -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    # A fixed thread budget whatever the number of models: the server's own
-    # executor provides the parallelism; a session must not add threads of its own.
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return options
+def _session(
+    model_file: Path, shown_name: str, prepack: bool, *, ort_format: bool = False
+) -> ort.InferenceSession:
+    if not model_file.is_file():
+        raise LoadFailed(f"artifact has no {shown_name}")
+    try:
+        return ort.InferenceSession(
+            str(model_file),
+            sess_options=session_options(prepack=prepack, ort_file=ort_format),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # InvalidProtobuf, Fail, NotImplemented …
+        # ORT puts the absolute path in its message; callers must never see host paths.
+        reason = first_line(exc).replace(str(model_file), shown_name)
+        raise LoadFailed(f"not a loadable ONNX model: {reason}") from exc

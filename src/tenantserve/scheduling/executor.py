@@ -9,6 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from tenantserve import memory
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -18,7 +20,9 @@ class BoundedExecutor:
 
     ``compute`` runs ``model.predict`` (one thread per core, plus ``spare_compute_threads``
     that only start when a predict past its timeout holds a thread); ``load`` turns artifacts
-    into sessions and closes them; ``io`` waits on the store.
+    into sessions and closes them; ``io`` waits on the store. Load and I/O threads run
+    ``background_nice`` lower in the OS's priority than predictions, so a storm of first calls
+    takes the cores only when warm predictions leave them idle.
     """
 
     def __init__(
@@ -28,14 +32,18 @@ class BoundedExecutor:
         load_threads: int,
         io_threads: int,
         spare_compute_threads: int = 0,
+        background_nice: int = 0,
     ) -> None:
         # A pool starts a thread only when none is idle, and the fair executor hands it at
         # most ``compute_threads`` calls unless some are written off: spares stay unstarted.
         self.compute = ThreadPoolExecutor(
             compute_threads + spare_compute_threads, thread_name_prefix="ts-predict"
         )
-        self.load = ThreadPoolExecutor(load_threads, thread_name_prefix="ts-load")
-        self.io = ThreadPoolExecutor(io_threads, thread_name_prefix="ts-io")
+        lower = functools.partial(memory.lower_thread_priority, background_nice)
+        self.load = ThreadPoolExecutor(
+            load_threads, thread_name_prefix="ts-load", initializer=lower
+        )
+        self.io = ThreadPoolExecutor(io_threads, thread_name_prefix="ts-io", initializer=lower)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the compute pool and await its result."""

@@ -18,6 +18,7 @@ from tenantserve.store.fsspec_store import DEFAULT_RETRY_DEADLINE_S, FsspecStore
 __all__ = [
     "DEFAULT_READ_TIMEOUT_S",
     "DEFAULT_RETRY_DEADLINE_S",
+    "DiskCache",
     "LocalArtifact",
     "ModelStore",
     "open_store",
@@ -42,6 +43,7 @@ def open_store(
     verify_etag: bool = True,
     max_archive_members: int = DEFAULT_MAX_MEMBERS,
     storage_options: Mapping[str, Any] | None = None,
+    disk_cache: DiskCache | None = None,
 ) -> ModelStore:
     """A store for ``url``: a local folder (plain path or ``file://``) or any fsspec URL.
 
@@ -49,7 +51,9 @@ def open_store(
     any other store (``s3://bucket/prefix``, ``gs://…``) copies artifacts into ``cache_dir``.
     Credentials come from the environment as the filesystem reads them (``AWS_*`` for S3);
     ``storage_options`` are passed to fsspec as they are. Nothing is read or contacted here:
-    call ``check()`` to find out whether the store answers.
+    call ``check()`` to find out whether the store answers. ``disk_cache``, when given, is the
+    bounded folder to use (shared with the runtimes' fast-load files); otherwise one is made
+    at ``cache_dir`` bounded by ``max_cache_bytes``.
 
     Transient errors (5xx, ``SlowDown``, resets, timeouts, a copy that fails its check) are
     retried with backoff; no new attempt starts after ``retry_deadline_s``. A stalled S3 read
@@ -60,7 +64,7 @@ def open_store(
     Raises:
         StoreUnavailable: fsspec has no filesystem for the URL's scheme.
     """
-    cache = DiskCache(cache_dir, max_bytes=max_cache_bytes)
+    cache = DiskCache(cache_dir, max_bytes=max_cache_bytes) if disk_cache is None else disk_cache
     if "://" not in url or url.startswith("file://"):
         root = Path(url.removeprefix("file://")).expanduser().resolve()
         return FsspecStore(

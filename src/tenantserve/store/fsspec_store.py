@@ -52,6 +52,7 @@ UNREACHABLE_RETRY_S = 2.0
 _ARCHIVE_DIR = "artifact"
 _VERSION_FIELDS = ("ETag", "etag", "mtime", "LastModified", "created", "md5")
 _MODEL_MARKERS = (MANIFEST_NAME, DEFAULT_MODEL_FILE)
+_SAGEMAKER_DIR = "model"  # where SageMaker unpacks a model.tar.gz under the model's folder
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
 _LISTED_SUFFIXES = (*ARCHIVE_SUFFIXES, BARE_MODEL_SUFFIX)
 
@@ -167,7 +168,7 @@ class FsspecStore:
 
     def _fetch_folder(self, model_id: ModelId, rpath: str, deadline: float) -> LocalArtifact:
         if self._local_root is not None:
-            folder = self._inside_root(model_id.value)
+            folder = self._local_folder(model_id)
             # Every file it reads stays in its own (resolved) folder: no link to another model.
             manifest = checked_manifest(
                 folder, f"model {model_id}", root=folder, verified=self._verified
@@ -280,6 +281,19 @@ class FsspecStore:
                     raise error from exc
             time.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF_S)
+
+    def _local_folder(self, model_id: ModelId) -> Path:
+        """A local folder artifact: ``<root>/<id>``, or, when that holds no model file, what
+        SageMaker unpacked into ``<root>/<id>/model`` (a multi-model endpoint unpacks model N
+        into ``/opt/ml/models/N/model``): that folder or its one top-level folder."""
+        folder = self._inside_root(model_id.value)
+        unpacked = folder / _SAGEMAKER_DIR
+        if any((folder / marker).is_file() for marker in _MODEL_MARKERS) or not unpacked.is_dir():
+            return folder
+        found = find_artifact_dir(self._inside_root(f"{model_id}/{_SAGEMAKER_DIR}"))
+        assert self._local_root is not None
+        # Resolved again: the one top-level folder may be a link, kept inside the tenant too.
+        return self._inside_root(found.relative_to(self._local_root).as_posix())
 
     def _inside_root(self, relative: str) -> Path:
         # Defence in depth: ids are validated, but a symlink in the store could still point out

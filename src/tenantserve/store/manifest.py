@@ -12,14 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from tenantserve.errors import Forbidden, LoadFailed, ModelNotFound
-from tenantserve.types import ModelManifest, SharedBase, TextPreprocess, TopKPostprocess
+from tenantserve.types import (
+    ModelManifest,
+    OrtFormat,
+    SharedBase,
+    TextPreprocess,
+    TopKPostprocess,
+)
 
 MANIFEST_NAME = "model.json"
 DEFAULT_MODEL_FILE = ModelManifest().model_file
 MAX_MANIFEST_BYTES = 1024 * 1024
 _FIELDS = frozenset(
     {"runtime", "model_file", "labels", "memory_hint_bytes", "sha256", "metadata",
-     "preprocess", "postprocess", "base"}
+     "preprocess", "postprocess", "base", "ort_format"}
 )  # fmt: skip
 _PREPROCESS_FIELDS = frozenset({"tokenizer_file", "max_length", "text_input"})
 _POSTPROCESS_FIELDS = frozenset({"top_k", "scores_output"})
@@ -61,6 +67,7 @@ def parse_manifest(raw: bytes) -> ModelManifest:
         preprocess=_preprocess(data.get("preprocess")),
         base=_base(data.get("base")),
         postprocess=postprocess,
+        ort_format=_ort_format(data.get("ort_format")),
     )
 
 
@@ -118,6 +125,10 @@ def checked_manifest(
         if not base_path.is_file():
             raise LoadFailed(f"{label}: {MANIFEST_NAME} names a base model file that is missing")
         _check_inside(base_path, inside, label, "the base model file")
+    if manifest.ort_format is not None:
+        # Its digest is checked as the runtime copies it; when missing, the model is converted.
+        ort_path = folder / manifest.ort_format.model_file
+        _check_inside(ort_path, inside, label, "the ORT-format model file")
     verify_sha256(model_path, manifest, verified, label=label)
     return manifest
 
@@ -279,6 +290,22 @@ def _base(value: object) -> SharedBase | None:
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
         raise _field_error("base.sha256", "64 hexadecimal digits")
     return SharedBase(_file_name("base.model_file", fields["model_file"]), digest.lower())
+
+
+def _ort_format(value: object) -> OrtFormat | None:
+    if value is None:
+        return None
+    fields = _step("ort_format", value, frozenset({"model_file", "sha256", "onnxruntime"}))
+    if set(fields) != {"model_file", "sha256", "onnxruntime"}:
+        raise _field_error("ort_format", "an object with 'model_file', 'sha256', 'onnxruntime'")
+    digest, version = fields["sha256"], fields["onnxruntime"]
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
+        raise _field_error("ort_format.sha256", "64 hexadecimal digits")
+    if not isinstance(version, str) or not version.strip() or not version.isprintable():
+        raise _field_error("ort_format.onnxruntime", "an ONNX Runtime version, e.g. '1.31.1'")
+    return OrtFormat(
+        _file_name("ort_format.model_file", fields["model_file"]), digest.lower(), version
+    )
 
 
 def _postprocess(value: object) -> TopKPostprocess | None:

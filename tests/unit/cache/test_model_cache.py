@@ -30,7 +30,7 @@ from tenantserve.errors import (
     StoreUnavailable,
 )
 from tenantserve.metrics import Metrics
-from tenantserve.runtimes import LoadedModel, Runtime, SharedUsage
+from tenantserve.runtimes import LoadedModel, Prepared, Runtime, SharedUsage
 from tenantserve.store.base import LocalArtifact
 from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
 
@@ -104,6 +104,9 @@ class FakeRuntime:
 
     def shared_estimate(self, manifest: ModelManifest, artifact_path: Path) -> int:
         return 0
+
+    def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
+        return Prepared()
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
         self.loading.set()

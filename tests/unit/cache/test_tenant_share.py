@@ -16,7 +16,7 @@ from tenantserve.cache import Loader, LoadQueue, MemoryBudget, ModelCache
 from tenantserve.errors import InsufficientMemory, ModelNotReady, TenantLimitExceeded
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel, Runtime
-from tenantserve.runtimes.base import SharedUsage
+from tenantserve.runtimes.base import Prepared, SharedUsage
 from tenantserve.store.base import LocalArtifact
 from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
 
@@ -46,6 +46,9 @@ class _Runtime:
 
     def shared_estimate(self, manifest: ModelManifest, artifact_path: Path) -> int:
         return 0
+
+    def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
+        return Prepared()
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
         return _Model()

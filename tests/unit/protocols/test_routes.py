@@ -612,6 +612,41 @@ async def test_load_accepts_the_id_or_a_store_path(
 
 
 @pytest.mark.anyio
+async def test_load_accepts_where_sagemaker_unpacked_the_model(
+    client: httpx.AsyncClient, service: FakeService
+) -> None:
+    # A multi-model endpoint sends {"model_name": N, "url": "/opt/ml/models/N/model"}.
+    response = await client.post(
+        "/models", json={"model_name": "b4e1", "url": f"{STORE}/b4e1/model"}
+    )
+    assert response.status_code == 200, response.text
+    assert ("load", "b4e1") in service.calls
+    for url in (f"{STORE}/b4e1/other", f"{STORE}/b4e1/model/x", "b4e1/model", f"{STORE}/c/model"):
+        refused = await client.post("/models", json={"model_name": "b4e1", "url": url})
+        assert refused.status_code == 400, url
+
+
+@pytest.mark.anyio
+async def test_invocations_without_a_header_go_to_the_default_model(
+    service: FakeService, metrics: Metrics
+) -> None:
+    built = routes(
+        cast(InferenceService, service), metrics, max_body_bytes=MAX_BODY, default_model="model"
+    )
+    transport = httpx.ASGITransport(app=Starlette(routes=built))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.post("/invocations", content=b"[[1, 2, 3, 4]]")
+        assert response.status_code == 200, response.text
+        named = await http.post(
+            "/invocations", content=b"[[1]]", headers={"X-Amzn-SageMaker-Target-Model": "acme/m"}
+        )
+        assert named.status_code == 200, named.text
+    assert [call for call in service.calls if call[0] == "infer"] == [
+        ("infer", "model"), ("infer", "acme/m")
+    ]  # fmt: skip
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     "url",
     [

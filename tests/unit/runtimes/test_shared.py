@@ -3,74 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from fixtures.shared_base import base_bytes, expected, write_tenant
 from tenantserve.errors import InvalidInput, LoadFailed
 from tenantserve.runtimes import default_runtimes, runtime_for
 from tenantserve.runtimes.onnx import OnnxRuntime
 from tenantserve.store.manifest import checked_manifest
 from tenantserve.types import ModelManifest, SharedBase
-
-WIDTH = 256
-rng = np.random.default_rng(0)
-BASE_W = rng.standard_normal((8, WIDTH)).astype(np.float32)
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> bytes:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    data: bytes = model.SerializeToString()
-    path.write_bytes(data)
-    return data
-
-
-def base_bytes(tmp: Path) -> bytes:
-    """hidden = tanh(x @ W): the 'encoder' every tenant shares."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["pre"]),
-            helper.make_node("Tanh", ["pre"], ["hidden"]),
-        ],
-        "base",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
-        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["n", WIDTH])],
-        [numpy_helper.from_array(BASE_W, "W")],
-    )
-    return _save(graph, tmp / "base.onnx")
-
-
-def write_tenant(folder: Path, seed: int, base: bytes) -> np.ndarray:
-    """A head y = hidden @ V + bias (bias is a request input the base never sees)."""
-    folder.mkdir(parents=True)
-    head_v = np.random.default_rng(seed).standard_normal((WIDTH, 3)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["hidden", "V"], ["lin"]),
-            helper.make_node("Add", ["lin", "bias"], ["y"]),
-        ],
-        "head",
-        [
-            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["n", WIDTH]),
-            helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["n", 3]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
-        [numpy_helper.from_array(head_v, "V")],
-    )
-    _save(graph, folder / "model.onnx")
-    (folder / "encoder.onnx").write_bytes(base)
-    manifest = {"base": {"model_file": "encoder.onnx", "sha256": hashlib.sha256(base).hexdigest()}}
-    (folder / "model.json").write_text(json.dumps(manifest))
-    return head_v
-
-
-def expected(x: np.ndarray, head_v: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    result: np.ndarray = np.tanh(x @ BASE_W) @ head_v + bias
-    return result
 
 
 def test_models_on_one_base_share_one_session_and_answer_as_one_graph(tmp_path: Path) -> None:

@@ -132,6 +132,35 @@ def test_symlink_out_of_the_store_is_refused(store_root: Path, tmp_path: Path) -
     assert str(tmp_path) not in str(info.value)
 
 
+@pytest.mark.parametrize("inside", ["", "packed/"])
+def test_a_model_sagemaker_unpacked_is_served_by_its_name(
+    store_root: Path, tmp_path: Path, inside: str
+) -> None:
+    # A multi-model endpoint unpacks model.tar.gz into /opt/ml/models/<name>/model: the tar's
+    # files, or its one top-level folder.
+    _write(store_root, {f"b4e1/model/{inside}model.onnx": b"sm", f"b4e1/model/{inside}x": b"1"})
+    artifact = _local(store_root, tmp_path).fetch(ModelId.parse("b4e1"))
+    assert artifact.path == (store_root / "b4e1" / "model" / inside).resolve()
+    assert artifact.nbytes == 3
+
+
+def test_sagemakers_folder_without_a_model_is_refused(store_root: Path, tmp_path: Path) -> None:
+    _write(store_root, {"b4e1/model/a/model.onnx": b"a", "b4e1/model/b/model.onnx": b"b"})
+    with pytest.raises(LoadFailed, match="one top-level folder"):
+        _local(store_root, tmp_path).fetch(ModelId.parse("b4e1"))
+
+
+def test_sagemakers_folder_may_not_link_out_of_its_tenant(store_root: Path, tmp_path: Path) -> None:
+    (store_root / "b4e1").mkdir()
+    (store_root / "b4e1" / "model").symlink_to(store_root / "acme" / "macros")
+    with pytest.raises(Forbidden):
+        _local(store_root, tmp_path).fetch(ModelId.parse("b4e1"))
+    _write(store_root, {"c9/model/.keep": b""})
+    (store_root / "c9" / "model" / "inner").symlink_to(store_root / "acme" / "macros")
+    with pytest.raises(Forbidden):
+        _local(store_root, tmp_path).fetch(ModelId.parse("c9"))
+
+
 def test_a_manifest_linked_to_another_tenants_is_refused(store_root: Path, tmp_path: Path) -> None:
     _write(store_root, {"globex/m/model.json": b'{"labels": ["globex-only"]}'})
     _write(store_root, {"globex/m/model.onnx": b"globex", "acme/linked/model.onnx": b"acme"})

@@ -16,7 +16,7 @@ from tenantserve.store.manifest import (
     read_manifest,
     verify_sha256,
 )
-from tenantserve.types import ModelManifest, TextPreprocess, TopKPostprocess
+from tenantserve.types import ModelManifest, OrtFormat, TextPreprocess, TopKPostprocess
 
 
 def _raw(**fields: object) -> bytes:
@@ -221,6 +221,38 @@ def test_base_is_parsed_and_checked() -> None:
     ]:
         with pytest.raises(LoadFailed, match=re.escape(field)):
             parse_manifest(json.dumps({"base": bad}).encode())
+
+
+def test_ort_format_is_parsed_and_checked() -> None:
+    digest = "cd" * 32
+    entry = {"model_file": "model.ort", "sha256": digest.upper(), "onnxruntime": "1.31.1"}
+    manifest = parse_manifest(json.dumps({"ort_format": entry}).encode())
+    assert manifest.ort_format == OrtFormat("model.ort", digest, "1.31.1")
+    for bad, field in [
+        ({"model_file": "model.ort", "sha256": digest}, "ort_format"),
+        ({**entry, "model_file": "../x.ort"}, "ort_format.model_file"),
+        ({**entry, "sha256": "short"}, "ort_format.sha256"),
+        ({**entry, "onnxruntime": 131}, "ort_format.onnxruntime"),
+        ({**entry, "extra": 1}, "ort_format"),
+    ]:
+        with pytest.raises(LoadFailed, match=re.escape(field)):
+            parse_manifest(json.dumps({"ort_format": bad}).encode())
+
+
+def test_checked_manifest_refuses_an_ort_format_file_linked_out(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    folder = root / "acme" / "m"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"w")
+    entry = {"model_file": "model.ort", "sha256": "cd" * 32, "onnxruntime": "1.31.1"}
+    (folder / "model.json").write_text(json.dumps({"ort_format": entry}))
+    assert checked_manifest(folder, "model acme/m", root=root.resolve()).ort_format is not None
+    secret = tmp_path / "secret.ort"
+    secret.write_bytes(b"not yours")
+    (folder / "model.ort").symlink_to(secret)
+    with pytest.raises(Forbidden, match="ORT-format model file resolves outside") as info:
+        checked_manifest(folder, "model acme/m", root=root.resolve())
+    assert str(tmp_path) not in str(info.value)
 
 
 def test_verified_files_skip_rehash_but_see_a_replaced_file(tmp_path: Path) -> None:

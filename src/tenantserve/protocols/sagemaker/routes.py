@@ -50,13 +50,17 @@ def sagemaker_routes(
     max_body_bytes: int,
     store_url: str = "",
     access: Access | None = None,
+    default_model: str | None = None,
 ) -> list[BaseRoute]:
-    """The SageMaker runtime and container routes; ``store_url`` is the configured store.
+    """The SageMaker runtime and container routes; ``store_url`` is the configured store,
+    ``default_model`` the model ``/invocations`` serves when no header names one.
 
     ``/ping`` is open; invocations need the ``invoke`` role and the container API's model
     management (load, list, describe, unload) the ``manage`` role (when ``access`` has keys).
     """
-    api = _SageMakerApi(service, max_body_bytes=max_body_bytes, store_url=store_url)
+    api = _SageMakerApi(
+        service, max_body_bytes=max_body_bytes, store_url=store_url, default_model=default_model
+    )
     access = access or Access(None, max_body_bytes=max_body_bytes)
     invocations = invocation(api.invocations, "sagemaker", metrics, access, Role.INVOKE)
 
@@ -82,10 +86,18 @@ def sagemaker_routes(
 
 
 class _SageMakerApi:
-    def __init__(self, service: InferenceService, *, max_body_bytes: int, store_url: str) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        max_body_bytes: int,
+        store_url: str,
+        default_model: str | None = None,
+    ) -> None:
         self._service = service
         self._max_body_bytes = max_body_bytes
         self._store_prefix = store_url.rstrip("/") + "/" if store_url else ""
+        self._default_model = default_model
 
     async def ping(self, request: Request) -> Response:
         if self._service.ready():
@@ -97,7 +109,10 @@ class _SageMakerApi:
         )
 
     async def invocations(self, request: Request) -> Response:
-        raw = next((request.headers[h] for h in TARGET_HEADERS if h in request.headers), None)
+        raw = next(
+            (request.headers[h] for h in TARGET_HEADERS if h in request.headers),
+            self._default_model,
+        )
         if raw is None:
             raise InvalidRequest("missing X-Amzn-SageMaker-Target-Model header naming the model")
         return await self._invoke(request, ModelId.parse(raw))
@@ -169,11 +184,14 @@ class _SageMakerApi:
 
         The url is never fetched: it must be the model id itself or ``<store-url>/<id>``,
         so ``http://169.254.169.254/…``, ``file:///etc/passwd`` or ``..`` tricks cannot
-        reach anything (ShellTorch class).
+        reach anything (ShellTorch class). ``<store-url>/<id>/model`` names the model too:
+        SageMaker unpacks each model of a multi-model endpoint there and sends that path.
         """
         location = url
         if self._store_prefix and url.startswith(self._store_prefix):
             location = url[len(self._store_prefix) :]
+            if location == f"{model_id}/model":
+                location = model_id.value
         try:
             named = ModelId.parse(location)
         except InvalidModelId:

@@ -19,7 +19,7 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_KINDS_HELP = "zipf, uniform, bursts, diurnal or flood"
+_KINDS_HELP = "zipf, uniform, shifting, bursts, diurnal or flood"
 _MB = 1_000_000
 
 
@@ -216,9 +216,9 @@ def trace_command(
     param: Annotated[
         list[str] | None,
         typer.Option(
-            help="key=value (repeatable). zipf: s. bursts: s, period_s, burst_s, "
-            "factor, burst_models. diurnal: s, phases, amplitude. flood: s, tenant, share, "
-            "start_frac, end_frac."
+            help="key=value (repeatable). zipf: s. shifting: s, every. bursts: s, period_s, "
+            "burst_s, factor, burst_models. diurnal: s, phases, amplitude. flood: s, tenant, "
+            "share, start_frac, end_frac."
         ),
     ] = None,
 ) -> None:

@@ -1,4 +1,4 @@
-"""``tenantserve plan`` and ``replay``: capacity and eviction questions, answered offline."""
+"""``tenantserve plan``: capacity questions, answered offline (``replay`` is in replay_cli)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 DEFAULT_INSTANCES = ("4GiB:2", "8GiB:2", "8GiB:4", "16GiB:4", "32GiB:8")
 PLAN_COLUMNS = ("type", "count", "target", "p50 ms", "p99 ms", "hit ratio", "cold/min",
                 "memory", "cores", "req/s", "req/s each", "CPU each", "copies")  # fmt: skip
-REPLAY_COLUMNS = ("policy", "hit ratio", "loads", "MB loaded", "evictions", "refused")
 
 StoreOpt = Annotated[
     str | None, typer.Option(help="Model store to profile (a sample is loaded and measured).")
@@ -71,7 +70,9 @@ def plan_command(
     p99_target_ms: Annotated[
         float, typer.Option(help="Latency target for the 99th percentile.")
     ] = 250.0,
-    policy: Annotated[str, typer.Option(help="Eviction policy: lru or cost.")] = "lru",
+    policy: Annotated[
+        str, typer.Option(help="Eviction policy, as the server's --eviction names it.")
+    ] = "lru",
     overhead: Annotated[
         str, typer.Option(help="Memory per instance not available to models.")
     ] = "512MiB",
@@ -145,8 +146,10 @@ def _check_plan_options(
     types: Sequence[InstanceType], overhead_bytes: int, policy: str, p99_target_ms: float,
     max_ongoing: int, max_instances: int,
 ) -> None:  # fmt: skip
-    if policy not in ("lru", "cost"):
-        raise Mistake(f"--policy {policy!r}: choose lru or cost")
+    from tenantserve.cache.policies import NAMES
+
+    if policy not in NAMES:
+        raise Mistake(f"--policy {policy!r}: choose one of {', '.join(NAMES)}")
     if p99_target_ms <= 0:
         raise Mistake("--p99-target-ms must be above 0")
     if max_ongoing < 1 or max_instances < 1:
@@ -199,61 +202,3 @@ class _Progress:
     def on_run(self, label: str, count: int) -> Callable[[int], None]:
         self._bar.reset(self._task, description=f"{label} x {count}", total=self._total)
         return lambda done: self._bar.update(self._task, completed=done)
-
-
-def replay_command(
-    budget: Annotated[str, typer.Option(help="Memory budget for models (e.g. 2GiB).")],
-    store: StoreOpt = None,
-    profile: ProfileOpt = None,
-    trace: TraceOpt = None,
-    kind: KindOpt = "zipf",
-    rate: RateOpt = 100.0,
-    duration_s: DurationOpt = 600.0,
-    seed: SeedOpt = 0,
-    min_residency_s: Annotated[
-        float, typer.Option(help="Cost policy's protection age (the server's default).")
-    ] = 1.0,
-) -> None:
-    """Replay a trace through the real cache under each policy and Belady's clairvoyant one.
-
-    One cache of --budget bytes sees every request. Columns:
-
-    \b
-    - policy: lru and cost are the server's; belady evicts the model needed
-      furthest in the future (the best any policy can do).
-    - hit ratio: requests whose model was resident.
-    - loads: requests that loaded their model; MB loaded: the bytes they
-      loaded.
-    - evictions: models evicted to make room.
-    - refused: requests for a model larger than the whole budget.
-    """
-    with one_line_errors():
-        from tenantserve.tools.bench.replay import POLICIES, replay
-
-        budget_bytes = size("--budget", budget)
-        if budget_bytes <= 0:
-            raise Mistake("--budget must be above 0")
-        fleet = read_profile(store, profile, None)
-        requests = read_trace(trace, kind, fleet, rate, duration_s, seed)
-        sizes = {m: c.resident_bytes for m, c in fleet.models.items()}
-        loads = {m: c.load_s for m, c in fleet.models.items()}
-        cells = []
-        for name in POLICIES:
-            result = replay(
-                requests, sizes=sizes, budget_bytes=budget_bytes, policy=name,
-                load_seconds=loads, min_residency_s=min_residency_s,
-            )  # fmt: skip
-            cells.append([name, f"{result.hit_ratio:.4f}", f"{result.loads:,}",
-                          f"{result.bytes_loaded / 1e6:,.0f}", f"{result.evictions:,}",
-                          f"{result.refused:,}"])  # fmt: skip
-    from tenantserve.tools.bench.tables import say, show_records
-
-    title = f"{len(requests):,} requests over {len(fleet.models):,} models, budget {budget}"
-    console = Console()
-    show_records(console, title, REPLAY_COLUMNS, cells)
-    too_big = sorted((m for m in {m for _, m in requests} if sizes[m] > budget_bytes),
-                     key=lambda m: -sizes[m])  # fmt: skip
-    if too_big:
-        say(console, f"{len(too_big)} of the models requested are larger than the budget "
-                     f"(the largest, {too_big[0]}, holds {sizes[too_big[0]] / 1e6:,.0f} MB): the "
-                     "server refuses their requests, counted under refused.")  # fmt: skip

@@ -11,20 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from tenantserve.cache import (
-    LRU,
-    CostAware,
     EvictionPolicy,
     Loader,
     LoadQueue,
     MemoryBudget,
     ModelCache,
 )
+from tenantserve.cache.policies import NAMES
+from tenantserve.cache.policies import make_policy as make_server_policy
 from tenantserve.errors import InsufficientMemory
 from tenantserve.metrics import Metrics
 from tenantserve.tools.bench.simulated import Inline, SimRuntime, SimStore
 from tenantserve.types import ModelId
 
-POLICIES = ("lru", "cost", "belady")
+POLICIES = (*NAMES, "belady")
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,11 +261,7 @@ def make_policy(
     """The server's eviction policy ``name`` on the trace's clock (Belady's needs the trace)."""
     if name == "belady" and belady is not None:
         return belady
-    if name == "cost":
-        return CostAware(min_residency_s=min_residency_s, clock=lambda: clock[0])
-    if name == "lru":
-        return LRU()
-    raise ValueError(f"unknown policy {name!r}; choose one of lru, cost")
+    return make_server_policy(name, min_residency_s=min_residency_s, clock=lambda: clock[0])
 
 
 def _counter(metrics: Metrics, name: str) -> float:

@@ -8,7 +8,7 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from tenantserve.runtimes import SharedUsage
+from tenantserve.runtimes import Prepared, SharedUsage
 from tenantserve.runtimes.base import LoadedModel
 from tenantserve.store.base import LocalArtifact
 from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
@@ -52,6 +52,9 @@ class SimRuntime:
 
     def shared_estimate(self, manifest: ModelManifest, artifact_path: Path) -> int:
         return 0
+
+    def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
+        return Prepared()
 
     def load(self, path: Path, manifest: ModelManifest) -> LoadedModel:
         return SimModel()

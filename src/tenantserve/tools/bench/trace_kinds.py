@@ -7,6 +7,8 @@ different kinds with the same rate and duration hold about the same number of re
 - ``uniform``: every model equally likely (churn: no hot set).
 - ``bursts``: Zipf, plus every ``period_s`` a burst of ``burst_s`` seconds at ``factor`` times the
   background rate whose extra requests go to ``burst_models`` random models (batch jobs waking).
+- ``shifting``: Zipf whose ranking is drawn afresh every ``every`` requests (popularity that
+  moves on abruptly: the hot models of one period are a random draw in the next).
 - ``diurnal``: Zipf whose ranking rotates by ``n // phases`` models at each of ``phases`` equal
   periods (tenants in other time zones), under a rate that swings by ± ``amplitude``.
 - ``flood``: one tenant (first id segment; default, the owner of the least popular model)
@@ -47,6 +49,26 @@ def uniform(model_ids: Sequence[str], *, rate: float, duration_s: float, seed: i
     times = _arrivals(rng, duration_s, peak_rate=rate)
     picks = rng.integers(0, len(ids), size=len(times))
     return _trace(times, picks, ids, "uniform", rate, duration_s, seed)
+
+
+def shifting(
+    model_ids: Sequence[str],
+    *,
+    rate: float,
+    duration_s: float,
+    seed: int,
+    s: float = DEFAULT_S,
+    every: int = 5000,
+) -> Trace:
+    """Zipf over a seeded shuffle of ``model_ids``, shuffled again every ``every`` requests."""
+    ids, rng = _start(model_ids, rate, duration_s, seed)
+    if every < 1:
+        raise ValueError("need every >= 1")
+    times = _arrivals(rng, duration_s, peak_rate=rate)
+    ranks = rng.choice(len(ids), size=len(times), p=zipf_weights(len(ids), s))
+    orders = np.array([rng.permutation(len(ids)) for _ in range(len(times) // every + 1)])
+    picks = orders[np.arange(len(times)) // every, ranks]
+    return _trace(times, picks, ids, f"shifting(s={s}, every={every})", rate, duration_s, seed)
 
 
 def bursts(

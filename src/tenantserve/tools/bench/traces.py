@@ -2,8 +2,9 @@
 
 A :class:`Trace` is an ordered tuple of :class:`TraceRequest` ``(t_s, model_id)``. Make one
 with :func:`generate` (the kinds are in :mod:`tenantserve.tools.bench.trace_kinds`: ``zipf``,
-``uniform``, ``bursts``, ``diurnal``, ``flood``), or read one with :func:`load_trace`. The load
-generator, the offline cache replay and the capacity planner all read the same traces.
+``uniform``, ``shifting``, ``bursts``, ``diurnal``, ``flood``), or read one with
+:func:`load_trace`. The load generator, the offline cache replay and the capacity planner all
+read the same traces.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 
-KINDS = ("zipf", "uniform", "bursts", "diurnal", "flood")
+KINDS = ("zipf", "uniform", "shifting", "bursts", "diurnal", "flood")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ def generate(
     makers: dict[str, Callable[..., Trace]] = {
         "zipf": trace_kinds.zipf,
         "uniform": trace_kinds.uniform,
+        "shifting": trace_kinds.shifting,
         "bursts": trace_kinds.bursts,
         "diurnal": trace_kinds.diurnal,
         "flood": trace_kinds.flood,

@@ -18,7 +18,7 @@ import numpy as np
 from tenantserve.tools.fleet import minilm
 from tenantserve.tools.fleet.publish import MANIFEST_NAME, Publisher
 from tenantserve.tools.fleet.sources import TenantPlan
-from tenantserve.tools.fleet.synth import write_synthetic_model
+from tenantserve.tools.fleet.synth import add_ort_format, write_synthetic_model
 from tenantserve.tools.fleet.text import INPUT_NAME, build_tenant_tfidf
 
 KINDS = ("tfidf", "minilm")
@@ -279,4 +279,9 @@ def _manifest(
 def _write(folder: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
     for name, data in files.items():
         (folder / name).write_bytes(data)
+    # The tenant's own graph only: a shared base is converted once by each server, from the
+    # bytes its digest names (a published copy would ship in every tenant's artifact).
+    ort_format = add_ort_format(folder, files[MODEL_FILE])
+    if ort_format is not None:
+        manifest = {**manifest, "ort_format": ort_format}
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tenantserve.runtimes.ort_format import ORT_FILE, ORT_VERSION, NoFastLoad, convert
 from tenantserve.tools.fleet.publish import swap_into_place
 
 # ONNX Runtime 1.31 loads opset 21; 17 is old enough for any runtime we meet.
@@ -29,7 +30,8 @@ def write_synthetic_model(
     n_features: int = 16,
     n_outputs: int = DEFAULT_N_OUTPUTS,
 ) -> Path:
-    """Write a numeric model folder (``model.onnx`` + ``model.json``) at ``dest``; return ``dest``.
+    """Write a numeric model folder (``model.onnx``, its ORT-format copy ``model.ort`` and
+    ``model.json``) at ``dest``; return ``dest``.
 
     The graph is ``output = tanh(input @ W1) @ W2`` with ``input`` FP32 ``[-1, n_features]`` and
     ``output`` FP32 ``[-1, n_outputs]``. The hidden width is chosen so the two weights hold about
@@ -114,15 +116,22 @@ def write_fleet(
 
 
 def write_artifact(dest: Path, model_bytes: bytes, manifest: dict[str, Any]) -> Path:
-    """Write ``model.onnx`` and ``model.json`` into a fresh folder renamed onto ``dest``."""
+    """Write ``model.onnx``, its ORT-format copy ``model.ort`` (named in the manifest's
+    ``ort_format``; left out for a model ONNX Runtime cannot convert) and ``model.json`` into
+    a fresh folder renamed onto ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     # A leading dot keeps the temporary name outside the model-id grammar, so no store lists it.
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a store folder is read by other users too
         (tmp / "model.onnx").write_bytes(model_bytes)
+        names = ["model.onnx", "model.json"]
+        ort_format = add_ort_format(tmp, model_bytes)
+        if ort_format is not None:
+            manifest = {**manifest, "ort_format": ort_format}
+            names.append(ORT_FILE)
         (tmp / "model.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        for name in ("model.onnx", "model.json"):
+        for name in names:
             with open(tmp / name, "rb") as handle:
                 os.fsync(handle.fileno())
         swap_into_place(tmp, dest)
@@ -130,3 +139,16 @@ def write_artifact(dest: Path, model_bytes: bytes, manifest: dict[str, Any]) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def add_ort_format(folder: Path, model_bytes: bytes) -> dict[str, str] | None:
+    """Write ``model_bytes`` (ONNX) converted to ORT format as ``folder / model.ort``, and
+    return the manifest's ``ort_format`` entry for it: a server on the same ONNX Runtime maps
+    it without converting. ``None`` (nothing written) when ONNX Runtime cannot convert it."""
+    try:
+        convert(model_bytes, folder / ORT_FILE)
+    except NoFastLoad:
+        (folder / ORT_FILE).unlink(missing_ok=True)
+        return None
+    digest = hashlib.sha256((folder / ORT_FILE).read_bytes()).hexdigest()
+    return {"model_file": ORT_FILE, "sha256": digest, "onnxruntime": ORT_VERSION}

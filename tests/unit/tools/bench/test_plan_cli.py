@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from tenantserve.cli import app
 from tenantserve.tools.bench.plan import FleetProfile, ModelCost
-from tenantserve.tools.bench.plan_cli import PLAN_COLUMNS, REPLAY_COLUMNS
+from tenantserve.tools.bench.plan_cli import PLAN_COLUMNS
+from tenantserve.tools.bench.replay_cli import REPLAY_COLUMNS
 
 runner = CliRunner()
 MB = 1_000_000
@@ -55,6 +56,11 @@ def _mistakes(tmp_path: Path, tiny: Path) -> dict[str, list[str]]:
         "unknown trace kind": ["replay", *profile, "--budget", "1GiB", "--kind", "weird"],
         "rate of zero": ["plan", *profile, "--rate", "0"],
         "policy the planner does not model": ["plan", *profile, "--policy", "belady"],
+        "replay without a budget": ["replay", *profile],
+        "a table with a budget": ["replay", *profile, "--compare", "--budget", "1GiB"],
+        "a made-up fleet beside a profile": ["replay", *profile, "--synthetic", "9:1MB-2MB"],
+        "a made-up fleet misspelt": ["replay", "--synthetic", "9:1MB"],
+        "a made-up fleet upside down": ["replay", "--synthetic", "9:2MB-1MB", "--compare"],
     }  # fmt: skip
 
 
@@ -188,6 +194,27 @@ def test_replay_reads_in_80_columns(tiny: Path) -> None:
     # Every model is larger than 2 MB: the note names the largest, whole.
     assert any(TINY[0] in line or TINY[1] in line or TINY[2] in line for line in lines)
     assert result.stderr == ""  # no warning per refused load
+
+
+def test_replay_compare_prints_the_policy_table_as_markdown() -> None:
+    result = runner.invoke(
+        app,
+        ["replay", "--compare", "--synthetic", "12:1MB-2MB", "--rate", "50", "--duration-s", "4"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert rows[0] == (
+        "| policy | zipf 1/8 | zipf 1/4 | zipf 1/2 | shifting 1/8 | shifting 1/4 | "
+        "shifting 1/2 | flat 1/8 | flat 1/4 | flat 1/2 |"
+    )
+    names = [row.split(" | ")[0].removeprefix("| ") for row in rows[2:]]
+    assert names == [
+        "lru", "cost", "decayed-cost", "adaptive-cost (default)", "s3fifo", "sieve", "wtinylfu",
+        "best of lru, s3fifo, sieve, wtinylfu", "belady (clairvoyant)",
+    ]  # fmt: skip
+    for row in rows[2:]:
+        assert all(0 < float(cell) <= 1 for cell in row.strip("|").split("|")[1:]), row
+    assert "The default (adaptive-cost)" in result.stdout
 
 
 def _help(command: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -50,6 +51,20 @@ def test_uniform_spreads_evenly() -> None:
     assert len(counts) == len(IDS)
     mean = 100_000 / len(IDS)
     assert all(abs(n - mean) < 6 * mean**0.5 for n in counts.values())
+
+
+def test_shifting_draws_a_new_hot_set_every_period() -> None:
+    trace = trace_kinds.shifting(IDS, rate=100, duration_s=200, seed=3, every=5000)
+
+    def top(start: int) -> set[str]:
+        counts = Counter(r.model_id for r in trace.requests[start : start + 5000])
+        return {m for m, _ in counts.most_common(5)}
+
+    periods = [top(start) for start in range(0, 15_000, 5000)]
+    # Five hot models of 200 drawn afresh: a repeat is rare; the same five, never.
+    assert all(len(a & b) <= 2 for a, b in itertools.pairwise(periods))
+    counts = Counter(r.model_id for r in trace.requests[:5000]).most_common()
+    assert counts[0][1] > 10 * counts[49][1]  # within a period it is Zipf
 
 
 def test_diurnal_hot_set_shifts_and_rate_peaks_midday() -> None:

@@ -89,7 +89,8 @@ def test_banking77_tfidf_fleet_is_built_published_and_summarised(
     assert float(np.mean(accuracies)) >= 0.85
     assert "mean" in result.stdout
     # Only whole artifacts: no temporary folder or file is left beside them.
-    assert _files(store) == sorted(f"{n}/macros/model.{x}" for n in names for x in ("json", "onnx"))
+    kinds = ("json", "onnx", "ort")
+    assert _files(store) == sorted(f"{n}/macros/model.{x}" for n in names for x in kinds)
 
 
 def test_clinc150_tenants_are_domains(datasets: Path, tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ def test_csv_without_tenant_column_builds_one_model_named_after_the_file(
     result = _invoke("fleet", "build", "--dataset", str(path), "--store", str(store))
 
     assert result.exit_code == 0, result.output
-    assert _files(store) == ["tickets/macros/model.json", "tickets/macros/model.onnx"]
+    assert _files(store) == [f"tickets/macros/model.{x}" for x in ("json", "onnx", "ort")]
     manifest = _assert_artifact(store / "tickets" / "macros")
     assert manifest["labels"] == intents[:12]
     assert float(manifest["metadata"]["holdout_accuracy"]) > 0.5
@@ -269,7 +270,12 @@ def test_synth_writes_models_of_the_asked_size_reproducibly(tmp_path: Path) -> N
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         (out,) = session.run(None, {"input": np.ones((2, 16), dtype=np.float32)})
         assert out.shape == (2, 4)
-    assert len(_files(store)) == 6
+        # Published with its ORT-format copy, which the manifest names with its digest.
+        copy = json.loads((store / model_id / "model.json").read_text())["ort_format"]
+        ort_bytes = (store / model_id / copy["model_file"]).read_bytes()
+        assert copy["sha256"] == hashlib.sha256(ort_bytes).hexdigest()
+        assert copy["onnxruntime"] == ort.__version__
+    assert len(_files(store)) == 9
 
 
 def test_serve_does_not_import_the_fleet_builders() -> None:
@@ -294,7 +300,8 @@ def test_fleet_publishes_whole_artifacts_to_s3(
     keys = sorted(item["Key"] for item in listed.get("Contents", []))
     names = tenant_names(2, seed=0)
     # The staging prefixes are gone: only the final keys remain.
-    assert keys == sorted(f"fleet/{n}/macros/model.{x}" for n in names for x in ("json", "onnx"))
+    kinds = ("json", "onnx", "ort")
+    assert keys == sorted(f"fleet/{n}/macros/model.{x}" for n in names for x in kinds)
     body = s3_env.client().get_object(Bucket=bucket, Key=keys[0])["Body"].read()
     manifest = json.loads(body)
     model = s3_env.client().get_object(Bucket=bucket, Key=keys[1])["Body"].read()
@@ -330,9 +337,10 @@ def test_a_missing_bucket_is_refused_unless_create_bucket_is_given(
     assert f"created bucket '{bucket}'" in created.stdout
     listed = s3_env.client().list_objects_v2(Bucket=bucket)
     keys = sorted(item["Key"] for item in listed.get("Contents", []))
-    assert len(keys) == 2
+    assert len(keys) == 3
     assert all(
-        key.startswith("fleet/") and key.endswith(("/macros/model.json", "/macros/model.onnx"))
+        key.startswith("fleet/")
+        and key.endswith(("/macros/model.json", "/macros/model.onnx", "/macros/model.ort"))
         for key in keys
     )
     # An existing bucket is used as it is, with or without the flag.

@@ -118,7 +118,7 @@ def test_minilm_tenants_classify_well_from_their_artifact_alone(
         model = (folder / "model.onnx").read_bytes()
         encoder = (folder / "encoder.onnx").read_bytes()
         assert sorted(p.name for p in folder.iterdir()) == [
-            "encoder.onnx", "model.json", "model.onnx", "tokenizer.json"
+            "encoder.onnx", "model.json", "model.onnx", "model.ort", "tokenizer.json"
         ]  # fmt: skip
         # Self-contained (~23 MB with the encoder), and the encoder is declared as a shared
         # base by digest, so the server holds it once for every tenant.
