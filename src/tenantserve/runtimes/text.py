@@ -13,6 +13,7 @@ from tokenizers import Encoding, Tokenizer
 
 from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
 from tenantserve.runtimes.base import LoadedModel
+from tenantserve.runtimes.grouped import Grouped, Parts, group_key
 from tenantserve.runtimes.shared import SharedBlocks, file_digest, measured
 from tenantserve.types import Tensors, TensorSpec, TextPreprocess
 
@@ -94,7 +95,33 @@ class TextInputModel:
     def platform(self) -> str:
         return self._model.platform
 
+    @property
+    def group_key(self) -> str | None:
+        # One tokenizer object per file and max length (shared), the same graph feeds and
+        # padding: texts of these models make one padded token batch.
+        inner = group_key(self._model)
+        if inner is None or self._tokenizer is None:
+            return None
+        feeds = ",".join(f"{s.name}:{s.datatype}" for s in self._feeds)
+        return f"text:{id(self._tokenizer)}:{self._padding}:{self._text_input}:{feeds}|{inner}"
+
     def predict(self, tensors: Tensors) -> Tensors:
+        return self._model.predict(self._tokens(tensors))
+
+    def predict_group(self, tensors: Tensors, parts: Parts) -> list[Tensors]:
+        """Every part's texts tokenized and padded as one batch (the attention mask hides the
+        padding), then the wrapped models' group run."""
+        inner: list[tuple[LoadedModel, int]] = []
+        for model, rows in parts:
+            if not isinstance(model, TextInputModel) or model.group_key != self.group_key:
+                raise TypeError("a group of text models holds another model")
+            inner.append((model._model, rows))
+        wrapped = self._model
+        if not isinstance(wrapped, Grouped):
+            raise TypeError("a text model without a group key was run in a group")
+        return wrapped.predict_group(self._tokens(tensors), inner)
+
+    def _tokens(self, tensors: Tensors) -> Tensors:
         tokenizer = self._tokenizer
         if tokenizer is None:
             raise PredictFailed("model was unloaded")
@@ -105,7 +132,7 @@ class TextInputModel:
             )
         texts = _texts(self._text_input, tensors.get(self._text_input))
         encodings = [tokenizer.encode(text) for text in texts]
-        return self._model.predict(_token_tensors(encodings, self._feeds, self._padding))
+        return _token_tensors(encodings, self._feeds, self._padding)
 
     def close(self) -> None:
         # Drop the tokenizer now: the cache trims the heap right after close.

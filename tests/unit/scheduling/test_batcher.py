@@ -173,3 +173,102 @@ async def test_a_batch_past_the_timeout_answers_every_request_504(
             await answer
     assert stuck.gate is not None
     stuck.gate.set()
+
+
+class Head(Doubler):
+    """``y = scale x`` behind a shared base (group "g"): heads of one group run as one call."""
+
+    group_key = "g"
+
+    def __init__(self, scale: float, gate: threading.Event | None = None) -> None:
+        super().__init__(gate)
+        self.scale = scale
+        self.groups: list[list[int]] = []  # rows per part of each group call
+
+    def predict(self, tensors: Tensors) -> Tensors:
+        self.calls.append(len(tensors["x"]))
+        return {"y": tensors["x"] * self.scale}
+
+    def predict_group(self, tensors: Tensors, parts: list[tuple[Head, int]]) -> list[Tensors]:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.groups.append([rows for _, rows in parts])
+        out: list[Tensors] = []
+        start = 0
+        for model, rows in parts:
+            out.append({"y": tensors["x"][start : start + rows] * model.scale})
+            start += rows
+        return out
+
+
+async def _ask(batcher: Batcher, model: Doubler, x: Tensors, tenant: str) -> Tensors:
+    job = batcher.job(model, x, tenant=tenant, key=f"{tenant}/m", deadline=math.inf, waited_s=0)
+    return await job.result()
+
+
+async def _blocked(batcher: Batcher) -> tuple[threading.Event, asyncio.Future[Tensors]]:
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(_ask(batcher, Doubler(gate), _rows(0), "blocker"))
+    await asyncio.sleep(0.01)  # the one thread is busy: what comes next queues together
+    return gate, blocker
+
+
+@pytest.mark.anyio
+async def test_tenants_on_one_base_run_as_one_group_call_each_with_its_head(
+    pool: ThreadPoolExecutor,
+) -> None:
+    batcher = _batcher(pool, max_size=8)
+    gate, blocker = await _blocked(batcher)
+    a, b = Head(2.0), Head(3.0)
+    asks = [(a, _rows(1), "a"), (b, _rows(2, 3), "b"), (a, _rows(4), "a")]
+    answers = [asyncio.ensure_future(_ask(batcher, m, x, t)) for m, x, t in asks]
+    await asyncio.sleep(0.01)
+    gate.set()
+    await blocker
+    got = await asyncio.gather(*answers)
+    assert a.groups == [[2, 2]]  # one call: a's two requests together, then b's rows
+    assert a.calls == b.calls == []
+    for (model, x, _), y in zip(asks, got, strict=True):
+        np.testing.assert_array_equal(y["y"], x["x"] * model.scale)
+
+
+@pytest.mark.anyio
+async def test_a_flooding_tenant_does_not_take_every_slot_of_a_batch(
+    pool: ThreadPoolExecutor,
+) -> None:
+    batcher = _batcher(pool, max_size=4)
+    gate, blocker = await _blocked(batcher)
+    flood, quiet = Head(2.0), Head(3.0)
+    asks = [(flood, _rows(i), "flood") for i in range(6)]
+    asks += [(quiet, _rows(10 + i), "quiet") for i in range(2)]
+    answers = [asyncio.ensure_future(_ask(batcher, m, x, t)) for m, x, t in asks]
+    await asyncio.sleep(0.01)
+    gate.set()
+    await blocker
+    got = await asyncio.gather(*answers)
+    # The first batch takes turns: two of the flood's, both of the quiet tenant's.
+    assert flood.groups == [[2, 2]]
+    assert flood.calls == [4]  # the rest of the flood, next, as one batch of its own
+    for (model, x, _), y in zip(asks, got, strict=True):
+        np.testing.assert_array_equal(y["y"], x["x"] * model.scale)
+
+
+@pytest.mark.anyio
+async def test_a_full_batch_leaves_the_rest_to_the_next_and_sizes_are_measured(
+    pool: ThreadPoolExecutor,
+) -> None:
+    batcher = _batcher(pool, max_size=2)
+    gate, blocker = await _blocked(batcher)
+    model = Doubler()
+    answers = [asyncio.ensure_future(_predict(batcher, model, _rows(i))) for i in range(5)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    await blocker
+    got = await asyncio.gather(*answers)
+    assert model.calls == [2, 2, 1]
+    assert [float(y["y"][0, 0]) for y in got] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    sizes = batcher._metrics.registry.get_sample_value(
+        "tenantserve_batch_size_bucket", {"le": "1.0"}
+    )
+    counted = batcher._metrics.registry.get_sample_value("tenantserve_batch_size_count")
+    assert (sizes, counted) == (2.0, 4.0)  # the blocker and the last one alone; two pairs
