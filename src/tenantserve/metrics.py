@@ -115,6 +115,12 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.batch_models = Histogram(
+            "tenantserve_batch_models",
+            "Models in one batched run (more than 1: tenants' heads on one shared base).",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge(
             "tenantserve_requests_in_flight", "Requests admitted and not yet answered.", registry=r
         )

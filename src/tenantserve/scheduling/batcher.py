@@ -186,6 +186,7 @@ class Batcher:
         batch.items = kept
         if kept:
             self._metrics.batch_size.observe(len(kept))
+            self._metrics.batch_models.observe(len({id(item.request.model) for item in kept}))
         if rest:
             # The next batch, queued now; later requests join it behind these.
             following = self._start(_Batch(batch.key, rest[0].tenant, batch.model_id), 0.0)
