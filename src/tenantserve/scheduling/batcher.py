@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 from tenantserve.errors import Overloaded, PredictTimedOut, QueueTimedOut, TenantServeError
@@ -163,10 +163,11 @@ class Batcher:
         if self._open.get(batch.key) is batch:
             del self._open[batch.key]
 
-    def _freeze(self, batch: _Batch) -> None:
+    def _freeze(self, batch: _Batch) -> dict[str, int]:
         """On the loop as a thread takes ``batch``: those whose callers left are out, those
         past their deadline are answered 503; of the rest, up to ``max_size`` in fair turns
-        between tenants run now, and the others open the next batch."""
+        between tenants run now, and the others open the next batch. Returns the requests
+        that run, by tenant (each is charged to its tenant's fair turns)."""
         self._close(batch)
         batch.frozen = True
         now = time.monotonic()
@@ -192,6 +193,7 @@ class Batcher:
             following = self._start(_Batch(batch.key, rest[0].tenant, batch.model_id), 0.0)
             for item in rest:
                 self._join(following, item)
+        return dict(Counter(item.tenant for item in kept))
 
     async def shutdown(self) -> None:
         """Wait for every batch task (shutdown)."""

@@ -35,7 +35,9 @@ class _Job:
     queued_since: float  # time.monotonic() its request began to queue (admission included)
     timeout_s: float = math.inf  # how long it may run once on a thread
     key: str | None = None  # what it runs (a model id): fenced while a run of it is stuck
-    prepare: Callable[[], None] | None = None  # on the loop, just before it takes a thread
+    # On the loop, just before it takes a thread: the requests it then answers, by tenant
+    # (a batch); each past the first is charged to its tenant's turns.
+    prepare: Callable[[], dict[str, int]] | None = None
     counted: bool = True  # a drop counts as one rejection (a batch counts its own requests)
     timer: asyncio.TimerHandle | None = None
     abandoned: bool = False  # timed out; its thread is still busy with it
@@ -108,7 +110,7 @@ class FairExecutor:
         timeout_s: float = math.inf,
         key: str | None = None,
         waited_s: float = 0.0,
-        prepare: Callable[[], None] | None = None,
+        prepare: Callable[[], dict[str, int]] | None = None,
         counted: bool = True,
     ) -> T:
         """Run ``call`` in ``tenant``'s turn unless ``deadline`` (monotonic) passes first.
@@ -120,7 +122,10 @@ class FairExecutor:
                 a call whose queue time in all passes its limit while the queue stands is
                 refused at once instead of run late.
             prepare: called on the loop the moment the call is given a thread (a batch closes
-                then: requests that came while it waited are in it, later ones are not).
+                then: requests that came while it waited are in it, later ones are not); it
+                returns the requests the call answers by tenant, each charged to its tenant's
+                fair turns as one prediction (the call itself counts as the first of its own
+                tenant's), so a batch takes no more than its share.
             counted: whether a drop is counted here as one request's rejection (a batch of
                 several counts each of its requests itself).
         Raises:
@@ -169,7 +174,8 @@ class FairExecutor:
                 job.future.set_exception(_fenced(job.key, job.timeout_s))
                 continue
             if job.prepare is not None:
-                job.prepare()
+                for owner, requests in job.prepare().items():
+                    self._queue.charge(owner, requests - (owner == tenant))
             self._running += 1
             if math.isfinite(job.timeout_s):
                 job.timer = loop.call_later(job.timeout_s, self._time_out, loop, job)

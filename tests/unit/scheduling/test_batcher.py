@@ -272,3 +272,42 @@ async def test_a_full_batch_leaves_the_rest_to_the_next_and_sizes_are_measured(
     )
     counted = batcher._metrics.registry.get_sample_value("tenantserve_batch_size_count")
     assert (sizes, counted) == (2.0, 4.0)  # the blocker and the last one alone; two pairs
+
+
+class Logged(Doubler):
+    """``y = x``, each run noted in a log shared between models."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        super().__init__()
+        self.log = log
+        self.name = name
+
+    def predict(self, tensors: Tensors) -> Tensors:
+        self.log.append(f"{self.name} {len(tensors['x'])}")
+        return {"y": tensors["x"]}
+
+
+class Lone(Logged):
+    """A model that never batches (a fixed batch dimension)."""
+
+    inputs = (TensorSpec("x", "FP32", (1, 2)),)
+    outputs = (TensorSpec("y", "FP32", (1, 2)),)
+
+
+@pytest.mark.anyio
+async def test_a_batch_is_charged_to_its_tenant_s_turns_request_by_request(
+    pool: ThreadPoolExecutor,
+) -> None:
+    batcher = _batcher(pool, max_size=8)
+    gate, blocker = await _blocked(batcher)
+    log: list[str] = []
+    batched, lone = Logged(log, "batch"), Lone(log, "lone")
+    flood = [asyncio.ensure_future(_ask(batcher, batched, _rows(i), "flood")) for i in range(16)]
+    others = [asyncio.ensure_future(_ask(batcher, lone, _rows(i), "other")) for i in range(8)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(blocker, *flood, *others)
+    # The lone requests queued first: four (a turn) run, then a batch of eight of the flood's,
+    # which costs its tenant two turns of four, so the other four lone runs come before the
+    # flood's next batch (uncharged, the flood's turn would go on to its second batch).
+    assert log == [*["lone 1"] * 4, "batch 8", *["lone 1"] * 4, "batch 8"]
