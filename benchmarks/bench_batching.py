@@ -11,6 +11,7 @@ answered in both modes got the same scores.
 
 Loopback only; the clients share the machine's cores with the server (figures are relative).
     python benchmarks/bench_batching.py --tenants 8 --seconds 10
+    python benchmarks/bench_batching.py --store STORE   # a fleet built by `fleet build`
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from tenantserve.tools.bench.side_by_side import cpu_seconds
 from tenantserve.tools.fleet.build import build_fleet
 from tenantserve.tools.fleet.datasets import resolve_datasets
 from tenantserve.tools.fleet.publish import open_publisher
-from tenantserve.tools.fleet.sources import TenantPlan, plan_banking77
+from tenantserve.tools.fleet.sources import TenantPlan, find_banking77, plan_banking77
+from tenantserve.tools.fleet.text import load_banking77
 
 TRAIN_PER_MACRO = 10  # a useful head in a fraction of the full build's time
 COMPLETE = ".complete"
@@ -155,9 +157,16 @@ def main() -> None:
     parser.add_argument("--one-tenant", action="store_true", help="every request to one tenant")
     parser.add_argument("--budget", default="2GiB")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tenantserve-bench-batching"))
+    parser.add_argument("--store", type=Path, help="a MiniLM fleet already built (all of it)")
     args = parser.parse_args()
-    store = args.work / f"store-{args.tenants}"
-    ids, tickets = kept_fleet(store, args.tenants)
+    if args.store is not None:
+        store = args.store
+        ids = sorted(str(p.parent.relative_to(store)) for p in store.glob("*/*/model.json"))
+        rows = load_banking77(find_banking77(resolve_datasets()) / "test.csv")
+        tickets = sorted({" ".join(row.text.split()) for row in rows})
+    else:
+        store = args.work / f"store-{args.tenants}"
+        ids, tickets = kept_fleet(store, args.tenants)
     mode = "one tenant" if args.one_tenant else f"{len(ids)} tenants at random"
     print(f"\n# Dynamic batching: {mode}, {args.clients} closed-loop clients, "
           f"{args.seconds:g} s a leg\n")  # fmt: skip

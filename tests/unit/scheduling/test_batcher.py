@@ -311,3 +311,17 @@ async def test_a_batch_is_charged_to_its_tenant_s_turns_request_by_request(
     # which costs its tenant two turns of four, so the other four lone runs come before the
     # flood's next batch (uncharged, the flood's turn would go on to its second batch).
     assert log == [*["lone 1"] * 4, "batch 8", *["lone 1"] * 4, "batch 8"]
+
+
+@pytest.mark.anyio
+async def test_a_batch_delay_holds_a_batch_for_company_though_a_thread_is_free(
+    pool: ThreadPoolExecutor,
+) -> None:
+    batcher = _batcher(pool, max_size=8, delay_s=0.5)
+    model = Doubler()
+    first = asyncio.ensure_future(_predict(batcher, model, _rows(1)))
+    await asyncio.sleep(0.01)  # the thread is free, but the batch waits for company
+    second = asyncio.ensure_future(_predict(batcher, model, _rows(2)))
+    got = await asyncio.gather(first, second)
+    assert model.calls == [2]
+    assert [float(y["y"][0, 0]) for y in got] == [2.0, 4.0]
