@@ -100,7 +100,7 @@ class Batcher:
         if math.isfinite(deadline):
             # Answered at its deadline, not when a thread next frees up.
             item.timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, item)
-        return _InBatch(item)
+        return _InBatch(self, item)
 
     def _start(self, batch: _Batch, waited_s: float) -> _Batch:
         self._open[batch.key] = batch
@@ -236,7 +236,8 @@ class _Alone(Job):
 
 
 class _InBatch(Job):
-    def __init__(self, item: _Item) -> None:
+    def __init__(self, batcher: Batcher, item: _Item) -> None:
+        self._batcher = batcher
         self._item = item
 
     async def result(self) -> Tensors:
@@ -256,7 +257,10 @@ class _InBatch(Job):
             return None
         if not item.running:
             if all(other.future.done() for other in batch.items) and batch.task is not None:
-                batch.task.cancel()  # no one left in it: it gives up its place in the queue
+                # No one left in it: it gives up its place in the queue, and no one joins it
+                # meanwhile (they would be answered with its cancellation).
+                self._batcher._close(batch)
+                batch.task.cancel()
             return None
         done = batch.done
         return done if done is not None and not done.done() else None

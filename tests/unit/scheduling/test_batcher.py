@@ -325,3 +325,21 @@ async def test_a_batch_delay_holds_a_batch_for_company_though_a_thread_is_free(
     got = await asyncio.gather(first, second)
     assert model.calls == [2]
     assert [float(y["y"][0, 0]) for y in got] == [2.0, 4.0]
+
+
+@pytest.mark.anyio
+async def test_a_request_after_everyone_left_a_batch_is_not_caught_in_its_end(
+    pool: ThreadPoolExecutor,
+) -> None:
+    batcher = _batcher(pool, max_size=8)
+    gate, blocker = await _blocked(batcher)
+    model = Doubler()
+    leaves = batcher.job(model, _rows(1), tenant="acme", key="acme/m", deadline=math.inf,
+                         waited_s=0.0)  # fmt: skip
+    assert leaves.stop() is None  # the batch is empty now and gives up its place
+    comes = batcher.job(model, _rows(2), tenant="acme", key="acme/m", deadline=math.inf,
+                        waited_s=0.0)  # fmt: skip  # in the same tick, before the batch ends
+    gate.set()
+    await blocker
+    np.testing.assert_array_equal((await comes.result())["y"], _rows(4)["x"])
+    assert model.calls == [1]
