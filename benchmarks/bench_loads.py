@@ -150,22 +150,29 @@ def server_loads(
     return out
 
 
-def loads_per_second(store: Path, work: Path, ids: list[str], concurrent: int) -> float:
-    """First calls per second to ``ids`` (each its own tenant) from 16 clients, on a server
-    that never saw them (its disk tier empty: every first fetch makes the fast-load file)."""
-    flags = ("--max-concurrent-loads", str(concurrent))
+def loads_per_second(
+    store: Path, work: Path, ids: list[str], concurrent: int | None, src: Path | None = None
+) -> tuple[float, float]:
+    """First calls per second to ``ids`` (each its own tenant) from 16 clients: on a server
+    that never saw them (its disk tier empty: each first fetch copies the model in), then again
+    after every one was unloaded (a reload from the disk tier, as a cache that evicts pays)."""
+    flags = () if concurrent is None else ("--max-concurrent-loads", str(concurrent))
+    rates = []
     with (
-        _server(store, work, None, *flags) as served,
+        _server(store, work, src, *flags) as served,
         httpx.Client(base_url=served.url, timeout=60) as client,
+        ThreadPoolExecutor(16) as pool,
     ):
-        started = time.perf_counter()
-        with ThreadPoolExecutor(16) as pool:
+        for _ in ("cold", "reload"):
+            started = time.perf_counter()
             codes = list(pool.map(
                 lambda m: client.post(f"/v2/models/{m}/infer", json=BODY).status_code, ids
             ))  # fmt: skip
-        wall = time.perf_counter() - started
-    assert codes == [200] * len(ids), sorted(set(codes))
-    return len(ids) / wall
+            rates.append(len(ids) / (time.perf_counter() - started))
+            assert codes == [200] * len(ids), sorted(set(codes))
+            for model_id in ids:
+                client.post(f"/v2/repository/models/{model_id}/unload").raise_for_status()
+    return rates[0], rates[1]
 
 
 def resident_memory(store: Path, work: Path, models: int) -> tuple[float, float]:
@@ -192,7 +199,7 @@ if sys.argv[2] == "fixed":
     memory.return_freed_memory()
 x = np.full((1, 16), 0.5, np.float32)
 def load(i):
-    path = f"{sys.argv[1]}/m{i % 40:03d}/model.onnx"
+    path = f"{sys.argv[1]}/m{i % int(sys.argv[3]):03d}/model.onnx"
     s = ort.InferenceSession(path, session_options(prepack=True))
     s.run(None, {"input": x}); return s
 load(0); memory.trim(); base = psutil.Process().memory_info().rss
@@ -208,10 +215,10 @@ print(left, took)
 """
 
 
-def allocator(folder: Path) -> dict[str, tuple[float, float]]:
+def allocator(folder: Path, models: int) -> dict[str, tuple[float, float]]:
     out = {}
     for mode in ("defaults", "fixed"):
-        done = subprocess.run([sys.executable, "-c", _ALLOCATOR, str(folder), mode],
+        done = subprocess.run([sys.executable, "-c", _ALLOCATOR, str(folder), mode, str(models)],
                               capture_output=True, text=True, check=True)  # fmt: skip
         left, took = done.stdout.split()
         out[mode] = (float(left), float(took))
@@ -287,21 +294,31 @@ def main() -> None:
                   f"mapped, {took / read:.2f}x read.")  # fmt: skip
         print()
 
-        print("## Loads per second: cold first calls from 16 clients, A B A B\n")
+        print("## Loads per second: first calls from 16 clients, cold (disk tier empty) and "
+              "reloaded (after an unload of each), A B A B\n")  # fmt: skip
         fleets = {
             f"{args.storm_models} x 16 kB": [f"storm{i:04d}/m" for i in range(args.storm_models)],
             f"{args.models} x 10.56 MB": [f"big/m{i:03d}" for i in range(args.models)],
         }
-        print("| fleet | " + " | ".join(f"{n} at once" for n in (1, cores)) + " |")
-        print("|---|" + "---:|" * 2)
+        before = ["" if args.compare_src is None else f"{args.compare_src}, its defaults"]
+        heads = [f"{n} at once" for n in (1, cores)] + [b for b in before if b]
+        print("| fleet | pass | " + " | ".join(heads) + " |")
+        print("|---|---|" + "---:|" * len(heads))
         for fleet, ids in fleets.items():
-            rates: dict[int, list[float]] = {1: [], cores: []}
+            rates: dict[int | None, list[tuple[float, float]]] = {1: [], cores: []}
+            if args.compare_src is not None:
+                rates[None] = []
             for _ in range(2):
                 for concurrent, seen in rates.items():
                     work = root / f"rate-{len(ids)}-{concurrent}-{len(seen)}"
-                    seen.append(loads_per_second(store, work, ids, concurrent))
-            shown = [", ".join(f"{v:.0f}" for v in seen) for seen in rates.values()]
-            print(f"| {fleet} | " + " | ".join(shown) + " |")
+                    if concurrent is None:
+                        old = root / "old-store"  # written for the load table above
+                        seen.append(loads_per_second(old, work, ids, None, args.compare_src))
+                    else:
+                        seen.append(loads_per_second(store, work, ids, concurrent))
+            for index, name in enumerate(("cold", "reload")):
+                shown = [", ".join(f"{v[index]:.0f}" for v in seen) for seen in rates.values()]
+                print(f"| {fleet} | {name} | " + " | ".join(shown) + " |")
 
         grown, ledger = resident_memory(store, root / "memory", args.models)
         print(f"\n## Memory per resident 10.56 MB model (predicted once)\n\nRSS growth "
@@ -309,7 +326,7 @@ def main() -> None:
               f"{file_bytes / 1e6:.2f} MB: {grown / file_bytes:.2f}x the file.\n")  # fmt: skip
 
         print("## Allocator: 200 .onnx sessions of 10.56 MB loaded and closed, 8 at a time\n")
-        for mode, (left, took) in allocator(root / "bare" / "10.56 MB").items():
+        for mode, (left, took) in allocator(root / "bare" / "10.56 MB", args.models).items():
             print(f"- glibc {mode}: {left / 1e6:.1f} MB left resident after closing all; "
                   f"a malloc_trim then took {took * 1e3:.1f} ms")  # fmt: skip
 

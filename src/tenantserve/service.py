@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tenantserve.activity import Activity, ActivitySnapshot
 from tenantserve.cache.model_cache import ModelCache
+from tenantserve.cache.version_table import VersionTable
 from tenantserve.errors import ModelNotFound, TenantServeError
 from tenantserve.metrics import CacheSnapshot, Metrics, SchedulingSnapshot
 from tenantserve.pipeline import Call, Pipeline
@@ -21,8 +22,9 @@ from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.grace import GracePeriod
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
 from tenantserve.store.base import ModelStore
-from tenantserve.store.patterns import resolve_patterns
-from tenantserve.types import ModelId, ModelMetadata, ModelStatus
+from tenantserve.store.patterns import is_pattern, resolve_patterns
+from tenantserve.store.versions import DEFAULT_ALIAS, split_version
+from tenantserve.types import ModelId, ModelMetadata, ModelRef, ModelStatus, ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class RepositoryEntry:
     model_id: str
     state: str  # "READY" | "LOADING" | "UNAVAILABLE"
     reason: str = ""
+    version: str = "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,9 @@ class InferenceService:
         self._predictor = predictor
         self._accepting = False
         self._store_problem: str | None = None
+        self._versions = VersionTable(
+            lambda model_id: executor.run_io(store.versions, model_id), cache.is_resident
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -195,6 +201,44 @@ class InferenceService:
         )
         return True
 
+    async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
+        """The version ``ref`` names (docs/versions.md): ``acme/macros`` → its ``stable``
+        alias or highest version, ``acme/macros@2`` → version 2, ``@canary`` → that alias's;
+        the result's ``key`` is the id to call, load or unload. ``fresh`` reads the store's
+        versions now (an operator's load sees a version uploaded a moment ago).
+
+        Raises:
+            ModelNotFound: no such version or alias, naming those the model has.
+        """
+        if fresh:
+            await self._versions.versions(ref.model_id, fresh=True)
+        return await self._versions.resolve(ref)
+
+    async def versions_of(self, model: ResolvedModel) -> list[str]:
+        """Every version of the model ``model`` is one of (``["1"]`` when unversioned)."""
+        if model.key == model.name:
+            return [model.version]
+        found = await self._versions.versions(model.name)
+        return [str(v) for v in found.versions] if found is not None else [model.version]
+
+    async def promote(
+        self, model_id: ModelId, version: int, alias: str = DEFAULT_ALIAS
+    ) -> ResolvedModel:
+        """Roll ``alias`` of ``model_id`` (the one its bare id follows by default) to
+        ``version``: load that version unless resident, then point the alias at it. Requests
+        resolved before keep the version they had and finish on it; the old version stays
+        resident until evicted like any model, so nothing waits on a load either way.
+
+        Raises:
+            ModelNotFound: no numbered versions, or not that one.
+            LoadFailed, InsufficientMemory, …: the version did not load; the alias is unmoved.
+        """
+
+        async def load(target: ResolvedModel) -> None:
+            await self._cache.load(target.key)
+
+        return await self._versions.promote(model_id, version, alias, prepare=load)
+
     def call(self, model_id: ModelId) -> Call:
         """One inference of ``model_id``: ``async with service.call(m) as call`` admits it
         (quotas, admission, the load queue: refused before its body is read), then
@@ -237,15 +281,20 @@ class InferenceService:
         """Load (and with ``pin``, pin) the models named by ids or glob patterns (``acme/*``)
         at start-up; returns the ids that loaded.
 
-        A name that matches nothing raises (``serve`` checks them all before it listens); a
-        model that exists but fails to load is logged and left out: the others serve.
+        A versioned model's name (``acme/macros``, ``acme/macros@2``) stands for the version it
+        serves now; patterns match versions by path (``acme/macros/*``). A name that matches
+        nothing raises (``serve`` checks them all before it listens); a model that exists but
+        fails to load is logged and left out: the others serve.
 
         Raises:
-            ModelNotFound: a name matches no model (``what`` and the nearest ids say which).
+            ModelNotFound: a name matches no model (``what`` and the nearest ids say which),
+                or no such version.
         """
-        listed = await self._executor.run_io(
-            resolve_patterns, patterns, self._store.list, what=what
-        )
+        named = [
+            name if is_pattern(name) else (await self.resolve(ModelRef.parse(name))).key.value
+            for name in patterns
+        ]
+        listed = await self._executor.run_io(resolve_patterns, named, self._store.list, what=what)
         loaded = []
         for model_id in listed:
             try:
@@ -307,12 +356,14 @@ class InferenceService:
         raise ModelNotFound(f"model {model_id} is not loaded")
 
     async def index(self) -> list[RepositoryEntry]:
-        """Every model in the store, with its state here."""
+        """Every model in the store, with its state here; a versioned model has one entry
+        per version (``acme/macros`` version ``2`` is the artifact ``acme/macros/2``)."""
         ids = await self._executor.run_io(self._store.list, "")
         resident = {s.model_id: s for s in self._cache.status()}
         entries = []
         for raw in ids:
             status = resident.get(raw)
             state = "UNAVAILABLE" if status is None else status.state.upper()
-            entries.append(RepositoryEntry(raw, state))
+            name, version = split_version(raw)
+            entries.append(RepositoryEntry(name, state, version=version))
         return entries

@@ -56,6 +56,96 @@ class ModelId:
         return self.value
 
 
+VERSION_SEPARATOR = "@"
+DEFAULT_ALIAS = "stable"
+"""The alias a bare id follows when a model sets it; without it a bare id serves the
+highest version (docs/versions.md)."""
+_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+def is_version(text: str) -> bool:
+    """Whether ``text`` is a version number as folders and requests spell it (``1``, ``12``)."""
+    return _VERSION.fullmatch(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A model as a request names it: an id and what picks its version.
+
+    ``selector`` is ``""`` (the model's default version), a version number (``"2"``) or an
+    alias (``"stable"``). Ids spell it after ``@`` (``acme/macros@2``, ``acme/macros@stable``:
+    ``@`` is in no id); OIP and gRPC also give it as a separate version field.
+    """
+
+    model_id: ModelId
+    selector: str = ""
+
+    @classmethod
+    def parse(cls, raw: str, version: str = "") -> ModelRef:
+        """``raw`` (``acme/macros``, ``acme/macros@2``) with an optional separate ``version``
+        (OIP's ``/versions/{v}``, gRPC's ``model_version``), a number or an alias too.
+
+        Raises:
+            InvalidModelId: the id, or what follows its ``@``, is not valid, or the two
+                versions disagree.
+        """
+        name, at, selector = raw.partition(VERSION_SEPARATOR)
+        model_id = ModelId.parse(name)
+        if at:
+            check_selector(model_id, selector)
+        if version:
+            check_selector(model_id, version)
+            if at and selector != version:
+                raise InvalidModelId(
+                    f"model {model_id} is named with @{selector} and asked for version "
+                    f"{_printable(version)}: name one version"
+                )
+            selector = version
+        return cls(model_id, selector)
+
+    def __str__(self) -> str:
+        if not self.selector:
+            return self.model_id.value
+        return f"{self.model_id}{VERSION_SEPARATOR}{self.selector}"
+
+
+def is_alias(text: str) -> bool:
+    """Whether ``text`` is an alias name: a letter, then letters, digits, ``_`` or ``-``."""
+    return _ALIAS.fullmatch(text) is not None
+
+
+def check_selector(model_id: ModelId, selector: str) -> None:
+    """Refuse what cannot follow ``@``: neither a version number nor an alias name.
+
+    Raises:
+        InvalidModelId: naming the rule.
+    """
+    if not (is_version(selector) or is_alias(selector)):
+        raise InvalidModelId(
+            f"version {_printable(selector)!r} of model {model_id} is neither a version number "
+            "(a whole number from 1) nor an alias (a letter, then letters, digits, '_' or '-')"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """A :class:`ModelRef` resolved to one version: what answers name, what the cache holds.
+
+    ``name`` is the id as asked (``acme/macros``), ``version`` the version that serves
+    (``"2"``; ``"1"`` for a model without numbered folders) and ``key`` the id of that
+    version's own artifact and cache entry (``acme/macros/2``; the id itself when unversioned).
+    """
+
+    name: ModelId
+    version: str
+    key: ModelId
+
+    @classmethod
+    def unversioned(cls, model_id: ModelId) -> ResolvedModel:
+        return cls(model_id, "1", model_id)
+
+
 def _printable(raw: str) -> str:
     # Never echo control characters or unbounded input back into logs or error bodies.
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in raw[:80])

@@ -214,7 +214,10 @@ def test_errors_carry_http_s_messages(serve: Callable[..., Clients], grpc_store:
     assert gone.status() == "StatusCode.NOT_FOUND"
     assert gone.message() == _refusal(lambda: clients.http.get_model_metadata(missing)).message()
     version = _refusal(lambda: clients.grpc.get_model_metadata(DENSE, model_version="2"))
-    assert version.message() == f"model {DENSE} has no version '2'; it serves '1'"
+    assert version.message() == (
+        f"model {DENSE} has no version 2: it has no numbered version folders, so it serves "
+        "version 1 only"
+    )
     invalid = _refusal(lambda: clients.grpc.is_model_ready("acme/../etc"))
     assert invalid.status() == "StatusCode.INVALID_ARGUMENT"
 

@@ -55,7 +55,9 @@ def test_models_load_lazily_from_s3_and_answer_like_local_onnxruntime(
                 served = np.array(response.json()["outputs"][0]["data"], dtype=np.float32)
                 local = ort.InferenceSession(str(synthetic_store.root / model_id / "model.onnx"))
                 expected = local.run(None, {"input": x})[0].ravel()
-                np.testing.assert_allclose(served, expected, rtol=1e-6)
+                # The server runs the ORT-format copy (optimised at the extended level): equal
+                # to the plain .onnx session within 1e-5, not bit for bit.
+                np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
         assert infer(client, "packed/model.tar.gz").status_code == 200
         assert infer(client, "missing/model").status_code == 404
         metrics = scrape(client)

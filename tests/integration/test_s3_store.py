@@ -143,3 +143,28 @@ def test_unreachable_endpoint(
     assert s3_env.secret_key not in str(info.value)
     with pytest.raises(StoreUnavailable):
         store.check()
+
+
+def test_versions_are_numbered_prefixes_in_s3(s3_env: S3Server, tmp_path: Path) -> None:
+    name = s3_env.create_bucket()
+    tree = tmp_path / "upload"
+    files = {
+        "acme/ranker/1/model.onnx": b"version one",
+        "acme/ranker/2/model.onnx": b"version two",
+        "acme/ranker/aliases.json": b'{"stable": 1}',
+        "acme/plain/model.onnx": b"plain",
+        "acme/packed.tar.gz": _tar_gz({"packed/model.onnx": b"packed"}),
+    }
+    for rel, data in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    s3_env.upload_tree(tree, name, "models")
+    store = _store(name, tmp_path)
+    found = store.versions(ModelId.parse("acme/ranker"))
+    assert found is not None
+    assert (found.versions, dict(found.aliases)) == ((1, 2), {"stable": 1})
+    for unversioned in ("acme/plain", "acme/packed.tar.gz", "acme/missing"):
+        assert store.versions(ModelId.parse(unversioned)) is None
+    two = store.fetch(ModelId.parse("acme/ranker/2"))  # a version is an ordinary artifact
+    assert (two.path / "model.onnx").read_bytes() == b"version two"
+    assert "acme/ranker/1" in store.list("acme")

@@ -89,7 +89,8 @@ def test_evictions_failures_and_rejections_are_events(
     # new model evicts the last; tenant "slow" may send one request, then is throttled.
     limits = tmp_path / "limits.toml"
     limits.write_text("[tenants.slow]\nrate_per_s = 0.001\nburst = 1\n")
-    server = start_server(store, memory_budget=6 * MiB, tenant_limits=limits)
+    # LRU: which model goes is the policy's business; this test is about the events.
+    server = start_server(store, memory_budget=6 * MiB, tenant_limits=limits, eviction="lru")
     with httpx.Client(base_url=server.url) as client:
         for i in range(3):
             assert infer(client, f"acme/m{i}").status_code == 200

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tenantserve.errors import TenantServeError
 from tenantserve.protocols.oip.routes import split_target
 from tenantserve.protocols.sagemaker.routes import TARGET_HEADERS
-from tenantserve.types import ModelId
+from tenantserve.types import ModelRef
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 """The environment variable Serve's proxy reads, at start, for a middleware callback."""
@@ -40,15 +40,16 @@ def model_of(path: str, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """
     try:
         if path.startswith(_OIP_MODELS):
-            return split_target(path[len(_OIP_MODELS) :], ("ready", "infer"))[0].value
+            return split_target(path[len(_OIP_MODELS) :], ("ready", "infer"))[0].model_id.value
         if path.startswith(_OIP_REPOSITORY):
-            return split_target(path[len(_OIP_REPOSITORY) :], ("load", "unload"))[0].value
+            return split_target(path[len(_OIP_REPOSITORY) :], ("load", "unload"))[0].model_id.value
         if path.startswith(_SAGEMAKER_MODELS):
-            return ModelId.parse(path[len(_SAGEMAKER_MODELS) :].removesuffix("/invoke")).value
+            raw = path[len(_SAGEMAKER_MODELS) :].removesuffix("/invoke")
+            return ModelRef.parse(raw).model_id.value
         if path == "/invocations" or path.endswith("/invocations"):
             for name, value in headers:
                 if name.lower() in _TARGETS:
-                    return ModelId.parse(value.decode("latin-1")).value
+                    return ModelRef.parse(value.decode("latin-1")).model_id.value
     except TenantServeError:
         return None
     return None

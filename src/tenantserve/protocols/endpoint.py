@@ -19,7 +19,7 @@ from tenantserve.protocols.auth import Access, authorize
 from tenantserve.protocols.body import read_body
 from tenantserve.protocols.errors import CLIENT_CLOSED, ProtocolName, error_response
 from tenantserve.protocols.keys import Role
-from tenantserve.types import ModelId, Tensors, TensorSpec
+from tenantserve.types import ModelRef, ResolvedModel, Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from tenantserve.service import InferenceService
@@ -48,21 +48,25 @@ class Codec(Protocol[D]):
         """The outputs asked for by name; ``None``: all."""
         ...
 
-    def encode(self, parsed: D, model_id: ModelId, outputs: Tensors) -> Response: ...
+    def encode(self, parsed: D, model: ResolvedModel, outputs: Tensors) -> Response:
+        """The answer, naming the model as asked and the version that served it."""
+        ...
 
 
 async def invoke(
     request: Request,
     service: InferenceService,
-    model_id: ModelId,
+    ref: ModelRef,
     codec: Codec[D],
     max_body_bytes: int,
 ) -> Response:
-    """The invoke sequence: authorize → admit (quotas, a slot, the load queue: every refusal
-    before the body is read) → read the body (bounded) → parse it (off the loop when large)
-    → lease, decode and predict (cancelled if the client leaves) → encode."""
-    authorize(request, model_id)
-    async with service.call(model_id) as call:
+    """The invoke sequence: authorize → resolve the version → admit (quotas, a slot, the load
+    queue: every refusal before the body is read) → read the body (bounded) → parse it (off
+    the loop when large) → lease, decode and predict (cancelled if the client leaves) →
+    encode."""
+    authorize(request, ref.model_id)
+    model = await service.resolve(ref)
+    async with service.call(model.key) as call:
         body = await read_body(request, max_body_bytes)
         large = len(body) > OFF_LOOP_BYTES
         headers = request.headers
@@ -72,7 +76,7 @@ async def invoke(
         decode = functools.partial(codec.tensors, parsed)
         work = call.predict(decode, outputs=codec.outputs(parsed), offload=large)
         prediction = await unless_disconnected(request, work)
-    response = codec.encode(parsed, model_id, prediction.outputs)
+    response = codec.encode(parsed, model, prediction.outputs)
     response.headers[CACHE_HEADER] = "hit" if prediction.hit else "miss"
     return response
 

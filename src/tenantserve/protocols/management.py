@@ -1,4 +1,5 @@
-"""Operator routes: ``/v1/status`` and ``/v1/tenants`` (JSON), pin and unpin, the ``/ui`` page.
+"""Operator routes: ``/v1/status`` and ``/v1/tenants`` (JSON), pin, unpin and promote (a
+version to an alias), the ``/ui`` page.
 
 They are one list, :func:`management_routes`, so whatever guards management (an API key
 with an operator role) wraps all of them at once. The page is plain files shipped in the
@@ -11,16 +12,18 @@ from __future__ import annotations
 import importlib.resources
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tenantserve.errors import InvalidRequest
 from tenantserve.protocols.auth import Access, authorize
+from tenantserve.protocols.body import read_body
 from tenantserve.protocols.endpoint import Handler, guarded
 from tenantserve.protocols.errors import json_response
 from tenantserve.protocols.keys import Role
-from tenantserve.types import ModelId
+from tenantserve.types import DEFAULT_ALIAS, ModelId, is_alias, is_version
 
 if TYPE_CHECKING:
     from tenantserve.activity import HotEntry
@@ -33,6 +36,7 @@ UI_FILES = {
 }
 """Every file the page is made of; nothing else under ``/ui/`` is served."""
 
+MAX_PROMOTE_BYTES = 4096
 DEFAULT_MODELS = 1000
 MAX_MODELS = 10_000
 
@@ -49,7 +53,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 def management_routes(
     service: InferenceService, *, version: str, access: Access | None = None
 ) -> list[BaseRoute]:
-    """``GET /v1/status``, ``POST /v1/models/{id}/pin|unpin`` and ``GET /ui/``.
+    """``GET /v1/status``, ``POST /v1/models/{id}/pin|unpin|promote`` and ``GET /ui/``.
 
     Load and unload are the OIP repository routes (and SageMaker's ``/models``). With keys,
     pin and unpin need the ``manage`` role and the model in the key's scope; the status
@@ -95,8 +99,10 @@ class _ManagementApi:
     async def model_action(self, request: Request) -> Response:
         target: str = request.path_params["target"]
         raw, _, action = target.rpartition("/")
-        if action not in ("pin", "unpin"):
-            return json_response({"error": "POST /v1/models/{id}/pin or /unpin"}, 404)
+        if action not in ("pin", "unpin", "promote"):
+            return json_response({"error": "POST /v1/models/{id}/pin, /unpin or /promote"}, 404)
+        if action == "promote":
+            return await self._promote(request, raw)
         model_id = ModelId.parse(raw)
         authorize(request, model_id)
         if action == "pin":
@@ -105,6 +111,18 @@ class _ManagementApi:
         else:
             self._service.pin(model_id, False)
         return json_response({"model": model_id.value, "pinned": action == "pin"})
+
+    async def _promote(self, request: Request, raw: str) -> Response:
+        """``{"version": 2, "alias": "stable"}``: load version 2, then point the alias at it
+        (docs/versions.md); ``alias`` defaults to the one bare ids follow."""
+        model_id = ModelId.parse(raw)
+        authorize(request, model_id)
+        version, alias = _promotion(await read_body(request, MAX_PROMOTE_BYTES), model_id)
+        promoted = await self._service.promote(model_id, version, alias)
+        return json_response(
+            {"model": model_id.value, "alias": alias, "version": promoted.version,
+             "id": promoted.key.value}
+        )  # fmt: skip
 
     async def ui_root(self, request: Request) -> Response:
         # Relative asset and API URLs then resolve under /ui/, behind any path prefix.
@@ -121,6 +139,26 @@ class _ManagementApi:
 
     def _file(self, name: str) -> Response:
         return Response(self._assets[name], media_type=UI_FILES[name], headers=_UI_HEADERS)
+
+
+def _promotion(body: bytes, model_id: ModelId) -> tuple[int, str]:
+    usage = f'promote takes {{"version": 2, "alias": "{DEFAULT_ALIAS}"}} (alias optional)'
+    try:
+        doc = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(f"request body is not valid JSON; {usage}") from None
+    if not isinstance(doc, dict) or set(doc) - {"version", "alias"}:
+        raise InvalidRequest(usage)
+    version, alias = doc.get("version"), doc.get("alias", DEFAULT_ALIAS)
+    text = str(version) if isinstance(version, int) and not isinstance(version, bool) else version
+    if not isinstance(text, str) or not is_version(text):
+        raise InvalidRequest(f"version must be a version number of model {model_id}; {usage}")
+    if not isinstance(alias, str) or not is_alias(alias):
+        raise InvalidRequest(
+            f"alias {str(alias)[:64]!r} is not an alias name (a letter, then letters, digits, "
+            f"'_' or '-'); {usage}"
+        )
+    return int(text), alias
 
 
 def _read_ui() -> dict[str, bytes]:

@@ -212,7 +212,8 @@ def _schemas() -> dict[str, Any]:
 
 def _oip_paths() -> dict[str, Any]:
     name = _param("model_name")
-    version = _param("model_version", pattern="^1$")
+    # A version number or an alias (docs/versions.md); "1" for a model without versions.
+    version = _param("model_version", pattern="^([1-9][0-9]{0,8}|[A-Za-z][A-Za-z0-9_-]{0,63})$")
     metadata = _keyed_op("Model metadata", _responses(_json(_ref("ModelMetadata")), *_MODEL_ERRORS))
     ready = _keyed_op(
         "Model readiness: 200 when resident, 400 when not",
@@ -254,7 +255,12 @@ def _oip_paths() -> dict[str, Any]:
 
 def _sagemaker_paths() -> dict[str, Any]:
     name = _param("model_name")
-    target = _param("X-Amzn-SageMaker-Target-Model", "header", "^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+    # An id, optionally with @version or @alias (docs/versions.md).
+    target = _param(
+        "X-Amzn-SageMaker-Target-Model",
+        "header",
+        "^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}(@[A-Za-z0-9][A-Za-z0-9_-]{0,63})?$",
+    )
     target["required"] = True
     body = {
         "required": True,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from tenantserve.errors import InvalidModelId, Overloaded
 from tenantserve.protocols.errors import ProtocolName, error_response
-from tenantserve.types import ModelId
+from tenantserve.types import ModelRef
 
 if TYPE_CHECKING:
     from tenantserve.metrics import Metrics
@@ -46,7 +46,7 @@ class Shedder:
             return None
         protocol, raw = found
         try:
-            model_id = ModelId.parse(raw.decode("ascii"))
+            model_id = ModelRef.parse(raw.decode("ascii")).model_id  # its tenant is what counts
         except (InvalidModelId, UnicodeDecodeError):
             return None
         if not self._service.refuses_at_once(model_id):

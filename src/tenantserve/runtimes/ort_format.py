@@ -90,6 +90,22 @@ def convert(model: bytes, target: Path) -> None:
         raise NoFastLoad(f"ONNX Runtime cannot convert it: {first_line(exc)}") from exc
     if not target.is_file():
         raise NoFastLoad("ONNX Runtime wrote no ORT-format file")
+    check_loads(target)
+
+
+def check_loads(ort_file: Path) -> None:
+    """Raise :class:`NoFastLoad` unless ``ort_file`` opens as the server opens it: ONNX Runtime
+    writes files it cannot read back (a graph of hundreds of thousands of nodes fails its
+    flatbuffer verifier), and a mapped session is cheap beside a conversion."""
+    try:
+        ort.InferenceSession(
+            str(ort_file),
+            sess_options=session_options(prepack=False, ort_file=True),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        reason = first_line(exc).replace(str(ort_file), ort_file.name)  # no host paths shown
+        raise NoFastLoad(f"its ORT-format file does not load: {reason}") from exc
 
 
 class FastLoads:
@@ -170,6 +186,7 @@ class FastLoads:
             if hashlib.sha256(data).hexdigest() != published.sha256:
                 raise NoFastLoad("does not match its sha256")
             (work / ORT_FILE).write_bytes(data)
+            check_loads(work / ORT_FILE)
 
         try:
             entry, _built = self._files.get_or_create(_key("pub", published.sha256), build)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tenantserve.store.versions import ModelVersions
 from tenantserve.types import ModelId, ModelManifest
 
 
@@ -34,6 +35,18 @@ class ModelStore(Protocol):
             StoreUnavailable: the store did not answer.
             LoadFailed: the artifact is malformed (bad archive, bad manifest, checksum).
             Forbidden: a local artifact links out of its folder or its tenant's.
+        """
+        ...
+
+    def versions(self, model_id: ModelId) -> ModelVersions | None:
+        """The numbered versions and aliases of a versioned model (``acme/macros/1/``,
+        ``acme/macros/2/``, ``aliases.json``); ``None`` for one that is not versioned or not
+        there.
+
+        Raises:
+            StoreUnavailable: the store did not answer.
+            LoadFailed: its ``aliases.json`` is not valid.
+            Forbidden: a local model folder links out of its tenant's.
         """
         ...
 

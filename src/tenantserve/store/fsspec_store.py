@@ -36,6 +36,7 @@ from tenantserve.store.manifest import (
     read_manifest,
 )
 from tenantserve.store.translate import IncompleteDownload, translate
+from tenantserve.store.versions import ModelVersions, read_versions
 from tenantserve.types import ModelId, ModelManifest
 
 T = TypeVar("T")
@@ -109,6 +110,23 @@ class FsspecStore:
         if model_id.value.endswith(BARE_MODEL_SUFFIX):
             return self._fetch_bare(model_id, rpath, info, deadline)
         return self._fetch_archive(model_id, rpath, info, deadline)
+
+    def versions(self, model_id: ModelId) -> ModelVersions | None:
+        """The numbered versions and aliases of a versioned model folder; ``None`` for a
+        model that is not versioned or not there (its fetch says which)."""
+        deadline = time.monotonic() + self._retry_deadline_s
+        rpath = f"{self._root}/{model_id}"
+        if self._local_root is not None:
+            # As a fetch: the folder (and the aliases read from it) stays in its tenant.
+            rpath = str(self._call(lambda: self._inside_root(model_id.value), deadline, model_id))
+        try:
+            return self._call(
+                lambda: read_versions(self._fs, rpath, model_id, _MODEL_MARKERS),
+                deadline,
+                model_id,
+            )
+        except ModelNotFound:
+            return None
 
     def list(self, prefix: str = "") -> list[str]:
         """Model ids under ``prefix`` (a tenant, a deeper path, or ``""``), sorted."""

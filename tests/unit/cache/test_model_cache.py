@@ -32,6 +32,7 @@ from tenantserve.errors import (
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel, Prepared, Runtime, SharedUsage
 from tenantserve.store.base import LocalArtifact
+from tenantserve.store.versions import ModelVersions
 from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
 
 
@@ -80,6 +81,9 @@ class FakeStore:
             raise StoreUnavailable("the model store could not be reached (timed out)")
         size = int(name)
         return LocalArtifact(model_id, self.tmp, ModelManifest(memory_hint_bytes=size), size)
+
+    def versions(self, model_id: ModelId) -> ModelVersions | None:
+        return None  # no versioned models
 
     def list(self, prefix: str = "") -> list[str]:
         return []

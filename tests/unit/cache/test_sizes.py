@@ -19,6 +19,7 @@ from tenantserve.cache.trimmer import HeapTrimmer
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel, Prepared, Runtime, SharedUsage
 from tenantserve.store.base import LocalArtifact
+from tenantserve.store.versions import ModelVersions
 from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
 
 MB = 1_000_000
@@ -48,6 +49,9 @@ class _Store:
     def fetch(self, model_id: ModelId) -> LocalArtifact:
         size = int(model_id.value.rsplit("-", 1)[1]) * MB
         return LocalArtifact(model_id, self.tmp, ModelManifest(memory_hint_bytes=size), size)
+
+    def versions(self, model_id: ModelId) -> ModelVersions | None:
+        return None  # no versioned models
 
     def list(self, prefix: str = "") -> list[str]:
         return []

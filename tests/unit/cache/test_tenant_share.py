@@ -18,6 +18,7 @@ from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel, Runtime
 from tenantserve.runtimes.base import Prepared, SharedUsage
 from tenantserve.store.base import LocalArtifact
+from tenantserve.store.versions import ModelVersions
 from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
 
 MB = 1_000_000
@@ -68,6 +69,9 @@ class _Store:
             self.gate.wait(10)
         size = int(model_id.value.rsplit("-", 1)[1]) * MB
         return LocalArtifact(model_id, self.tmp, ModelManifest(memory_hint_bytes=size), size)
+
+    def versions(self, model_id: ModelId) -> ModelVersions | None:
+        return None  # no versioned models
 
     def list(self, prefix: str = "") -> list[str]:
         return []

@@ -27,6 +27,8 @@ def anyio_backend() -> str:
     [
         ("/v2/models/acme/macros/infer", [], "acme/macros"),
         ("/v2/models/acme/macros/versions/1/infer", [], "acme/macros"),
+        ("/v2/models/acme/macros@stable/infer", [], "acme/macros"),  # routed by the model
+        ("/invocations", [(b"x-amzn-sagemaker-target-model", b"acme/m@2")], "acme/m"),
         ("/v2/models/acme/macros/ready", [], "acme/macros"),
         ("/v2/models/acme/macros", [], "acme/macros"),
         ("/v2/repository/models/acme/macros/load", [], "acme/macros"),

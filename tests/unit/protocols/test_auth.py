@@ -27,7 +27,16 @@ from tenantserve.protocols import routes
 from tenantserve.protocols.auth import Access
 from tenantserve.protocols.keys import KeyRing, Principal, Role
 from tenantserve.service import InferenceService, RepositoryEntry
-from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors, TensorSpec
+from tenantserve.store.versions import choose_unversioned
+from tenantserve.types import (
+    ModelId,
+    ModelMetadata,
+    ModelRef,
+    ModelStatus,
+    ResolvedModel,
+    Tensors,
+    TensorSpec,
+)
 
 ACME_INVOKE = "acme-invoke-key-0001"
 ACME_MANAGE = "acme-manage-key-0001"
@@ -104,6 +113,16 @@ class FakeService:
         self.seen.append(model_id.value)
         return ModelStatus(model_id.value, "ready", 1, False, 0, 1, 0.0, 0.1)
 
+    async def promote(self, model_id: ModelId, version: int, alias: str) -> ResolvedModel:
+        self.seen.append(model_id.value)
+        return ResolvedModel(model_id, str(version), ModelId.parse(f"{model_id}/{version}"))
+
+    async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
+        return choose_unversioned(ref.model_id, ref.selector)  # no versioned models here
+
+    async def versions_of(self, model: ResolvedModel) -> list[str]:
+        return [model.version]
+
     async def index(self) -> list[RepositoryEntry]:
         return [RepositoryEntry(m, "READY") for m in self.models]
 
@@ -157,6 +176,7 @@ def _calls(model: str) -> dict[str, tuple[Role, Call]]:
         "sm describe": (Role.MANAGE, ("GET", f"/models/{model}", {}, b"")),
         "sm unload": (Role.MANAGE, ("DELETE", f"/models/{model}", {}, b"")),
         "v1 pin": (Role.MANAGE, ("POST", f"/v1/models/{model}/pin", {}, b"")),
+        "v1 promote": (Role.MANAGE, ("POST", f"/v1/models/{model}/promote", {}, b'{"version": 1}')),
     }
 
 

@@ -29,7 +29,16 @@ from tenantserve.errors import (
 from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes
 from tenantserve.service import InferenceService, RepositoryEntry
-from tenantserve.types import ModelId, ModelMetadata, ModelStatus, Tensors, TensorSpec
+from tenantserve.store.versions import choose_unversioned
+from tenantserve.types import (
+    ModelId,
+    ModelMetadata,
+    ModelRef,
+    ModelStatus,
+    ResolvedModel,
+    Tensors,
+    TensorSpec,
+)
 
 MAX_BODY = 64 * 1024
 STORE = "s3://models/prod"
@@ -115,6 +124,12 @@ class FakeService:
             if status.model_id == model_id.value:
                 return status
         raise ModelNotFound(f"model {model_id} is not loaded")
+
+    async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
+        return choose_unversioned(ref.model_id, ref.selector)  # no versioned models here
+
+    async def versions_of(self, model: ResolvedModel) -> list[str]:
+        return [model.version]
 
     async def index(self) -> list[RepositoryEntry]:
         return [RepositoryEntry("acme/macros", "READY"), RepositoryEntry("beta/m", "UNAVAILABLE")]
@@ -376,8 +391,8 @@ async def test_service_errors_map_to_statuses(
 async def test_repository_index_and_ready_filter(client: httpx.AsyncClient) -> None:
     everything = (await client.post("/v2/repository/index")).json()
     assert everything == [
-        {"name": "acme/macros", "state": "READY", "reason": ""},
-        {"name": "beta/m", "state": "UNAVAILABLE", "reason": ""},
+        {"name": "acme/macros", "version": "1", "state": "READY", "reason": ""},
+        {"name": "beta/m", "version": "1", "state": "UNAVAILABLE", "reason": ""},
     ]
     ready = (await client.post("/v2/repository/index", json={"ready": True})).json()
     assert [e["name"] for e in ready] == ["acme/macros"]

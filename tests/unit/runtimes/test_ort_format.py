@@ -192,6 +192,26 @@ def test_a_published_copy_is_taken_for_this_version_and_its_digest_only(
     assert len(converted) == 2
 
 
+def test_an_ort_format_file_that_does_not_load_is_never_served(tmp_path: Path) -> None:
+    """ONNX Runtime can write files it cannot read back: a published copy (or a conversion)
+    that does not open is not taken, and the model still answers."""
+    folder = tmp_path / "acme" / "m"
+    write_synthetic_model(folder, size_bytes=50_000, seed=1)
+    broken = b"not a flatbuffer" * 64  # its digest in the manifest, so only opening it can tell
+    (folder / "model.ort").write_bytes(broken)
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["ort_format"]["sha256"] = hashlib.sha256(broken).hexdigest()
+    (folder / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ort_format.NoFastLoad, match="its ORT-format file does not load"):
+        ort_format.check_loads(folder / "model.ort")
+    runtime = default_runtimes(DiskCache(tmp_path / "disk", max_bytes=1 << 30))["onnx"]
+    prepared = runtime.prepare(folder, checked_manifest(folder, "model m"))
+    assert prepared.note == ""  # converted from model.onnx instead: still a fast load
+    model, _ = _load({"onnx": runtime}, folder)
+    assert model.predict({"input": np.ones((1, 16), np.float32)})["output"].shape[0] == 1
+    model.close()
+
+
 def test_a_base_file_is_made_from_bytes_of_its_declared_digest_only(tmp_path: Path) -> None:
     base = base_bytes(tmp_path)
     liar = tmp_path / "liar"

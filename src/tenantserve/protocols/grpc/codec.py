@@ -29,7 +29,6 @@ from tenantserve.protocols.grpc._generated.grpc_service_pb2 import (
 )
 from tenantserve.protocols.oip.binary import tensor_from_bytes, tensor_to_bytes
 from tenantserve.protocols.oip.codec import checked_datatype, checked_name, checked_shape
-from tenantserve.protocols.oip.routes import MODEL_VERSION
 from tenantserve.types import DATATYPE_TO_DTYPE, Tensors, TensorSpec, datatype_of
 
 # Each datatype's typed field, and the dtype its values have on the wire.
@@ -115,7 +114,9 @@ def decode_request(request: ModelInferRequest) -> InferCall:
     return InferCall(request.id, inputs, outputs, bool(raw) or binary_default or binary)
 
 
-def encode_response(model_name: str, call: InferCall, outputs: Tensors) -> ModelInferResponse:
+def encode_response(
+    model_name: str, call: InferCall, outputs: Tensors, *, model_version: str = "1"
+) -> ModelInferResponse:
     """The response to ``call``, its outputs raw or typed (see the module)."""
     typed: list[tuple[str, npt.NDArray[Any], str]] = []
     for name, array in outputs.items():
@@ -124,7 +125,7 @@ def encode_response(model_name: str, call: InferCall, outputs: Tensors) -> Model
         except ValueError as exc:
             raise PredictFailed(f"output {name!r} has a type with no OIP datatype") from exc
     raw = call.raw_outputs or any(datatype not in _TYPED for _, _, datatype in typed)
-    response = ModelInferResponse(model_name=model_name, model_version=MODEL_VERSION, id=call.id)
+    response = ModelInferResponse(model_name=model_name, model_version=model_version, id=call.id)
     for name, array, datatype in typed:
         tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         if raw:

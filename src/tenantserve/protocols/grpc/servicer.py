@@ -37,8 +37,7 @@ from tenantserve.protocols.grpc._generated.grpc_service_pb2_grpc import (
 )
 from tenantserve.protocols.grpc.codec import decode_request, encode_response, payload_bytes
 from tenantserve.protocols.keys import Principal, Role
-from tenantserve.protocols.oip.routes import MODEL_VERSION, check_version
-from tenantserve.types import ModelId, TensorSpec
+from tenantserve.types import ModelRef, ResolvedModel, TensorSpec
 
 if TYPE_CHECKING:
     from tenantserve.metrics import Metrics
@@ -103,8 +102,8 @@ class OipServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
         async def ready(principal: Principal) -> pb.ModelReadyResponse:
-            model_id = _model(principal, request.name, request.version)
-            return pb.ModelReadyResponse(ready=self._service.is_resident(model_id))
+            model = await self._model(principal, request.name, request.version)
+            return pb.ModelReadyResponse(ready=self._service.is_resident(model.key))
 
         return await self._answer(context, Role.INVOKE, ready)
 
@@ -112,10 +111,11 @@ class OipServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
         async def metadata(principal: Principal) -> pb.ModelMetadataResponse:
-            found = await self._service.metadata(_model(principal, request.name, request.version))
+            model = await self._model(principal, request.name, request.version)
+            found = await self._service.metadata(model.key)
             return pb.ModelMetadataResponse(
-                name=found.model_id,
-                versions=[MODEL_VERSION],
+                name=model.name.value,
+                versions=await self._service.versions_of(model),
                 platform=found.platform,
                 inputs=[_tensor(spec) for spec in found.inputs],
                 outputs=[_tensor(spec) for spec in found.outputs],
@@ -127,8 +127,8 @@ class OipServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         async def infer(principal: Principal) -> pb.ModelInferResponse:
-            model_id = _model(principal, request.model_name, request.model_version)
-            async with self._service.call(model_id) as call:
+            model = await self._model(principal, request.model_name, request.model_version)
+            async with self._service.call(model.key) as call:
                 large = payload_bytes(request) > OFF_LOOP_BYTES
                 parsed = (
                     await call.off_loop(decode_request, request)
@@ -136,7 +136,9 @@ class OipServicer(GRPCInferenceServiceServicer):
                     else decode_request(request)
                 )
                 prediction = await call.predict(parsed.tensors, outputs=parsed.outputs)
-            response = encode_response(model_id.value, parsed, prediction.outputs)
+            response = encode_response(
+                model.name.value, parsed, prediction.outputs, model_version=model.version
+            )
             context.set_trailing_metadata(((CACHE_METADATA, "hit" if prediction.hit else "miss"),))
             return response
 
@@ -162,7 +164,7 @@ class OipServicer(GRPCInferenceServiceServicer):
             return pb.RepositoryIndexResponse(
                 models=[
                     pb.RepositoryIndexResponse.ModelIndex(
-                        name=e.model_id, version=MODEL_VERSION, state=e.state, reason=e.reason
+                        name=e.model_id, version=e.version, state=e.state, reason=e.reason
                     )
                     for e in await self._service.index()
                     if (not request.ready or e.state == "READY")
@@ -176,12 +178,14 @@ class OipServicer(GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
         async def load(principal: Principal) -> pb.RepositoryModelLoadResponse:
-            model_id = _model(principal, request.model_name, "")
+            ref = _reference(principal, request.model_name, "")
             if request.parameters:
                 raise _no_overrides(sorted(request.parameters))
             # As Triton and the HTTP route: loading a resident model reloads it from the
             # store; the old copy serves until the new one is in, and if the reload fails.
-            await self._service.load(model_id, reload=True)
+            # A bare id loads the version it serves now (read afresh).
+            model = await self._service.resolve(ref, fresh=True)
+            await self._service.load(model.key, reload=True)
             return pb.RepositoryModelLoadResponse()
 
         return await self._answer(context, Role.MANAGE, load)
@@ -192,7 +196,8 @@ class OipServicer(GRPCInferenceServiceServicer):
         async def unload(principal: Principal) -> pb.RepositoryModelUnloadResponse:
             # Parameters are ignored: tritonclient always sends unload_dependents, and a
             # model here has no dependents to unload.
-            await self._service.unload(_model(principal, request.model_name, ""))
+            model = await self._model(principal, request.model_name, "")
+            await self._service.unload(model.key)
             return pb.RepositoryModelUnloadResponse()
 
         return await self._answer(context, Role.MANAGE, unload)
@@ -241,6 +246,11 @@ class OipServicer(GRPCInferenceServiceServicer):
             status = grpc_status(exc)
         await context.abort(grpc.StatusCode[status.code], status.message, status.trailing)
 
+    async def _model(self, principal: Principal, name: str, version: str) -> ResolvedModel:
+        """The version a call names (``model_version``, or ``@`` in the name), once its id
+        and scope are checked."""
+        return await self._service.resolve(_reference(principal, name, version))
+
     def _principal(self, context: Context) -> Principal:
         api_key: str | None = None
         authorization = ""
@@ -255,12 +265,11 @@ class OipServicer(GRPCInferenceServiceServicer):
         return principal
 
 
-def _model(principal: Principal, name: str, version: str) -> ModelId:
+def _reference(principal: Principal, name: str, version: str) -> ModelRef:
     """The model a call names, checked as HTTP checks a path: id, version, then scope."""
-    model_id = ModelId.parse(name)
-    check_version(model_id, version or MODEL_VERSION)
-    authorize_principal(principal, model_id)
-    return model_id
+    ref = ModelRef.parse(name, version)
+    authorize_principal(principal, ref.model_id)
+    return ref
 
 
 def _tensor(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -90,7 +90,7 @@ def decode_request(body: bytes, header_length: str | None = None) -> InferReques
 
 
 def encode_response(
-    model_name: str, request: InferRequest, outputs: Tensors
+    model_name: str, request: InferRequest, outputs: Tensors, *, model_version: str = "1"
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when any output is in binary form."""
     entries: list[dict[str, Any]] = []
@@ -108,7 +108,9 @@ def encode_response(
         else:
             entry["data"] = _json_data(array, datatype)
         entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": entries}
+    doc: dict[str, Any] = {
+        "model_name": model_name, "model_version": model_version, "outputs": entries,
+    }  # fmt: skip
     if request.id is not None:
         doc["id"] = request.id
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from tenantserve.errors import InvalidRequest, ModelNotFound
+from tenantserve.errors import InvalidModelId, InvalidRequest
 from tenantserve.protocols.auth import Access, authorize, covers
 from tenantserve.protocols.body import read_body
 from tenantserve.protocols.endpoint import Handler, guarded, invocation, invoke
@@ -33,14 +33,11 @@ from tenantserve.protocols.oip.codec import (
     decode_request,
     encode_response,
 )
-from tenantserve.types import ModelId, ModelMetadata, Tensors, TensorSpec
+from tenantserve.types import ModelMetadata, ModelRef, ResolvedModel, Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from tenantserve.metrics import Metrics
     from tenantserve.service import InferenceService
-
-MODEL_VERSION = "1"
-"""The one version every model serves: artifacts are not versioned inside the store."""
 
 EXTENSIONS = ("model_repository", "binary_tensor_data")
 
@@ -52,35 +49,26 @@ _ACCEPTED_TYPES = frozenset(
 )
 
 
-def split_target(path: str, actions: tuple[str, ...]) -> tuple[ModelId, str]:
-    """``<id>[/versions/<v>][/<action>]`` → (validated id, action or ``""``).
+def split_target(path: str, actions: tuple[str, ...]) -> tuple[ModelRef, str]:
+    """``<id>[@<v>][/versions/<v>][/<action>]`` → (validated reference, action or ``""``).
+
+    The version is a number or an alias (docs/versions.md); which ones exist is the
+    service's to say.
 
     Raises:
-        InvalidModelId: the id part is not a valid model id.
-        ModelNotFound: a version other than :data:`MODEL_VERSION`.
+        InvalidModelId: the id or the version is not valid, or two versions disagree.
     """
     action = ""
     for candidate in actions:
         if path.endswith("/" + candidate):
             path, action = path[: -len(candidate) - 1], candidate
             break
-    version = MODEL_VERSION
     versioned = _VERSIONED.fullmatch(path)
-    if versioned is not None:
-        path, version = versioned["model"], versioned["version"]
-    model_id = ModelId.parse(path)
-    check_version(model_id, version)
-    return model_id, action
-
-
-def check_version(model_id: ModelId, version: str) -> None:
-    """Refuse a version other than :data:`MODEL_VERSION`.
-
-    Raises:
-        ModelNotFound: a version this server does not serve.
-    """
-    if version != MODEL_VERSION:
-        raise ModelNotFound(f"model {model_id} has no version {version[:32]!r}; it serves '1'")
+    if versioned is None:
+        return ModelRef.parse(path), action
+    if not versioned["version"]:
+        raise InvalidModelId(f"model {versioned['model'][:80]!r}: /versions/ needs a version")
+    return ModelRef.parse(versioned["model"], versioned["version"]), action
 
 
 def oip_routes(
@@ -138,29 +126,30 @@ class _OipApi:
         return Response(self._server, media_type="application/json")
 
     async def model_get(self, request: Request) -> Response:
-        model_id, action = split_target(request.path_params["target"], ("ready", "infer"))
-        authorize(request, model_id)
+        ref, action = split_target(request.path_params["target"], ("ready", "infer"))
+        authorize(request, ref.model_id)
         if action == "infer":
-            use_post = f"inference is a POST to /v2/models/{model_id}/infer, not a GET"
+            use_post = f"inference is a POST to /v2/models/{ref}/infer, not a GET"
             return json_response({"error": use_post}, 405, {"Allow": "POST"})
+        model = await self._service.resolve(ref)
         if action == "ready":
             # tritonclient and KServe clients read 200 as ready and any 4xx as not ready.
-            if self._service.is_resident(model_id):
-                return json_response({"name": model_id.value, "ready": True})
-            body = {
-                "name": model_id.value,
-                "ready": False,
-                "error": f"model {model_id} is not loaded",
-            }
-            return json_response(body, 400)
-        return json_response(metadata_document(await self._service.metadata(model_id)))
+            named = {"name": model.name.value, "version": model.version}
+            if self._service.is_resident(model.key):
+                return json_response({**named, "ready": True})
+            error = f"model {ref} is not loaded"
+            return json_response({**named, "ready": False, "error": error}, 400)
+        found = await self._service.metadata(model.key)
+        return json_response(
+            metadata_document(found, model, await self._service.versions_of(model))
+        )
 
     async def model_post(self, request: Request) -> Response:
-        model_id, action = split_target(request.path_params["target"], ("infer",))
+        ref, action = split_target(request.path_params["target"], ("infer",))
         if action != "infer":
-            authorize(request, model_id)
+            authorize(request, ref.model_id)
             return json_response({"error": "POST needs /infer"}, 405, {"Allow": "GET"})
-        return await invoke(request, self._service, model_id, _CODEC, self._max_body_bytes)
+        return await invoke(request, self._service, ref, _CODEC, self._max_body_bytes)
 
     async def index(self, request: Request) -> Response:
         body = await read_body(request, self._max_body_bytes)
@@ -174,24 +163,26 @@ class _OipApi:
                 raise InvalidRequest('index body must be {"ready": true|false}')
             ready_only = doc.get("ready", False)
         entries = [
-            {"name": e.model_id, "state": e.state, "reason": e.reason}
+            {"name": e.model_id, "version": e.version, "state": e.state, "reason": e.reason}
             for e in await self._service.index()
             if (not ready_only or e.state == "READY") and covers(request, e.model_id)
         ]
         return json_response(entries)
 
     async def repository(self, request: Request) -> Response:
-        model_id, action = split_target(request.path_params["target"], ("load", "unload"))
-        authorize(request, model_id)
+        ref, action = split_target(request.path_params["target"], ("load", "unload"))
+        authorize(request, ref.model_id)
+        if action not in ("load", "unload"):
+            return json_response({"error": "repository paths end in /load or /unload"}, 404)
+        # A bare id loads or unloads the version it serves now (read afresh for a load).
+        model = await self._service.resolve(ref, fresh=action == "load")
         if action == "load":
             # As Triton: loading a resident model reloads it from the store; the old copy
             # serves until the new one is in, and keeps serving if the reload fails.
-            await self._service.load(model_id, reload=True)
-        elif action == "unload":
-            await self._service.unload(model_id)
+            await self._service.load(model.key, reload=True)
         else:
-            return json_response({"error": "repository paths end in /load or /unload"}, 404)
-        return json_response({"name": model_id.value, "action": action})
+            await self._service.unload(model.key)
+        return json_response({"name": model.name.value, "version": model.version, "action": action})
 
 
 class _OipCodec:
@@ -207,8 +198,10 @@ class _OipCodec:
     def outputs(self, parsed: InferRequest) -> Sequence[str] | None:
         return parsed.outputs
 
-    def encode(self, parsed: InferRequest, model_id: ModelId, outputs: Tensors) -> Response:
-        payload, header_length = encode_response(model_id.value, parsed, outputs)
+    def encode(self, parsed: InferRequest, model: ResolvedModel, outputs: Tensors) -> Response:
+        payload, header_length = encode_response(
+            model.name.value, parsed, outputs, model_version=model.version
+        )
         if header_length is None:
             return Response(payload, media_type="application/json")
         headers = {HEADER_LENGTH: str(header_length)}
@@ -218,11 +211,14 @@ class _OipCodec:
 _CODEC = _OipCodec()
 
 
-def metadata_document(metadata: ModelMetadata) -> dict[str, Any]:
-    """The OIP model metadata response (``-1`` marks a dimension of any size)."""
+def metadata_document(
+    metadata: ModelMetadata, model: ResolvedModel, versions: Sequence[str]
+) -> dict[str, Any]:
+    """The OIP model metadata response of ``model`` (``-1`` marks a dimension of any size):
+    named as asked, with every version the model has."""
     return {
-        "name": metadata.model_id,
-        "versions": [MODEL_VERSION],
+        "name": model.name.value,
+        "versions": list(versions),
         "platform": metadata.platform,
         "inputs": [_tensor(spec) for spec in metadata.inputs],
         "outputs": [_tensor(spec) for spec in metadata.outputs],

@@ -32,7 +32,7 @@ from tenantserve.protocols.sagemaker.codec import (
     encode_predictions,
     response_type,
 )
-from tenantserve.types import ModelId, Tensors, TensorSpec
+from tenantserve.types import ModelId, ModelRef, ResolvedModel, Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from tenantserve.metrics import Metrics
@@ -115,16 +115,18 @@ class _SageMakerApi:
         )
         if raw is None:
             raise InvalidRequest("missing X-Amzn-SageMaker-Target-Model header naming the model")
-        return await self._invoke(request, ModelId.parse(raw))
+        return await self._invoke(request, ModelRef.parse(raw))
 
     async def invoke_model(self, request: Request) -> Response:
         target: str = request.path_params["target"]
         if not target.endswith("/invoke"):
             return json_response({"error": "POST /models/{name} needs /invoke"}, 404)
-        return await self._invoke(request, ModelId.parse(target.removesuffix("/invoke")))
+        return await self._invoke(request, ModelRef.parse(target.removesuffix("/invoke")))
 
-    async def _invoke(self, request: Request, model_id: ModelId) -> Response:
-        return await invoke(request, self._service, model_id, _CODEC, self._max_body_bytes)
+    async def _invoke(self, request: Request, ref: ModelRef) -> Response:
+        # TargetModel reaches any version: acme/macros@2, acme/macros@stable, or the
+        # version's own path acme/macros/2 (docs/versions.md).
+        return await invoke(request, self._service, ref, _CODEC, self._max_body_bytes)
 
     async def load_model(self, request: Request) -> Response:
         doc = orjson_object(await read_body(request, self._max_body_bytes))
@@ -225,7 +227,7 @@ class _SageMakerCodec:
     def outputs(self, parsed: _Invocation) -> Sequence[str] | None:
         return None
 
-    def encode(self, parsed: _Invocation, model_id: ModelId, outputs: Tensors) -> Response:
+    def encode(self, parsed: _Invocation, model: ResolvedModel, outputs: Tensors) -> Response:
         return Response(encode_predictions(outputs, parsed.accept), media_type=parsed.accept)
 
 

@@ -11,6 +11,7 @@ from typing import ParamSpec, TypeVar
 from tenantserve.runtimes import Prepared, SharedUsage
 from tenantserve.runtimes.base import LoadedModel
 from tenantserve.store.base import LocalArtifact
+from tenantserve.store.versions import ModelVersions
 from tenantserve.types import ModelId, ModelManifest, Tensors, TensorSpec
 
 P = ParamSpec("P")
@@ -71,6 +72,9 @@ class SimStore:
     def fetch(self, model_id: ModelId) -> LocalArtifact:
         size = self._sizes[model_id.value]
         return LocalArtifact(model_id, Path("."), ModelManifest(memory_hint_bytes=size), size)
+
+    def versions(self, model_id: ModelId) -> ModelVersions | None:
+        return None  # no versioned models
 
     def list(self, prefix: str = "") -> list[str]:
         return sorted(m for m in self._sizes if m.startswith(prefix))

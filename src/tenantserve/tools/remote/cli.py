@@ -1,5 +1,5 @@
-"""``tenantserve status``, ``models list|load|unload|pin|unpin`` and ``tenants list`` against a
-running server."""
+"""``tenantserve status``, ``models list|load|unload|pin|unpin|promote`` and ``tenants list``
+against a running server."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tenantserve.tools.remote.render import (
     status_view,
     tenants_table,
 )
+from tenantserve.types import DEFAULT_ALIAS
 from tenantserve.units import human_bytes
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ KeyOpt = Annotated[
 ModelArg = Annotated[str, typer.Argument(help="Model id, e.g. acme/macros.", show_default=False)]
 
 models_app = typer.Typer(
-    help="Resident models of a running server: list them, load, unload, pin and unpin.",
+    help="Resident models of a running server: list them, load, unload, pin, unpin and "
+    "promote a version.",
     no_args_is_help=True,
 )
 tenants_app = typer.Typer(
@@ -176,6 +178,35 @@ def _echo_model(client: StatusClient, model_id: str, done: str) -> None:
     resident = next((m for m in doc["models"] if m["id"] == model_id), None)
     size = f" ({human_bytes(resident['bytes'])})" if resident else ""
     typer.echo(f"{done} {model_id}{size}")
+
+
+@models_app.command("promote")
+def promote_model(
+    model_id: ModelArg,
+    version: Annotated[
+        int,
+        typer.Argument(help="The version to promote: its folder's number.", show_default=False),
+    ],
+    alias: Annotated[
+        str,
+        typer.Option(
+            help=f"The alias to move. Bare ids follow '{DEFAULT_ALIAS}' (the highest version "
+            "when unset)."
+        ),
+    ] = DEFAULT_ALIAS,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Roll a versioned model (acme/macros/1/, acme/macros/2/, …) out: load VERSION, then
+    point ALIAS at it. Requests resolved before finish on the old version; requests pinned
+    to a version (acme/macros@1, /versions/1) keep it. Lasts until the server restarts:
+    aliases.json in the model's folder keeps it for good (docs/versions.md)."""
+    if version < 1:
+        typer.echo("error: VERSION is a whole number from 1", err=True)
+        raise typer.Exit(2)
+    with _client(url, api_key) as client:
+        doc = client.promote(model_id, version, alias)
+        typer.echo(f"{model_id}@{doc['alias']} is version {doc['version']} ({doc['id']})")
 
 
 @tenants_app.command("list")

@@ -71,6 +71,14 @@ class StatusClient:
         action = "pin" if pinned else "unpin"
         self._call("POST", f"/v1/models/{_quote(model_id)}/{action}")
 
+    def promote(self, model_id: str, version: int, alias: str) -> dict[str, Any]:
+        """Load ``version`` of ``model_id`` and point ``alias`` at it; the server's answer."""
+        body = {"version": version, "alias": alias}
+        doc = self._call("POST", f"/v1/models/{_quote(model_id)}/promote", json=body)
+        if not isinstance(doc, dict) or "version" not in doc:
+            raise RemoteError(f"{self.url} answered promote without the version it set")
+        return doc
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         if self._http is None:
             raise RuntimeError("use StatusClient as a context manager")

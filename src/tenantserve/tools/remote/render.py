@@ -246,10 +246,14 @@ _INDEX_STATES = {"READY": "loaded", "LOADING": "loading"}
 
 def index_table(entries: list[dict[str, Any]]) -> Records:
     """Every model in the store (``POST /v2/repository/index``) with its state here."""
-    records = Records("Models in the store", (Column("Model"), Column("State")), empty="none")
+    # A Version column only for a store that has numbered versions (docs/versions.md).
+    versioned = any(str(entry.get("version", "1")) != "1" for entry in entries)
+    columns = (Column("Model"), Column("Version"), Column("State"))
+    records = Records("Models in the store", columns if versioned else columns[::2], empty="none")
     for entry in entries:
         state, reason = str(entry.get("state", "")), str(entry.get("reason", ""))
         # A model that is simply cold is "not loaded"; "unavailable" only with a reason.
         shown = _INDEX_STATES.get(state) or (f"unavailable: {reason}" if reason else "not loaded")
-        records.add(str(entry.get("name", "")), shown)
+        version = (str(entry.get("version", "1")),) if versioned else ()
+        records.add(str(entry.get("name", "")), *version, shown)
     return records

@@ -24,7 +24,8 @@ from tenantserve.protocols.grpc.server import GrpcServer
 from tenantserve.protocols.grpc.servicer import OipServicer
 from tenantserve.protocols.keys import KeyRing
 from tenantserve.service import InferenceService, RepositoryEntry
-from tenantserve.types import ModelId, ModelMetadata, Tensors, TensorSpec
+from tenantserve.store.versions import choose_unversioned
+from tenantserve.types import ModelId, ModelMetadata, ModelRef, ResolvedModel, Tensors, TensorSpec
 
 ACME = "acme-invoke-key-000001"
 OPS = "ops-manage-key-0000001"
@@ -84,6 +85,12 @@ class FakeService:
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         return ModelMetadata(model_id.value, "onnxruntime_onnx", INPUTS, (INPUTS[0],))
+
+    async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
+        return choose_unversioned(ref.model_id, ref.selector)  # no versioned models here
+
+    async def versions_of(self, model: ResolvedModel) -> list[str]:
+        return [model.version]
 
     async def index(self) -> list[RepositoryEntry]:
         return [RepositoryEntry("acme/ready", "READY"), RepositoryEntry("beta/m", "UNAVAILABLE")]
@@ -188,7 +195,10 @@ async def test_errors_end_calls_with_the_table_s_status(open_server: Harness) ->
     assert bad_id.code() == grpc.StatusCode.INVALID_ARGUMENT
     version = await _fails(stub.ModelInfer(_request(model_version="2")))
     assert version.code() == grpc.StatusCode.NOT_FOUND
-    assert version.details() == "model acme/m has no version '2'; it serves '1'"
+    assert version.details() == (
+        "model acme/m has no version 2: it has no numbered version folders, so it serves "
+        "version 1 only"
+    )
 
     open_server.service.refuse = Overloaded("server busy: retry", retry_after_s=2.5)
     busy = await _fails(stub.ModelInfer(_request()))
