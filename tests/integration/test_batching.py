@@ -38,7 +38,8 @@ TRAIN_PER_MACRO = 6
 NUMERIC = "num/model"
 HEAVY = "slow/heavy"  # holds the one predict thread while the test's requests queue
 OTHER_HEAVY = "slow/other"
-BLOCK_ROWS = 512  # over a second of one core
+BLOCK_ROWS = 2048  # seconds of one core (about 2.5 ms a row)
+ENDLESS_ROWS = 16_384  # tens of seconds: only a stopped run ends soon
 CLIENTS = 12
 
 
@@ -155,9 +156,11 @@ def _assert_close(got: Any, want: Any, where: str) -> None:
         assert got == want, where
 
 
-def _hold_the_thread(pool: ThreadPoolExecutor, server: ThreadServer, model_id: str) -> Any:
-    ask = {"inputs": [{"name": "input", "shape": [BLOCK_ROWS, 16], "datatype": "FP32",
-                       "data": [0.5] * (BLOCK_ROWS * 16)}]}  # fmt: skip
+def _hold_the_thread(
+    pool: ThreadPoolExecutor, server: ThreadServer, model_id: str, rows: int = BLOCK_ROWS
+) -> Any:
+    ask = {"inputs": [{"name": "input", "shape": [rows, 16], "datatype": "FP32",
+                       "data": [0.5] * (rows * 16)}]}  # fmt: skip
     before = _metric(server.url, "tenantserve_requests_in_flight")
     held = pool.submit(httpx.post, f"{server.url}/v2/models/{model_id}/infer", json=ask,
                        timeout=120)  # fmt: skip
@@ -211,9 +214,9 @@ def test_a_batch_past_the_timeout_answers_each_request_504(
 ) -> None:
     server = start_server(store.root, threads=1, predict_timeout_s=1.0,
                           preload=(HEAVY, OTHER_HEAVY))  # fmt: skip
-    endless = 16_384
+    endless = ENDLESS_ROWS
     with ThreadPoolExecutor(4) as pool:
-        held = _hold_the_thread(pool, server, HEAVY)  # itself past the timeout: 504 at 1 s
+        held = _hold_the_thread(pool, server, HEAVY, endless)  # itself 504 at 1 s
         ask = {"inputs": [{"name": "input", "shape": [endless, 16], "datatype": "FP32",
                            "data": [0.25] * (endless * 16)}]}  # fmt: skip
         url = f"{server.url}/v2/models/{OTHER_HEAVY}/infer"
