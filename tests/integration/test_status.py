@@ -80,19 +80,20 @@ def test_evictions_failures_and_rejections_are_events(
     tmp_path: Path, start_server: Callable[..., ThreadServer]
 ) -> None:
     store = tmp_path / "store"
-    for i in range(3):
+    for i in range(4):
         write_model(store / "acme" / f"m{i}", weight_floats=512 * 1024, seed=i)  # 2 MiB file
     (store / "acme" / "broken").mkdir(parents=True)
     (store / "acme" / "broken" / "model.onnx").write_bytes(b"not an onnx graph" * 100)
     write_model(store / "slow" / "m", weight_floats=64, seed=9)
-    # Room for one 2 MiB model at a time (a first load reserves twice its file), so each
-    # new model evicts the last; tenant "slow" may send one request, then is throttled.
+    # Room for two 2 MiB models at most (a loaded one holds 2.01 MiB: its mapped file and a
+    # session; a load may reserve more), so four in turn evict at least twice and the last
+    # stays; tenant "slow" may send one request, then is throttled.
     limits = tmp_path / "limits.toml"
     limits.write_text("[tenants.slow]\nrate_per_s = 0.001\nburst = 1\n")
     # LRU: which model goes is the policy's business; this test is about the events.
-    server = start_server(store, memory_budget=6 * MiB, tenant_limits=limits, eviction="lru")
+    server = start_server(store, memory_budget=9 * MiB // 2, tenant_limits=limits, eviction="lru")
     with httpx.Client(base_url=server.url) as client:
-        for i in range(3):
+        for i in range(4):
             assert infer(client, f"acme/m{i}").status_code == 200
         assert infer(client, "acme/broken").status_code == 500
         assert infer(client, "slow/m").status_code == 200
@@ -103,8 +104,7 @@ def test_evictions_failures_and_rejections_are_events(
     kinds = [e["kind"] for e in doc["events"]]
     assert kinds.count("evict") >= 2
     evicted = {e["model"] for e in doc["events"] if e["kind"] == "evict"}
-    assert evicted <= {"acme/m0", "acme/m1", "acme/m2"}
-    assert "acme/m2" not in evicted
+    assert evicted <= {"acme/m0", "acme/m1", "acme/m2"}  # never the last one used
     failed = [e for e in doc["events"] if e["kind"] == "load_failed"]
     assert [e["model"] for e in failed] == ["acme/broken"]
     assert failed[0]["detail"]
