@@ -5,7 +5,8 @@ queue and run as batches (the ``tenantserve_batch_size`` histogram proves batche
 numeric requests of one model, and MiniLM tickets of three tenants on one shared encoder
 (``tenantserve_batch_models`` proves tenants shared a run). Every answer, over OIP HTTP, gRPC
 and SageMaker, equals the one the same request got alone, within 1e-5. A batch past the
-predict timeout answers each of its requests 504; a request whose client left leaves its batch.
+predict timeout answers each of its requests 504; a request whose client left leaves its batch;
+a tenant flooding a shared base does not take every slot of a batch from a quieter one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -244,3 +246,34 @@ def test_a_request_whose_client_left_leaves_its_batch(server: ThreadServer, stor
     # The numeric batch ran with the one request still waiting, not the one that left.
     until(lambda: _metric(server.url, "tenantserve_batch_size_count") == 2)
     assert _metric(server.url, "tenantserve_batch_size_sum") == 2
+
+
+@pytest.mark.slow
+def test_a_flooding_tenant_does_not_take_every_slot_of_a_shared_batch(
+    start_server: Callable[..., ThreadServer], store: Store
+) -> None:
+    server = start_server(store.root, threads=1, max_batch_size=4,
+                          preload=(*store.text_ids, HEAVY))  # fmt: skip
+    flood, quiet = store.text_ids[0], store.text_ids[1]
+    done: dict[str, float] = {}
+
+    def ask(name: str, model_id: str, ticket: str) -> None:
+        _oip(server.url, model_id, _text_body([ticket]))
+        done[name] = time.monotonic()
+
+    with ThreadPoolExecutor(24) as pool:
+        held = _hold_the_thread(pool, server, HEAVY)
+        asks = [pool.submit(ask, f"flood{i}", flood, store.tickets[i]) for i in range(16)]
+        until(lambda: _metric(server.url, "tenantserve_requests_in_flight") == 17)
+        asks += [pool.submit(ask, f"quiet{i}", quiet, store.tickets[16 + i]) for i in range(2)]
+        until(lambda: _metric(server.url, "tenantserve_requests_in_flight") == 19)
+        assert held.result().status_code == 200
+        for future in asks:
+            future.result()
+    # Batches of four run one after another on the one thread: the quiet tenant's two came
+    # last but ran in the first (two slots each), not after the flood's sixteen.
+    last_flood = max(t for name, t in done.items() if name.startswith("flood"))
+    assert max(done["quiet0"], done["quiet1"]) < last_flood
+    assert _metric(server.url, "tenantserve_batch_size_bucket", le="4.0") == _metric(
+        server.url, "tenantserve_batch_size_count"
+    )
