@@ -126,6 +126,8 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
         quotas=TenantQuotas(limits, metrics=metrics),
         activity=activity,
         predict_timeout_s=settings.predict_timeout_s,
+        max_batch_size=settings.max_batch_size,
+        max_batch_delay_s=settings.max_batch_delay_ms / 1000,
         shutdown_grace_s=settings.shutdown_grace_s,
     )
     metrics.watch_scheduling(service.scheduling)

@@ -152,6 +152,14 @@ class Settings(BaseSettings):
     """How long a request may wait for its model to load before a retryable error."""
     failed_load_ttl_s: float = Field(default=30.0, ge=0)
     """How long a failed load is remembered (and answered from memory) before a retry."""
+    max_batch_size: int = Field(default=8, ge=1)
+    """Requests that may run as one batch (1: no batching): of one model, or of tenants' heads
+    on one shared base. A batch forms while its requests wait for a predict thread, so an idle
+    server runs each at once; only models whose inputs and outputs have a free first
+    dimension batch."""
+    max_batch_delay_ms: float = Field(default=0.0, ge=0)
+    """How long a batch may wait for company even when a thread is free (0: it takes only the
+    requests already queued, adding no latency)."""
     predict_timeout_s: float = Field(default=60.0, gt=0)
     """Seconds one prediction may run (SageMaker's invocation limit); past it the caller gets
     504 (SageMaker: ModelError) and the run is told to stop, freeing its thread."""

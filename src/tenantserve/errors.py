@@ -15,6 +15,7 @@
     ├── ModelNotReady             still loading past the caller's wait limit
     ├── InsufficientMemory        cannot fit within the byte budget (SageMaker 507)
     ├── Overloaded                admission queue full or deadline passed (503 + Retry-After)
+    │   ├── QueueTimedOut         dropped unrun from a queue past its deadline (503)
     │   └── TenantLimitExceeded   a tenant over its rate or concurrency quota (429 + Retry-After)
     ├── LoadFailed                the artifact could not be fetched or turned into a model
     │   └── StoreUnavailable      the store could not be reached
@@ -122,6 +123,10 @@ class PredictFailed(TenantServeError):
 
 class PredictTimedOut(PredictFailed):
     """The model ran longer than the predict timeout; its run was told to stop."""
+
+
+class QueueTimedOut(Overloaded):
+    """A request waited in a queue past its deadline (or CoDel's cut) and was dropped unrun."""
 
 
 class TenantLimitExceeded(Overloaded):

@@ -34,6 +34,8 @@ _REQUEST_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
 
 class Metrics:
     """The server's metrics. One instance per app; tests pass a fresh registry."""
@@ -105,6 +107,18 @@ class Metrics:
             "tenantserve_inference_seconds",
             "Time inside model.predict.",
             buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tenantserve_batch_size",
+            "Requests answered by one model run (1: alone; more: a dynamic batch).",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_models = Histogram(
+            "tenantserve_batch_models",
+            "Models in one batched run (more than 1: tenants' heads on one shared base).",
+            buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge(

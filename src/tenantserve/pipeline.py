@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -25,9 +24,8 @@ from tenantserve.errors import InvalidInput, PredictTimedOut
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel
 from tenantserve.scheduling.admission import Admission, Ticket
+from tenantserve.scheduling.batcher import Batcher
 from tenantserve.scheduling.executor import BoundedExecutor
-from tenantserve.scheduling.fair import FairExecutor
-from tenantserve.scheduling.stoppable_run import StoppableRun
 from tenantserve.scheduling.tenant_limits import TenantQuotas
 from tenantserve.types import ModelId, ModelMetadata, Tensors, TensorSpec
 
@@ -54,11 +52,10 @@ class Pipeline:
     quotas: TenantQuotas
     admission: Admission
     cache: ModelCache
-    predictor: FairExecutor
+    batcher: Batcher
     executor: BoundedExecutor
     activity: Activity
     metrics: Metrics
-    predict_timeout_s: float = math.inf
     lingering: set[asyncio.Task[None]] = field(default_factory=set)
     """Leases held for stopped runs until their threads let go (shutdown waits for them)."""
     in_flight: dict[str, int] = field(default_factory=dict)
@@ -167,15 +164,14 @@ class Call:
         handed_off = False  # the lease's end passed to a task (see above)
         try:
             tensors = await self.off_loop(decode, model.inputs) if offload else decode(model.inputs)
-            run = StoppableRun(model, tensors, p.metrics.inference)
+            job = p.batcher.job(
+                model, tensors, tenant=self.model_id.tenant, key=self.model_id.value,
+                deadline=ticket.deadline(), waited_s=ticket.waited_s,
+            )  # fmt: skip
             try:
-                result = await p.predictor.run_until(
-                    ticket.deadline(), self.model_id.tenant, run,
-                    timeout_s=p.predict_timeout_s, key=self.model_id.value,
-                    waited_s=ticket.waited_s,
-                )  # fmt: skip
+                result = await job.result()
             except (PredictTimedOut, asyncio.CancelledError) as exc:
-                released = run.stop()
+                released = job.stop()
                 if released is not None:
                     self._end_lease_after(released, lease)
                     handed_off = True

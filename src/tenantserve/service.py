@@ -16,6 +16,7 @@ from tenantserve.errors import ModelNotFound, TenantServeError
 from tenantserve.metrics import CacheSnapshot, Metrics, SchedulingSnapshot
 from tenantserve.pipeline import Call, Pipeline
 from tenantserve.scheduling.admission import Admission
+from tenantserve.scheduling.batcher import Batcher
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.grace import GracePeriod
@@ -82,12 +83,15 @@ class InferenceService:
         quotas: TenantQuotas | None = None,
         activity: Activity | None = None,
         predict_timeout_s: float = math.inf,
+        max_batch_size: int = 1,
+        max_batch_delay_s: float = 0.0,
         shutdown_grace_s: float = 30.0,
     ) -> None:
         """``predictor`` runs predictions in fair turns between tenants on ``executor``'s
-        compute pool; ``quotas`` holds tenants to their limits (none when ``None``); a
-        prediction may run ``predict_timeout_s``; shutdown takes ``shutdown_grace_s`` at most,
-        counted from :meth:`stop_accepting`."""
+        compute pool, up to ``max_batch_size`` requests of one model at a time (a batch may
+        wait ``max_batch_delay_s`` for company); ``quotas`` holds tenants to their limits (none
+        when ``None``); a prediction may run ``predict_timeout_s``; shutdown takes
+        ``shutdown_grace_s`` at most, counted from :meth:`stop_accepting`."""
         self._cache = cache
         self._store = store
         self._admission = admission
@@ -99,11 +103,16 @@ class InferenceService:
             quotas=self._quotas,
             admission=admission,
             cache=cache,
-            predictor=predictor,
+            batcher=Batcher(
+                predictor,
+                metrics=metrics,
+                max_size=max_batch_size,
+                delay_s=max_batch_delay_s,
+                timeout_s=predict_timeout_s,
+            ),
             executor=executor,
             activity=self._activity,
             metrics=metrics,
-            predict_timeout_s=predict_timeout_s,
         )
         self._grace = GracePeriod(shutdown_grace_s)
         self._predictor = predictor

@@ -18,6 +18,7 @@ from tenantserve.errors import InvalidInput, TenantLimitExceeded
 from tenantserve.metrics import Metrics
 from tenantserve.pipeline import Pipeline
 from tenantserve.scheduling.admission import Admission
+from tenantserve.scheduling.batcher import Batcher
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
@@ -78,7 +79,7 @@ def _pipeline(cache: FakeCache, pool: ThreadPoolExecutor, limits: TenantLimits) 
         quotas=TenantQuotas(limits, metrics=metrics),
         admission=Admission(max_in_flight=1, max_queued=4, queue_timeout_s=10, metrics=metrics),
         cache=cast(ModelCache, cache),
-        predictor=FairExecutor(pool, workers=1, metrics=metrics),
+        batcher=Batcher(FairExecutor(pool, workers=1, metrics=metrics), metrics=metrics),
         executor=cast(BoundedExecutor, None),  # nothing here runs off the loop
         activity=Activity(),
         metrics=metrics,

@@ -230,7 +230,7 @@ class OnnxRuntime:
         except BaseException:
             release()
             raise
-        return BaseHeadModel(OnnxModel(base_session), head, release)
+        return BaseHeadModel(OnnxModel(base_session), head, release, base.sha256)
 
     def _ort_file(self, path: Path, manifest: ModelManifest) -> Path:
         assert self._fast_loads is not None

@@ -12,6 +12,7 @@ from typing import Generic, Protocol, TypeVar
 from tenantserve import memory
 from tenantserve.errors import InvalidInput, LoadFailed
 from tenantserve.runtimes.base import SharedUsage
+from tenantserve.runtimes.grouped import Parts
 from tenantserve.types import Tensors, TensorSpec
 
 T = TypeVar("T")
@@ -112,8 +113,16 @@ class _Predictor(Protocol):
 class BaseHeadModel:
     """A tenant's head on a shared base: base(inputs) → head(base outputs + passed inputs)."""
 
-    def __init__(self, base: _Predictor, head: _Predictor, release: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        base: _Predictor,
+        head: _Predictor,
+        release: Callable[[], None],
+        base_digest: str | None = None,
+    ) -> None:
+        """``base_digest`` names the shared base: heads on one base batch together."""
         self._base = base
+        self._key = None if base_digest is None else f"base:{base_digest}"
         self._head = head
         self._release = release
         produced = {spec.name for spec in base.outputs}
@@ -134,21 +143,48 @@ class BaseHeadModel:
     def platform(self) -> str:
         return "onnxruntime_onnx"
 
+    @property
+    def group_key(self) -> str | None:
+        return self._key
+
     def predict(self, tensors: Tensors) -> Tensors:
+        self._check(tensors)
+        return self._head.predict(self._feed(self._run_base(tensors), tensors))
+
+    def predict_group(self, tensors: Tensors, parts: Parts) -> list[Tensors]:
+        """The base once on every row, then each part's head on its rows."""
+        base_out = self._run_base(tensors)
+        results: list[Tensors] = []
+        start = 0
+        for model, rows in parts:
+            if not isinstance(model, BaseHeadModel) or model._key != self._key:
+                raise TypeError("a group of heads on one base holds another model")
+            rows_of = slice(start, start + rows)
+            own = {name: array[rows_of] for name, array in tensors.items()}
+            model._check(own)
+            hidden = {name: array[rows_of] for name, array in base_out.items()}
+            results.append(model._head.predict(model._feed(hidden, own)))
+            start += rows
+        return results
+
+    def _check(self, tensors: Tensors) -> None:
         known = {spec.name for spec in self._inputs}
         extra = sorted(set(tensors) - known)
         if extra:
             expected = ", ".join(sorted(known))
             raise InvalidInput(f"unexpected input {extra[0]!r}; the model takes: {expected}")
-        base_out = self._base.predict(
+
+    def _run_base(self, tensors: Tensors) -> Tensors:
+        return self._base.predict(
             {s.name: tensors[s.name] for s in self._base.inputs if s.name in tensors}
         )
-        feed = {
+
+    def _feed(self, base_out: Tensors, tensors: Tensors) -> Tensors:
+        return {
             spec.name: base_out[spec.name] if spec.name in self._produced else tensors[spec.name]
             for spec in self._head.inputs
             if spec.name in self._produced or spec.name in tensors
         }
-        return self._head.predict(feed)
 
     def close(self) -> None:
         self._release()

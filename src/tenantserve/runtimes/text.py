@@ -13,6 +13,8 @@ from tokenizers import Encoding, Tokenizer
 
 from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
 from tenantserve.runtimes.base import LoadedModel
+from tenantserve.runtimes.grouped import Grouped, Parts, group_key
+from tenantserve.runtimes.length_buckets import length_buckets
 from tenantserve.runtimes.shared import SharedBlocks, file_digest, measured
 from tenantserve.types import Tensors, TensorSpec, TextPreprocess
 
@@ -94,7 +96,29 @@ class TextInputModel:
     def platform(self) -> str:
         return self._model.platform
 
+    @property
+    def group_key(self) -> str | None:
+        # One tokenizer object per file and max length (shared), the same graph feeds and
+        # padding: texts of these models make one padded token batch.
+        inner = group_key(self._model)
+        if inner is None or self._tokenizer is None:
+            return None
+        feeds = ",".join(f"{s.name}:{s.datatype}" for s in self._feeds)
+        return f"text:{id(self._tokenizer)}:{self._padding}:{self._text_input}:{feeds}|{inner}"
+
     def predict(self, tensors: Tensors) -> Tensors:
+        return self._run(tensors, [(self, -1)])[0]
+
+    def predict_group(self, tensors: Tensors, parts: Parts) -> list[Tensors]:
+        """Every part's texts tokenized as one batch, then the wrapped models' group run."""
+        for model, _ in parts:
+            if not isinstance(model, TextInputModel) or model.group_key != self.group_key:
+                raise TypeError("a group of text models holds another model")
+        return self._run(tensors, parts)
+
+    def _run(self, tensors: Tensors, parts: Parts) -> list[Tensors]:
+        """Each part's outputs (``-1`` rows: all). Rows are padded per length bucket
+        (``length_buckets``), the attention mask hiding the padding, then scattered back."""
         tokenizer = self._tokenizer
         if tokenizer is None:
             raise PredictFailed("model was unloaded")
@@ -105,13 +129,61 @@ class TextInputModel:
             )
         texts = _texts(self._text_input, tensors.get(self._text_input))
         encodings = [tokenizer.encode(text) for text in texts]
-        return self._model.predict(_token_tensors(encodings, self._feeds, self._padding))
+        counts = [len(encodings) if rows == -1 else rows for _, rows in parts]
+        owners = [index for index, rows in enumerate(counts) for _ in range(rows)]
+        if len(owners) != len(encodings):
+            raise ValueError("a group's parts do not cover its rows")
+        per_row = all(spec.shape[:1] == (-1,) for spec in self._model.outputs)
+        if self._padding.fixed_length is None and per_row:
+            buckets = length_buckets([len(encoding.ids) for encoding in encodings])
+        else:
+            buckets = [list(range(len(encodings)))]
+        pieces: list[list[tuple[list[int], Tensors]]] = [[] for _ in parts]
+        for bucket in buckets:
+            # Bucket rows are in index order, so each part's rows sit together.
+            owned: list[tuple[int, int]] = []
+            for row in bucket:
+                if owned and owned[-1][0] == owners[row]:
+                    owned[-1] = (owners[row], owned[-1][1] + 1)
+                else:
+                    owned.append((owners[row], 1))
+            tokens = _token_tensors([encodings[r] for r in bucket], self._feeds, self._padding)
+            inner = [(_wrapped(parts[owner][0]), rows) for owner, rows in owned]
+            start = 0
+            for (owner, rows), result in zip(owned, self._inner_run(tokens, inner), strict=True):
+                pieces[owner].append((bucket[start : start + rows], result))
+                start += rows
+        return [_gathered(part) for part in pieces]
+
+    def _inner_run(self, tokens: Tensors, parts: list[tuple[LoadedModel, int]]) -> list[Tensors]:
+        wrapped = self._model
+        if len(parts) == 1 and parts[0][0] is wrapped:
+            return [wrapped.predict(tokens)]
+        if not isinstance(wrapped, Grouped):
+            raise TypeError("a text model without a group key was run in a group")
+        return wrapped.predict_group(tokens, parts)
 
     def close(self) -> None:
         # Drop the tokenizer now: the cache trims the heap right after close.
         self._tokenizer = None
         self._release()
         self._model.close()
+
+
+def _wrapped(model: LoadedModel) -> LoadedModel:
+    if not isinstance(model, TextInputModel):
+        raise TypeError("a group of text models holds another model")
+    return model._model
+
+
+def _gathered(pieces: list[tuple[list[int], Tensors]]) -> Tensors:
+    """One part's outputs from its buckets' pieces, rows back in their order."""
+    if len(pieces) == 1:
+        return pieces[0][1]
+    rows = np.concatenate([np.asarray(indexes) for indexes, _ in pieces])
+    order = np.argsort(rows, kind="stable")
+    names = pieces[0][1].keys()
+    return {name: np.concatenate([out[name] for _, out in pieces])[order] for name in names}
 
 
 def _token_inputs(inputs: tuple[TensorSpec, ...], step: TextPreprocess) -> tuple[TensorSpec, ...]:

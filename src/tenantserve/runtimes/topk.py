@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from tenantserve.errors import LoadFailed, PredictFailed
 from tenantserve.runtimes.base import LoadedModel
+from tenantserve.runtimes.grouped import Grouped, Parts, group_key
 from tenantserve.runtimes.text import check_texts
 from tenantserve.types import Tensors, TensorSpec, TopKPostprocess
 
@@ -84,13 +85,42 @@ class TopKModel:
     def platform(self) -> str:
         return self._model.platform
 
+    @property
+    def group_key(self) -> str | None:
+        inner = group_key(self._model)
+        return None if inner is None else f"topk|{inner}"
+
     def predict(self, tensors: Tensors) -> Tensors:
+        self._check_texts(tensors)
+        return self._ranked(self._model.predict(tensors))
+
+    def predict_group(self, tensors: Tensors, parts: Parts) -> list[Tensors]:
+        """The wrapped models' group run, each part's scores ranked by its own labels."""
+        self._check_texts(tensors)
+        inner: list[tuple[LoadedModel, int]] = []
+        for model, rows in parts:
+            if not isinstance(model, TopKModel):
+                raise TypeError("a group of top-k models holds another model")
+            inner.append((model._model, rows))
+        wrapped = self._model
+        if not isinstance(wrapped, Grouped):
+            raise TypeError("a top-k model without a group key was run in a group")
+        results = wrapped.predict_group(tensors, inner)
+        return [
+            model._ranked(result)
+            for (model, _), result in zip(parts, results, strict=True)
+            if isinstance(model, TopKModel)
+        ]
+
+    def _check_texts(self, tensors: Tensors) -> None:
         for name in self._text_inputs:
             array = tensors.get(name)
             # Other dtypes and missing inputs are the wrapped model's to refuse, in its words.
             if array is not None and array.dtype.kind in ("O", "U", "S"):
                 check_texts(name, array)
-        result = dict(self._model.predict(tensors))
+
+    def _ranked(self, outputs: Tensors) -> Tensors:
+        result = dict(outputs)
         scores = result.get(self._scores_output)
         if scores is None or scores.ndim != 2 or scores.shape[1] != len(self._labels):
             shape = None if scores is None else list(scores.shape)

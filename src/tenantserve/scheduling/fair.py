@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from tenantserve.errors import Overloaded, PredictTimedOut
+from tenantserve.errors import Overloaded, PredictTimedOut, QueueTimedOut
 from tenantserve.metrics import Metrics
 from tenantserve.scheduling.codel import CoDel
 from tenantserve.scheduling.fair_queue import FairQueue
@@ -35,6 +35,10 @@ class _Job:
     queued_since: float  # time.monotonic() its request began to queue (admission included)
     timeout_s: float = math.inf  # how long it may run once on a thread
     key: str | None = None  # what it runs (a model id): fenced while a run of it is stuck
+    # On the loop, just before it takes a thread: the requests it then answers, by tenant
+    # (a batch); each past the first is charged to its tenant's turns.
+    prepare: Callable[[], dict[str, int]] | None = None
+    counted: bool = True  # a drop counts as one rejection (a batch counts its own requests)
     timer: asyncio.TimerHandle | None = None
     abandoned: bool = False  # timed out; its thread is still busy with it
 
@@ -106,6 +110,8 @@ class FairExecutor:
         timeout_s: float = math.inf,
         key: str | None = None,
         waited_s: float = 0.0,
+        prepare: Callable[[], dict[str, int]] | None = None,
+        counted: bool = True,
     ) -> T:
         """Run ``call`` in ``tenant``'s turn unless ``deadline`` (monotonic) passes first.
 
@@ -115,6 +121,13 @@ class FairExecutor:
             waited_s: queue time the request already spent (for admission): with ``codel``,
                 a call whose queue time in all passes its limit while the queue stands is
                 refused at once instead of run late.
+            prepare: called on the loop the moment the call is given a thread (a batch closes
+                then: requests that came while it waited are in it, later ones are not); it
+                returns the requests the call answers by tenant, each charged to its tenant's
+                fair turns as one prediction (the call itself counts as the first of its own
+                tenant's), so a batch takes no more than its share.
+            counted: whether a drop is counted here as one request's rejection (a batch of
+                several counts each of its requests itself).
         Raises:
             Overloaded: the deadline passed while the call waited for a thread, or a call of
                 ``key`` is still running past its timeout.
@@ -125,8 +138,9 @@ class FairExecutor:
             raise _fenced(key, timeout_s)
         loop = asyncio.get_running_loop()
         job = _Job(
-            call, loop.create_future(), deadline, time.monotonic() - waited_s, timeout_s, key
-        )
+            call, loop.create_future(), deadline, time.monotonic() - waited_s, timeout_s, key,
+            prepare, counted,
+        )  # fmt: skip
         self._queue.push(tenant, job)
         self._dispatch(loop)
         timer = None
@@ -159,6 +173,9 @@ class FairExecutor:
             if job.key is not None and job.key in self._stuck:
                 job.future.set_exception(_fenced(job.key, job.timeout_s))
                 continue
+            if job.prepare is not None:
+                for owner, requests in job.prepare().items():
+                    self._queue.charge(owner, requests - (owner == tenant))
             self._running += 1
             if math.isfinite(job.timeout_s):
                 job.timer = loop.call_later(job.timeout_s, self._time_out, loop, job)
@@ -189,9 +206,10 @@ class FairExecutor:
             self._drop(tenant, job)
 
     def _drop(self, tenant: str, job: _Job) -> None:
-        self._metrics.reject("timeout", tenant)
+        if job.counted:
+            self._metrics.reject("timeout", tenant)
         job.future.set_exception(
-            Overloaded("request waited too long for a predict thread; retry shortly")
+            QueueTimedOut("request waited too long for a predict thread; retry shortly")
         )
 
     def _on_done(

@@ -69,6 +69,13 @@ class FairQueue(Generic[T]):
             self._turns.rotate(-1)
             self._credited = False
 
+    def charge(self, tenant: str, cost: float) -> None:
+        """Charge ``tenant`` for work beyond its items' costs (a batch holding several
+        requests); its deficit may go below zero, and it takes nothing until its turns make
+        that up. A tenant with nothing queued is not charged: it waited in no turn."""
+        if tenant in self._deficit and cost > 0:
+            self._deficit[tenant] -= cost
+
     def remove(self, tenant: str, item: T) -> bool:
         """Take ``item`` (compared by identity) out of ``tenant``'s queue; ``False`` if absent."""
         queue = self._queues.get(tenant)

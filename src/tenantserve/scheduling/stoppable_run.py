@@ -1,4 +1,5 @@
-"""StoppableRun: one prediction handed to a compute thread, stoppable, and known when it ends."""
+"""StoppableRun: one prediction (or one batch of them) handed to a compute thread, stoppable,
+and known when it ends."""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from prometheus_client import Histogram
 
 from tenantserve.errors import PredictFailed
-from tenantserve.runtimes import LoadedModel
 from tenantserve.runtimes.run_stop import RunStop
-from tenantserve.types import Tensors
+
+T = TypeVar("T")
 
 
-class StoppableRun:
-    """``model.predict(tensors)`` as a call for the predict pool.
+class StoppableRun(Generic[T]):
+    """``work()`` (a model's predict, or a batch's) as a call for the predict pool.
 
     The loop may :meth:`stop` it (the caller left, or it ran past its timeout): a run not yet
     started never starts, one running is told to stop (ONNX Runtime's terminate flag). Its
@@ -26,21 +29,10 @@ class StoppableRun:
     future, so the common path crosses threads once.
     """
 
-    __slots__ = (
-        "_done",
-        "_lock",
-        "_loop",
-        "_model",
-        "_released",
-        "_started",
-        "_stop",
-        "_tensors",
-        "_timer",
-    )
+    __slots__ = ("_done", "_lock", "_loop", "_released", "_started", "_stop", "_timer", "_work")
 
-    def __init__(self, model: LoadedModel, tensors: Tensors, timer: Histogram) -> None:
-        self._model = model
-        self._tensors = tensors
+    def __init__(self, work: Callable[[], T], timer: Histogram) -> None:
+        self._work = work
         self._timer = timer
         self._stop = RunStop()
         self._lock = threading.Lock()  # orders "started" and "done" against "stopped"
@@ -49,7 +41,7 @@ class StoppableRun:
         self._released: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
 
-    def __call__(self) -> Tensors:
+    def __call__(self) -> T:
         """On the compute thread."""
         with self._lock:
             if self._stop.stopped:  # its caller left before a thread took it
@@ -58,7 +50,7 @@ class StoppableRun:
         started = time.perf_counter()
         try:
             with self._stop.running():
-                return self._model.predict(self._tensors)
+                return self._work()
         finally:
             self._timer.observe(time.perf_counter() - started)
             with self._lock:
