@@ -237,6 +237,9 @@ def test_a_batch_past_the_timeout_answers_each_request_504(
 def test_a_request_whose_client_left_leaves_its_batch(server: ThreadServer, store: Store) -> None:
     with ThreadPoolExecutor(4) as pool:
         held = _hold_the_thread(pool, server, HEAVY)
+        # Admitted is counted before the body is read: give it time to be parsed and take the
+        # thread (its run lasts seconds), so the numeric requests queue behind it.
+        time.sleep(1.0)
         url = f"{server.url}/v2/models/{NUMERIC}/infer"
         stays = pool.submit(httpx.post, url, json=_numeric_body(1), timeout=60)
         with pytest.raises(httpx.ReadTimeout):

@@ -32,7 +32,7 @@ DENSE, OTHER, IDS, HEAVY, LIGHT = (
 )
 ACME_KEY = "acme-invoke-key-000001"
 OPS_KEY = "ops-manage-key-0000001"
-HEAVY_ROWS = 2048  # about 5 s of one core: long enough to give up on while it runs
+HEAVY_ROWS = 8192  # about 20 s of one core: long enough to give up on while it runs
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +284,7 @@ def test_a_deadline_that_passes_frees_the_server(
     until(lambda: _value(clients.server.url, in_flight) == 0, timeout_s=5)
     started = time.monotonic()
     _grpc_infer(clients.grpc, LIGHT, "input", _batch(), "FP32", client_timeout=30)
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 10  # far below the heavy run's 20 s, busy or not
     codes = ("DEADLINE_EXCEEDED", "CANCELLED")  # whichever of the two ends reached it first
     counted = [
         _value(clients.server.url, "tenantserve_invocations_total", protocol="grpc", code=code)

@@ -245,8 +245,9 @@ class _InBatch(Job):
 
     def stop(self) -> asyncio.Future[None] | None:
         # Others' requests share the run: it is not stopped for one caller (a batch past its
-        # timeout was stopped by its own task). Before a thread takes the batch the request
-        # just leaves it; after, its lease waits for the thread.
+        # timeout was stopped by its own task) but for the last one to leave, so a run no one
+        # waits for gives its thread back. Before a thread takes the batch the request just
+        # leaves it; after, its lease waits for the thread.
         item = self._item
         batch = item.batch
         if not item.future.done():
@@ -262,6 +263,10 @@ class _InBatch(Job):
                 self._batcher._close(batch)
                 batch.task.cancel()
             return None
+        if batch.run is not None and all(other.future.done() for other in batch.items):
+            released = batch.run.stop()
+            if released is not None:
+                return released
         done = batch.done
         return done if done is not None and not done.done() else None
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tenantserve.errors import InvalidInput, Overloaded, PredictTimedOut
+from tenantserve.errors import InvalidInput, Overloaded, PredictFailed, PredictTimedOut
 from tenantserve.metrics import Metrics
+from tenantserve.runtimes.run_stop import current_run_stop
 from tenantserve.scheduling.batcher import Batcher
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.types import Tensors, TensorSpec
@@ -343,3 +344,45 @@ async def test_a_request_after_everyone_left_a_batch_is_not_caught_in_its_end(
     await blocker
     np.testing.assert_array_equal((await comes.result())["y"], _rows(4)["x"])
     assert model.calls == [1]
+
+
+class Stoppable(Doubler):
+    """Runs until the server stops it (as ONNX Runtime's terminate flag does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+
+    def predict(self, tensors: Tensors) -> Tensors:
+        stop = current_run_stop()
+        assert stop is not None
+        forget = stop.on_stop(self.stopped.set)
+        self.started.set()
+        try:
+            if not self.stopped.wait(10):
+                raise AssertionError("never stopped")
+            raise PredictFailed("the run was stopped")
+        finally:
+            forget()
+
+
+@pytest.mark.anyio
+async def test_a_running_batch_everyone_left_is_stopped_and_gives_its_thread_back(
+    pool: ThreadPoolExecutor,
+) -> None:
+    batcher = _batcher(pool, max_size=8)
+    model = Stoppable()
+    job = batcher.job(model, _rows(1), tenant="acme", key="acme/m", deadline=math.inf,
+                      waited_s=0.0)  # fmt: skip
+    answer = asyncio.ensure_future(job.result())
+    await asyncio.to_thread(model.started.wait, 10)
+    released = job.stop()  # its caller left (a deadline passed, a client hung up)
+    assert released is not None
+    await asyncio.wait_for(released, 5)  # the thread let go: not after the run's 10 s
+    assert model.stopped.is_set()
+    answer.cancel()
+    # The one thread serves the next request at once.
+    assert (await asyncio.wait_for(_predict(batcher, Doubler(), _rows(2)), 5))["y"].tolist() == [
+        [4.0, 4.0]
+    ]
