@@ -261,7 +261,10 @@ def suite_command(
     rounds: Annotated[int, typer.Option(help="Slices per server, taken in turn.")] = 3,
     eviction: Annotated[
         list[str] | None,
-        typer.Option(help="Eviction policy of the quarter-budget run (repeatable: lru, cost)."),
+        typer.Option(
+            help="Eviction policy of the quarter-budget run (repeatable; default: the "
+            "server's, adaptive-cost; any of serve --eviction's)."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of fleet and trace.")] = 0,
     plots: Annotated[bool, typer.Option(help="Write PNG plots.")] = True,
@@ -279,7 +282,7 @@ def suite_command(
         duration_s=duration_s,
         wrk_check_s=wrk_check_s,
         rounds=rounds,
-        evictions=tuple(eviction or ("lru",)),
+        evictions=tuple(eviction or ("adaptive-cost",)),
         seed=seed,
         plots=plots,
     )

@@ -171,3 +171,6 @@ def test_targets_are_checked_against_the_floor() -> None:
     assert "p99 / floor p99: 2.00 (<= 1.5: NOT met)" in text
     assert "quarter budget (lru), throughput / floor: 0.60 (>= 0.7: NOT met)" in text
     assert "slowest request (s): 1.20 (<= 1: NOT met)" in text
+    # Issue 17's: a quarter of the floor's req/s and a p99 of 250 ms, the cache starting empty.
+    assert "quarter budget (lru), throughput / floor: 0.60 (>= 0.4: met)" in text
+    assert "quarter budget (lru), p99 (ms): 200.00 (<= 250: met)" in text
