@@ -17,6 +17,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
+from tenantserve.cache.policies import NAMES
 from tenantserve.tools.bench.plan import FleetProfile, simulate
 from tenantserve.tools.bench.plan_cli import parse_instance
 from tenantserve.units import parse_size
@@ -28,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=Path, required=True)
     parser.add_argument("--instance", default="1GiB:2")
     parser.add_argument("--overhead", default="512MiB")
-    parser.add_argument("--policy", default="lru", choices=["lru", "cost"])
+    parser.add_argument("--policy", default="adaptive-cost", choices=NAMES)
     parser.add_argument(
         "--min-residency-s", type=float, default=1.0, help="the run's --min-residency-s (cost)"
     )

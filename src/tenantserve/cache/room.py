@@ -163,7 +163,13 @@ class Room:
             if cap is None:
                 return victims
             need, limit = self._budget.used_by(tenant) + nbytes, cap
-        for victim in self._policy.candidates():
+        # A model just loaded for requests that have not yet resumed to take it goes last:
+        # policies that admit by frequency rank it first, and its waiters would find it gone.
+        ordered = list(self._policy.candidates())
+        now = time.monotonic()
+        fresh = {v for v in ordered if (e := self._entries.get(v)) is not None and e.fresh(now)}
+        later = [v for v in ordered if v in fresh]
+        for victim in [*(v for v in ordered if v not in fresh), *later]:
             if need - freeing <= limit:
                 break
             entry = self._entries.get(victim)
