@@ -33,7 +33,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--min-residency-s", type=float, default=1.0, help="the run's --min-residency-s (cost)"
     )
+    parser.add_argument(
+        "--request-cpu-ms", type=float, default=None,
+        help="a request's CPU beyond its model (default: the planner's, measured on a quiet box)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    extra = {} if args.request_cpu_ms is None else {"request_cpu_s": args.request_cpu_ms / 1e3}
 
     with args.requests.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["status"] == "200"]
@@ -47,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         overhead_bytes=parse_size(args.overhead),
         policy=args.policy,
         min_residency_s=args.min_residency_s,
+        **extra,
     )
 
     def pct(q: float) -> float:
