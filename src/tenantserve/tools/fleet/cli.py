@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from tenantserve.units import human_bytes
@@ -44,6 +51,13 @@ class Kind(StrEnum):
     minilm = "minilm"
 
 
+class HeadKind(StrEnum):
+    """How ``fleet build --kind minilm`` fits each tenant's head."""
+
+    ridge = "ridge"
+    logreg = "logreg"
+
+
 class _BarProgress:
     """``FleetProgress`` drawn as rich progress bars, one per stage."""
 
@@ -64,6 +78,8 @@ def _progress_bar(console: Console) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        "eta",
+        TimeRemainingColumn(),
         console=console,
         transient=False,
     )
@@ -116,6 +132,15 @@ def build(
             "tokenizer; slower to build (every text is embedded once).",
         ),
     ] = Kind.tfidf,
+    head: Annotated[
+        HeadKind,
+        typer.Option(
+            case_sensitive=False,
+            help="minilm only. ridge: a closed-form least-squares head (~40 ms a tenant, "
+            "held-out accuracy within a point of logreg on Banking77). logreg: scikit-learn "
+            "logistic regression (~3-4 s a tenant).",
+        ),
+    ] = HeadKind.ridge,
     seed: Annotated[int, typer.Option(help="Same seed, same tenants and models.")] = 0,
     datasets: Annotated[
         Path | None,
@@ -145,7 +170,12 @@ def build(
     try:
         with _progress_bar(console) as bar:
             results = build_fleet(
-                plans, kind=kind.value, publisher=publisher, seed=seed, progress=_BarProgress(bar)
+                plans,
+                kind=kind.value,
+                publisher=publisher,
+                seed=seed,
+                progress=_BarProgress(bar),
+                head=head.value,
             )
     except (FleetBuildError, OSError) as exc:
         raise _fail(str(exc), 1) from None
