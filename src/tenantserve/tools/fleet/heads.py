@@ -31,11 +31,11 @@ def fit_ridge_head(
     Raises:
         ValueError: fewer than two labels, or not one label per row.
     """
+    if len(labels) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
     names = tuple(sorted(set(labels)))
     if len(names) < 2:
         raise ValueError(f"a head needs two or more labels (got {len(names)})")
-    if len(labels) != len(embeddings):
-        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
     index = {label: i for i, label in enumerate(names)}
     y = np.fromiter((index[label] for label in labels), dtype=np.intp, count=len(labels))
     x = np.asarray(embeddings, dtype=np.float64)
