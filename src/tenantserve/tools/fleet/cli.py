@@ -42,6 +42,8 @@ CreateBucketOpt = Annotated[
     ),
 ]
 _SYNTH_ROWS_SHOWN = 10
+# A thousand-tenant build's table would bury the mean (taken over every tenant) and warnings.
+_BUILD_ROWS_SHOWN = 100
 
 
 class Kind(StrEnum):
@@ -289,7 +291,7 @@ def _summary(results: list[TenantBuild], *, title: str) -> Table:
         ("artifact", "right"),
     ):
         table.add_column(name, justify=justify, no_wrap=name == "tenant")  # type: ignore[arg-type]
-    for r in results:
+    for r in results[:_BUILD_ROWS_SHOWN]:
         table.add_row(
             r.tenant,
             str(r.macros),
@@ -298,6 +300,8 @@ def _summary(results: list[TenantBuild], *, title: str) -> Table:
             f"{r.holdout_accuracy:.1%}",
             human_bytes(r.artifact_bytes),  # a tiny model reads 1.7 KiB, not 0.00 MB
         )
+    if len(results) > _BUILD_ROWS_SHOWN:
+        table.add_row(f"… {len(results) - _BUILD_ROWS_SHOWN} more", "", "", "", "", "")
     if results:
         mean = sum(r.holdout_accuracy for r in results) / len(results)
         table.add_section()
