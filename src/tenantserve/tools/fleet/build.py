@@ -207,7 +207,11 @@ class _MinilmBuilder:
         shared: Path,
     ) -> _MinilmBuilder:
         encoder = minilm.Encoder.open()
-        texts = [row.text for plan in plans for row in (*plan.train, *plan.holdout)]
+        # Distinct texts only: 10,000 tenants hold 29 million rows of 13,000 texts (42 GB if
+        # every row's embedding were stacked).
+        texts = list(
+            dict.fromkeys(row.text for plan in plans for row in (*plan.train, *plan.holdout))
+        )
         if progress is not None:
             progress.begin("embedding texts", len(encoder.missing(texts)))
             encoder.embed(texts, on_batch=lambda n: progress.advance("embedding texts", n))
