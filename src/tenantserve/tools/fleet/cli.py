@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from tenantserve.units import human_bytes
@@ -35,6 +42,8 @@ CreateBucketOpt = Annotated[
     ),
 ]
 _SYNTH_ROWS_SHOWN = 10
+# A thousand-tenant build's table would bury the mean (taken over every tenant) and warnings.
+_BUILD_ROWS_SHOWN = 100
 
 
 class Kind(StrEnum):
@@ -42,6 +51,13 @@ class Kind(StrEnum):
 
     tfidf = "tfidf"
     minilm = "minilm"
+
+
+class HeadKind(StrEnum):
+    """How ``fleet build --kind minilm`` fits each tenant's head."""
+
+    ridge = "ridge"
+    logreg = "logreg"
 
 
 class _BarProgress:
@@ -64,6 +80,8 @@ def _progress_bar(console: Console) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        "eta",
+        TimeRemainingColumn(),
         console=console,
         transient=False,
     )
@@ -116,6 +134,15 @@ def build(
             "tokenizer; slower to build (every text is embedded once).",
         ),
     ] = Kind.tfidf,
+    head: Annotated[
+        HeadKind,
+        typer.Option(
+            case_sensitive=False,
+            help="minilm only. ridge: a closed-form least-squares head (~40 ms a tenant, "
+            "held-out accuracy within a point of logreg on Banking77). logreg: scikit-learn "
+            "logistic regression (~3-4 s a tenant).",
+        ),
+    ] = HeadKind.ridge,
     seed: Annotated[int, typer.Option(help="Same seed, same tenants and models.")] = 0,
     datasets: Annotated[
         Path | None,
@@ -145,7 +172,12 @@ def build(
     try:
         with _progress_bar(console) as bar:
             results = build_fleet(
-                plans, kind=kind.value, publisher=publisher, seed=seed, progress=_BarProgress(bar)
+                plans,
+                kind=kind.value,
+                publisher=publisher,
+                seed=seed,
+                progress=_BarProgress(bar),
+                head=head.value,
             )
     except (FleetBuildError, OSError) as exc:
         raise _fail(str(exc), 1) from None
@@ -259,7 +291,7 @@ def _summary(results: list[TenantBuild], *, title: str) -> Table:
         ("artifact", "right"),
     ):
         table.add_column(name, justify=justify, no_wrap=name == "tenant")  # type: ignore[arg-type]
-    for r in results:
+    for r in results[:_BUILD_ROWS_SHOWN]:
         table.add_row(
             r.tenant,
             str(r.macros),
@@ -268,6 +300,8 @@ def _summary(results: list[TenantBuild], *, title: str) -> Table:
             f"{r.holdout_accuracy:.1%}",
             human_bytes(r.artifact_bytes),  # a tiny model reads 1.7 KiB, not 0.00 MB
         )
+    if len(results) > _BUILD_ROWS_SHOWN:
+        table.add_row(f"… {len(results) - _BUILD_ROWS_SHOWN} more", "", "", "", "", "")
     if results:
         mean = sum(r.holdout_accuracy for r in results) / len(results)
         table.add_section()

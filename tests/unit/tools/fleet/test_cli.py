@@ -362,3 +362,34 @@ def test_unreachable_s3_endpoint_fails_with_one_line(
     assert "error: cannot open the store s3://any/fleet: cannot check bucket 'any'" in " ".join(
         result.stderr.split()
     )
+
+
+def test_a_large_build_summary_shows_the_first_rows_and_the_mean_of_all() -> None:
+    from rich.console import Console
+
+    from tenantserve.tools.fleet.build import TenantBuild
+    from tenantserve.tools.fleet.cli import _BUILD_ROWS_SHOWN, _summary
+
+    results = [
+        TenantBuild(
+            f"t{i:04d}-x",
+            f"t{i:04d}-x/macros",
+            "minilm",
+            10,
+            800,
+            400,
+            1.0 if i < _BUILD_ROWS_SHOWN else 0.5,
+            1000,
+            0.05,
+            0.1,
+        )
+        for i in range(3 * _BUILD_ROWS_SHOWN)
+    ]
+    console = Console(width=200, record=True)
+    console.print(_summary(results, title="big"))
+    text = console.export_text()
+
+    assert f"t{_BUILD_ROWS_SHOWN - 1:04d}-x" in text
+    assert f"t{_BUILD_ROWS_SHOWN:04d}-x" not in text
+    assert f"… {2 * _BUILD_ROWS_SHOWN} more" in text
+    assert "66.7%" in text  # the mean of all 300 tenants, not of the rows shown
