@@ -19,17 +19,16 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 from tenantserve.convert.proof import SAMPLE_CSV, SAMPLE_NPY
 from tenantserve.convert.registry import ONNX_FILE, framework_for, installed_versions
 from tenantserve.errors import LoadFailed, MissingExtra
+from tenantserve.runtimes.file_digests import FileDigests
 from tenantserve.runtimes.ort_format import DerivedFiles
 from tenantserve.types import ModelManifest
 
-_REMEMBERED = 100_000
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +39,7 @@ class NativeArtifacts:
         self._files: DerivedFiles = files if files is not None else _ScratchFiles()
         self._timeout_s = timeout_s
         # By file identity: a load hashes an unchanged file once, not on every load.
-        self._digests: OrderedDict[tuple[str, int, int, int, int], str] = OrderedDict()
+        self._digests = FileDigests()
         self._lock = threading.Lock()
         self._versions: dict[str, str] = {}  # by framework, once found installed
 
@@ -74,26 +73,11 @@ class NativeArtifacts:
 
     def _digest(self, path: Path) -> str:
         try:
-            st = path.stat()
+            return self._digests.of(path)
         except FileNotFoundError:
             return "-"
         except OSError as exc:
             raise LoadFailed(f"{path.name} could not be read ({type(exc).__name__})") from exc
-        identity = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            known = self._digests.get(identity)
-        if known is not None:
-            return known
-        try:
-            with path.open("rb") as file:
-                digest = hashlib.file_digest(file, "sha256").hexdigest()
-        except OSError as exc:
-            raise LoadFailed(f"{path.name} could not be read ({type(exc).__name__})") from exc
-        with self._lock:
-            self._digests[identity] = digest
-            if len(self._digests) > _REMEMBERED:
-                self._digests.popitem(last=False)
-        return digest
 
 
 def _convert_in_child(folder: Path, model_file: str, out: Path, timeout_s: float) -> None:

@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 
 import onnxruntime as ort
 
+from tenantserve.runtimes.file_digests import FileDigests
 from tenantserve.types import OrtFormat
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class FastLoads:
     def __init__(self, files: DerivedFiles) -> None:
         self._files = files
         self._lock = threading.Lock()
-        self._digests: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._file_digests = FileDigests()
         self._failed: OrderedDict[str, str] = OrderedDict()  # by ONNX digest: why not
         self._said: OrderedDict[str, str] = OrderedDict()
 
@@ -197,24 +198,10 @@ class FastLoads:
         return entry.path / ORT_FILE
 
     def _digest_of(self, source: Path) -> str:
-        """The file's sha256, hashed once per file identity (a replaced file is hashed again)."""
         try:
-            st = source.stat()
+            return self._file_digests.of(source)
         except OSError as exc:
             raise NoFastLoad(f"{source.name} could not be read ({type(exc).__name__})") from exc
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            digest = self._digests.get(identity)
-        if digest is not None:
-            return digest
-        try:
-            with source.open("rb") as file:
-                digest = hashlib.file_digest(file, "sha256").hexdigest()
-        except OSError as exc:
-            raise NoFastLoad(f"{source.name} could not be read ({type(exc).__name__})") from exc
-        with self._lock:
-            _bounded_put(self._digests, identity, digest)
-        return digest
 
     def _say_once(self, key: str, message: str) -> None:
         with self._lock:
