@@ -170,7 +170,7 @@ class ModelCache:
         tenant = model_id.tenant
         reserved = 0  # bytes this load holds in the budget, released on any failure
         try:
-            async with self._queue.slot():
+            async with self._queue.slot(model_id):
                 began = time.perf_counter()  # a load's own time, not its wait for a slot
                 fetched = await self._loader.fetch(model_id)
                 await self._room.make(model_id, fetched.estimate, why=f"loading {model_id}")
@@ -185,8 +185,13 @@ class ModelCache:
             self._metrics.loading.observe(load_seconds)
         except BaseException as exc:
             self._budget.release(reserved, tenant)
-            # Counted and reported unless the store has no such model (a 404, not a failure).
-            if isinstance(exc, TenantServeError) and self._queue.failed(model_id, exc):
+            # Counted and reported unless the store has no such model (a 404, not a failure)
+            # or the load was not started (its slot came too late: nothing failed).
+            if (
+                isinstance(exc, TenantServeError)
+                and not isinstance(exc, ModelNotReady)
+                and self._queue.failed(model_id, exc)
+            ):
                 self._emit(CacheEvent("load_failed", model_id.value, detail=str(exc)))
             raise
         self._budget.release(reserved, tenant)

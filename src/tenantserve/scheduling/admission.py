@@ -166,13 +166,14 @@ class Admission:
         waiter.future.set_exception(_too_long())
 
     def _release(self) -> None:
-        limit_s = self._codel.limit_s(math.inf) if self._codel is not None else math.inf
         now = time.monotonic()
         while self._waiting:
             tenant, waiter = self._waiting.pop()
             if waiter.future.done():
                 continue
-            if now - waiter.arrived > limit_s:
+            if self._codel is not None and now - waiter.arrived > self._codel.limit_s(
+                math.inf, tenant
+            ):
                 # The queue stands (CoDel): one that waited this long is answered now, so
                 # the slot goes to a request that can still be served in time.
                 self._metrics.reject("timeout", tenant)

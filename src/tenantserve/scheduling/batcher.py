@@ -42,6 +42,7 @@ class _Item:
     request: Request
     tenant: str
     deadline: float
+    queued_since: float  # time.monotonic() it began to queue (admission included)
     future: asyncio.Future[Tensors]
     batch: _Batch | None = None
     running: bool = False  # in a batch a thread took: it stays to the end
@@ -92,19 +93,22 @@ class Batcher:
         shared = group_key(model)
         batch_key: _Key = (id(model) if shared is None else shared, signature)
         loop = asyncio.get_running_loop()
-        item = _Item(Request(model, tensors, rows), tenant, deadline, loop.create_future())
+        item = _Item(
+            Request(model, tensors, rows), tenant, deadline, time.monotonic() - waited_s,
+            loop.create_future(),
+        )  # fmt: skip
         batch = self._open.get(batch_key)
         if batch is None:
-            batch = self._start(_Batch(batch_key, tenant, key), waited_s)
+            batch = self._start(_Batch(batch_key, tenant, key))
         self._join(batch, item)
         if math.isfinite(deadline):
             # Answered at its deadline, not when a thread next frees up.
             item.timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, item)
         return _InBatch(self, item)
 
-    def _start(self, batch: _Batch, waited_s: float) -> _Batch:
+    def _start(self, batch: _Batch) -> _Batch:
         self._open[batch.key] = batch
-        task = batch.task = asyncio.get_running_loop().create_task(self._run(batch, waited_s))
+        task = batch.task = asyncio.get_running_loop().create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return batch
@@ -124,7 +128,7 @@ class Batcher:
             QueueTimedOut("request waited too long for a predict thread; retry shortly")
         )
 
-    async def _run(self, batch: _Batch, waited_s: float) -> None:
+    async def _run(self, batch: _Batch) -> None:
         run: StoppableRun[list[Outcome]] = StoppableRun(
             lambda: compute([item.request for item in batch.items]), self._metrics.inference
         )
@@ -135,7 +139,7 @@ class Batcher:
                 await asyncio.sleep(self._delay_s)  # company, even with a thread free
             outcomes = await self._predictor.run_until(
                 math.inf, batch.tenant, run, timeout_s=self._timeout_s, key=batch.model_id,
-                waited_s=waited_s, prepare=lambda: self._freeze(batch), counted=False,
+                prepare=lambda: self._freeze(batch), counted=False, judged=False,
             )  # fmt: skip
         except PredictTimedOut as exc:
             released = run.stop()
@@ -165,21 +169,32 @@ class Batcher:
 
     def _freeze(self, batch: _Batch) -> dict[str, int]:
         """On the loop as a thread takes ``batch``: those whose callers left are out, those
-        past their deadline are answered 503; of the rest, up to ``max_size`` in fair turns
-        between tenants run now, and the others open the next batch. Returns the requests
-        that run, by tenant (each is charged to its tenant's fair turns)."""
+        past their deadline or too late by CoDel (each judged on its own wait: the rest of a
+        batch may have waited through many) are answered 503; of the rest, up to
+        ``max_size`` in fair turns between tenants run now, and the others open the next
+        batch. Returns the requests that run, by tenant (each is charged to its tenant's
+        fair turns)."""
         self._close(batch)
         batch.frozen = True
         now = time.monotonic()
-        waiting: list[_Item] = []
+        rest: list[_Item] = []
         for item in batch.items:
             if item.future.done():
                 continue  # its caller left, or its deadline passed
             if now > item.deadline:
                 self._drop(item)
                 continue
-            waiting.append(item)
-        kept, rest = _fair_pick(waiting, self._max_size)
+            rest.append(item)
+        kept: list[_Item] = []
+        while rest and len(kept) < self._max_size:
+            # Only those leaving the queue now are judged (CoDel reads departures' waits):
+            # the rest stay queued, and the newest of them would hide a standing queue.
+            picked, rest = _fair_pick(rest, self._max_size - len(kept))
+            for item in picked:
+                if self._predictor.too_late(item.tenant, now - item.queued_since):
+                    self._drop(item)
+                else:
+                    kept.append(item)
         for item in kept:
             item.running = True
             if item.timer is not None:
@@ -190,7 +205,7 @@ class Batcher:
             self._metrics.batch_models.observe(len({id(item.request.model) for item in kept}))
         if rest:
             # The next batch, queued now; later requests join it behind these.
-            following = self._start(_Batch(batch.key, rest[0].tenant, batch.model_id), 0.0)
+            following = self._start(_Batch(batch.key, rest[0].tenant, batch.model_id))
             for item in rest:
                 self._join(following, item)
         return dict(Counter(item.tenant for item in kept))

@@ -39,6 +39,7 @@ class _Job:
     # (a batch); each past the first is charged to its tenant's turns.
     prepare: Callable[[], dict[str, int]] | None = None
     counted: bool = True  # a drop counts as one rejection (a batch counts its own requests)
+    judged: bool = True  # CoDel judges its wait here (a batch's ``prepare`` judges each's)
     timer: asyncio.TimerHandle | None = None
     abandoned: bool = False  # timed out; its thread is still busy with it
 
@@ -112,6 +113,7 @@ class FairExecutor:
         waited_s: float = 0.0,
         prepare: Callable[[], dict[str, int]] | None = None,
         counted: bool = True,
+        judged: bool = True,
     ) -> T:
         """Run ``call`` in ``tenant``'s turn unless ``deadline`` (monotonic) passes first.
 
@@ -128,6 +130,8 @@ class FairExecutor:
                 tenant's), so a batch takes no more than its share.
             counted: whether a drop is counted here as one request's rejection (a batch of
                 several counts each of its requests itself).
+            judged: whether CoDel judges the call's queue time here; a batch's ``prepare``
+                judges each of its requests' own with :meth:`too_late` instead.
         Raises:
             Overloaded: the deadline passed while the call waited for a thread, or a call of
                 ``key`` is still running past its timeout.
@@ -139,7 +143,7 @@ class FairExecutor:
         loop = asyncio.get_running_loop()
         job = _Job(
             call, loop.create_future(), deadline, time.monotonic() - waited_s, timeout_s, key,
-            prepare, counted,
+            prepare, counted, judged,
         )  # fmt: skip
         self._queue.push(tenant, job)
         self._dispatch(loop)
@@ -167,7 +171,7 @@ class FairExecutor:
             if job.future.done():  # its caller went away
                 continue
             now = time.monotonic()
-            if now > job.deadline or self._too_late(now - job.queued_since):
+            if now > job.deadline or (job.judged and self.too_late(tenant, now - job.queued_since)):
                 self._drop(tenant, job)
                 continue
             if job.key is not None and job.key in self._stuck:
@@ -182,11 +186,13 @@ class FairExecutor:
             done = self._pool.submit(job.call)
             done.add_done_callback(functools.partial(self._on_done, loop, job))
 
-    def _too_late(self, waited_s: float) -> bool:
+    def too_late(self, tenant: str, waited_s: float) -> bool:
+        """A request of ``tenant`` leaves the queue after ``waited_s`` in all: whether it is
+        too late to run (its queue, or the server's, stands and it waited past the limit)."""
         if self._codel is None:
             return False
-        self._codel.observe(waited_s)
-        return waited_s > self._codel.limit_s(math.inf)
+        self._codel.observe(waited_s, tenant)
+        return waited_s > self._codel.limit_s(math.inf, tenant)
 
     def _time_out(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
         if job.future.done():  # answered, or its caller went away

@@ -205,3 +205,33 @@ async def test_while_the_queue_stands_a_call_past_twice_the_target_is_refused_no
     with pytest.raises(Overloaded):
         await stale
     assert ran == ["fresh"]
+
+
+@pytest.mark.anyio
+async def test_a_tenant_whose_own_queue_stands_is_refused_while_the_others_run_late(
+    pool: ThreadPoolExecutor, metrics: Metrics
+) -> None:
+    now = [0.0]
+    codel = CoDel(target_s=0.01, interval_s=0.5, clock=lambda: now[0])
+    codel.observe(1.0, "hot")  # the hot tenant's requests waited long for a whole interval,
+    codel.observe(0.0, "cold")  # the others' passed at once: the server does not stand
+    now[0] = 0.5
+    assert not codel.overloaded
+    fair = FairExecutor(pool, workers=1, metrics=metrics, codel=codel)
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(fair.run("a", gate.wait, 10))
+    await asyncio.sleep(0)
+    ran: list[str] = []
+    hot = asyncio.ensure_future(
+        fair.run_until(math.inf, "hot", lambda: ran.append("hot"), waited_s=0.05)
+    )
+    cold = asyncio.ensure_future(
+        fair.run_until(math.inf, "cold", lambda: ran.append("cold"), waited_s=0.05)
+    )
+    await asyncio.sleep(0)
+    gate.set()
+    await blocker
+    await cold  # as late as the hot one, but its tenant's queue does not stand: it runs
+    with pytest.raises(Overloaded):
+        await hot
+    assert ran == ["cold"]
