@@ -17,6 +17,7 @@ from tenantserve.errors import InvalidInput, Overloaded, PredictFailed, PredictT
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes.run_stop import current_run_stop
 from tenantserve.scheduling.batcher import Batcher
+from tenantserve.scheduling.codel import CoDel
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.types import Tensors, TensorSpec
 
@@ -386,3 +387,38 @@ async def test_a_running_batch_everyone_left_is_stopped_and_gives_its_thread_bac
     assert (await asyncio.wait_for(_predict(batcher, Doubler(), _rows(2)), 5))["y"].tolist() == [
         [4.0, 4.0]
     ]
+
+
+@pytest.mark.anyio
+async def test_each_request_in_a_batch_is_judged_on_its_own_wait_while_its_tenant_stands(
+    pool: ThreadPoolExecutor,
+) -> None:
+    now = [0.0]
+    codel = CoDel(target_s=0.01, interval_s=0.5, clock=lambda: now[0])
+    codel.observe(1.0, "acme")  # acme's requests waited long for a whole interval
+    now[0] = 0.5  # its queue stands; CoDel's clock stops here
+    metrics = Metrics(CollectorRegistry())
+    batcher = Batcher(
+        FairExecutor(pool, workers=1, metrics=metrics, codel=codel), metrics=metrics, max_size=8
+    )
+    gate, blocker = await _blocked(batcher)
+    model = Doubler()
+
+    async def ask(value: float, waited_s: float) -> Tensors:
+        job = batcher.job(
+            model, _rows(value), tenant="acme", key="acme/m", deadline=math.inf,
+            waited_s=waited_s,
+        )  # fmt: skip
+        return await job.result()
+
+    # The first opened the batch after 50 ms in admission (past 2 x 10 ms); the second just
+    # came. Judged by the batch's first request, both were refused; judged each, one runs.
+    stale = asyncio.ensure_future(ask(1, 0.05))
+    fresh = asyncio.ensure_future(ask(2, 0.0))
+    await asyncio.sleep(0)
+    gate.set()
+    await blocker
+    np.testing.assert_array_equal((await fresh)["y"], _rows(2)["x"] * 2)
+    with pytest.raises(Overloaded):
+        await stale
+    assert model.calls == [1]
