@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tenantserve.protocols.one_write import OneWrite
+
 MAX_HEAD_BYTES = 64 * 1024
 """The largest request line plus headers accepted (nginx allows 32 KiB, Node 16 KiB)."""
 
@@ -128,6 +130,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._body_timer = self.loop.call_later(self.body_timeout_s, self.transport.close)
                 return
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.transport = OneWrite(self.transport, cycle, self.loop)  # type: ignore[assignment]
         # Until the message completes (at once for a request without a body).
         self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
 

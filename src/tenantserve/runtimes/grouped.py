@@ -35,4 +35,7 @@ class Grouped(Protocol):
 
 def group_key(model: LoadedModel) -> str | None:
     """``model``'s group key, or ``None`` when it runs only with its own requests."""
-    return model.group_key if isinstance(model, Grouped) else None
+    # Asked for every request: an isinstance check against a runtime-checkable protocol
+    # walks the protocol's members each time (it showed in the warm path's profile).
+    key = getattr(model, "group_key", None)
+    return key if isinstance(key, str) else None
