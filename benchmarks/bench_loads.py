@@ -101,20 +101,11 @@ def _histogram(client: httpx.Client, name: str) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def _server(store: Path, work: Path, src: Path | None, *flags: str) -> Iterator[Served]:
-    saved = os.environ.get("PYTHONPATH")
-    if src is not None:
-        os.environ["PYTHONPATH"] = str(src)
-    try:
-        with served_tenantserve(
-            store, budget="3GiB", log_path=work / "server.log", cache_dir=work / "cache",
-            extra_args=flags,
-        ) as served:  # fmt: skip
-            yield served
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+    with served_tenantserve(
+        store, budget="3GiB", log_path=work / "server.log", cache_dir=work / "cache",
+        extra_args=flags, src=src,
+    ) as served:  # fmt: skip
+        yield served
 
 
 def server_loads(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -41,15 +42,18 @@ def served_tenantserve(
     log_path: Path,
     cache_dir: Path | None = None,
     extra_args: Sequence[str] = (),
+    src: Path | None = None,
 ) -> Iterator[Served]:
-    """Run ``tenantserve serve`` on a free loopback port until the block ends."""
+    """Run ``tenantserve serve`` on a free loopback port until the block ends; with ``src``,
+    the server of that source tree (another checkout's ``src/``, for a before-and-after)."""
     port = free_port()
     cmd = [sys.executable, "-m", "tenantserve", "serve", "--store", str(store),
            "--host", "127.0.0.1", "--port", str(port), "--memory-budget", budget,
            "--log-level", "warning"]  # fmt: skip
     if cache_dir is not None:
         cmd += ["--cache-dir", str(cache_dir)]
-    with _spawn([*cmd, *extra_args], port, log_path) as served:
+    env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+    with _spawn([*cmd, *extra_args], port, log_path, env) as served:
         yield served
 
 
@@ -66,10 +70,12 @@ def served_floor(store: Path, *, log_path: Path, threads: int | None = None) -> 
 
 
 @contextlib.contextmanager
-def _spawn(cmd: list[str], port: int, log_path: Path) -> Iterator[Served]:
+def _spawn(
+    cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[Served]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, proc, log_path)
