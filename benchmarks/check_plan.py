@@ -1,13 +1,15 @@
 """Hold `tenantserve plan`'s prediction against a measured run, as Markdown.
 
 Usage: ``python benchmarks/check_plan.py --profile P --requests CSV --instance 1GiB:2
---overhead 257MiB [--policy lru]``
+--overhead 257MiB [--policy lru] [--clients 16]``
 
 ``CSV`` is a request log written by ``tenantserve bench suite`` (``requests-<run>.csv``: send
 time, model id, latency, and the server's own hit/miss header). Its send times are the trace;
 the planner replays it through the real cache code on one instance of the given size and the
 table sets its hit ratio, p50 and p99 beside what the server measured. ``P`` is a profile from
-``tenantserve plan --store STORE --save-profile P``.
+``tenantserve plan --store STORE --save-profile P``. With ``--clients N`` the planner replays
+the log's order of models as a closed loop of N clients, as the suite measured it, rather than
+at the log's send times.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--request-cpu-ms", type=float, default=None,
         help="a request's CPU beyond its model (default: the planner's, measured on a quiet box)",
     )  # fmt: skip
+    parser.add_argument(
+        "--clients", type=int, default=None,
+        help="replay as a closed loop of this many clients (the suite's --concurrency)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     extra = {} if args.request_cpu_ms is None else {"request_cpu_s": args.request_cpu_ms / 1e3}
 
@@ -52,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         overhead_bytes=parse_size(args.overhead),
         policy=args.policy,
         min_residency_s=args.min_residency_s,
+        clients=args.clients,
         **extra,
     )
 
@@ -60,7 +67,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print(
         f"{len(trace)} requests from {args.requests.name}, {args.instance}, {args.policy}, "
-        f"min residency {args.min_residency_s:g} s\n"
+        f"min residency {args.min_residency_s:g} s, "
+        + (
+            "open loop at the log's send times"
+            if args.clients is None
+            else f"closed loop of {args.clients} clients"
+        )
+        + "\n"
     )
     print("| | hit ratio | p50 ms | p99 ms |\n|---|---:|---:|---:|")
     print(f"| measured | {measured_hit:.3f} | {pct(0.5):.1f} | {pct(0.99):.1f} |")

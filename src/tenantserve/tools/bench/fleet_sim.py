@@ -88,6 +88,8 @@ class FleetRun:
     slow: int = 0
     """Requests that took longer than ``slow_s``."""
     complete: bool = True
+    finished_s: float = 0.0
+    """When the last answer came (trace time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +114,20 @@ def run_fleet(
     slow_s: float = math.inf,
     give_up_after: int | None = None,
     progress: Progress | None = None,
+    clients: int | None = None,
 ) -> FleetRun:
     """Route and serve every request of ``trace`` in time order.
+
+    With ``clients``, as a closed loop of that many clients (the benchmarks' mode): the trace
+    gives only the order of models, and each request is sent when a client's last answer
+    came, so the rate follows the server's pace as it does in a measured closed-loop run.
 
     With ``give_up_after``, stop (``complete`` False) once that many requests took over
     ``slow_s``: the p99 has missed its target and the rest would only say by how much. The
     planner's search spends most of its time on counts that miss.
     """
     with quiet_cache_log():
-        return asyncio.run(_run(trace, profile, shape, slow_s, give_up_after, progress))
+        return asyncio.run(_run(trace, profile, shape, slow_s, give_up_after, progress, clients))
 
 
 async def _run(
@@ -130,6 +137,7 @@ async def _run(
     slow_s: float,
     give_up_after: int | None,
     progress: Progress | None,
+    clients: int | None = None,
 ) -> FleetRun:
     sizes = {m: c.resident_bytes for m, c in profile.models.items()}
     load_seconds = {m: c.load_s for m, c in profile.models.items()}
@@ -145,7 +153,10 @@ async def _run(
     queues = [CoreQueue(shape.cores, shape.load_slots) for _ in range(shape.instances)]
     router.attach(caches, queues)
     run = FleetRun([], [], 0, 0, 0, [0] * shape.instances, [])
-    for index, (t_s, model_id) in enumerate(trace):
+    # Closed loop: when each client is free next (taken earliest first, so time runs forward).
+    free = [trace[0][0]] * clients if clients and trace else None
+    for index, (sent_s, model_id) in enumerate(trace):
+        t_s = sent_s if free is None else heapq.heappop(free)
         chosen = router.route(model_id, t_s)
         cache = caches[chosen]
         hit = cache.hit(t_s, model_id)
@@ -154,6 +165,9 @@ async def _run(
         latency, cold = queues[chosen].serve(
             t_s, model_id, load_seconds[model_id], work[model_id], hit
         )
+        run.finished_s = max(run.finished_s, t_s + latency)
+        if free is not None:
+            heapq.heappush(free, t_s + latency)
         run.latencies.append(latency)
         run.cold.append(cold)
         run.requests_per_instance[chosen] += 1

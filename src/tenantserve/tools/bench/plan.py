@@ -98,6 +98,7 @@ def simulate(
     instances: int = 1,
     p99_target_s: float = math.inf,
     progress: Progress | None = None,
+    clients: int | None = None,
     **options: float | int | str,
 ) -> Prediction:
     """Serve ``trace`` on ``instances`` of ``instance``: each request routed by model (holders
@@ -106,10 +107,14 @@ def simulate(
 
     ``min_residency_s`` is the server's default (``--min-residency-s``) for the cost policy.
     ``load_slots`` is the instance's cores by default, as the server's
-    ``--max-concurrent-loads``: loads of known size run side by side."""
+    ``--max-concurrent-loads``: loads of known size run side by side. With ``clients``, a
+    closed loop of that many clients replays the trace's order (see :func:`run_fleet`)."""
     opts = Options(**options)  # type: ignore[arg-type]
-    run = run_fleet(trace, profile, opts.shape(instance, instances), progress=progress)
-    return predict(trace, instance, instances, run, p99_target_s)
+    shape = opts.shape(instance, instances)
+    run = run_fleet(trace, profile, shape, progress=progress, clients=clients)
+    # A closed loop's rate is the one it reached: the time the simulation took, not the trace's.
+    span_s = run.finished_s - trace[0][0] if clients and trace else None
+    return predict(trace, instance, instances, run, p99_target_s, span_s=span_s)
 
 
 def predict(
@@ -118,9 +123,13 @@ def predict(
     instances: int,
     run: FleetRun,
     p99_target_s: float,
+    *,
+    span_s: float | None = None,
 ) -> Prediction:
-    """A complete run's figures."""
-    span_s = max(trace[-1][0] - trace[0][0], 1e-9) if trace else 1.0
+    """A complete run's figures (over ``span_s``, or the trace's own span)."""
+    if span_s is None:
+        span_s = trace[-1][0] - trace[0][0] if trace else 1.0
+    span_s = max(span_s, 1e-9)
     latencies = sorted(run.latencies)
     p99 = pct(latencies, 0.99)
     hot = max(_counts(trace).items(), key=lambda item: item[1], default=("", 0))[0]

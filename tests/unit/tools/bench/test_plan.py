@@ -181,3 +181,19 @@ def test_loads_that_hold_the_p99_up_are_named() -> None:
     assert not row.meets_target
     assert "Loads hold the p99 up" in row.reason
     assert "first calls as the fleet starts" in row.reason
+
+
+def test_a_closed_loop_sends_at_the_server_s_pace_not_the_trace_s() -> None:
+    # Every model resident, 20 ms of work a request on one core: a burst of 100 requests in
+    # one second queues open loop; one client waits for each answer before sending again.
+    fleet = FleetProfile({f"t{i}/m": ModelCost(MB, 0.01, 0.02) for i in range(4)}, 0)
+    trace = [(i / 100, f"t{i % 4}/m") for i in range(100)]
+    one_core = InstanceType(2**30, 1, "1GiB:1")
+    opened = simulate(trace, fleet, one_core, request_cpu_s=0.0)
+    one = simulate(trace, fleet, one_core, clients=1, request_cpu_s=0.0)
+    four = simulate(trace, fleet, one_core, clients=4, request_cpu_s=0.0)
+    assert opened.p99_s > 0.5  # 100 requests' work is 2 s, sent within 1 s
+    assert one.p50_s == pytest.approx(0.02)  # never a queue: its work alone
+    assert one.rate_per_s == pytest.approx(1 / 0.02, rel=0.2)  # (first calls load 10 ms each)
+    assert four.p50_s == pytest.approx(0.08, rel=0.01)  # each waits behind the other three
+    assert four.rate_per_s == pytest.approx(one.rate_per_s, rel=0.2)  # the core is the limit
