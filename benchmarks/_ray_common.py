@@ -85,11 +85,13 @@ async def drive(
     headers: Callable[[str], Mapping[str, str]] | None = None,
     cache_header: str = "x-tenantserve-cache",
     replica_header: str = "x-tenantserve-replica",
+    error_bodies: dict[int, str] | None = None,
 ) -> tuple[list[Call], float]:
     """Replay ``trace`` with ``concurrency`` clients in a closed loop; every call recorded.
 
     With ``duration_s`` clients stop taking new requests once it has passed (those in flight
-    finish and count); ``headers`` gives each model's extra request headers.
+    finish and count); ``headers`` gives each model's extra request headers; ``error_bodies``
+    gets the first body answered with each status other than 200.
     """
     queue = list(reversed(trace))
     calls: list[Call] = []
@@ -108,8 +110,12 @@ async def drive(
                 status = response.status_code
                 cache = response.headers.get(cache_header, "")
                 replica = response.headers.get(replica_header, "-")
-            except httpx.HTTPError:
+                if status != 200 and error_bodies is not None:
+                    error_bodies.setdefault(status, response.text[:160])
+            except httpx.HTTPError as exc:
                 status, cache, replica = 599, "", "-"
+                if error_bodies is not None:
+                    error_bodies.setdefault(status, repr(exc)[:160])
             calls.append(
                 Call(model_id, started, time.perf_counter() - started, status, cache, replica)
             )

@@ -117,6 +117,7 @@ def local_ray(num_cpus: int) -> Iterator[None]:
 
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
+        own_sigterm()
         yield
     finally:
         try:
@@ -192,13 +193,15 @@ class Bench:
         self.duration = None if args.requests else float(args.duration_s)
 
     def replay(self, url: str, name: str, **kwargs: Any) -> Run:
+        bodies: dict[int, str] = {}
         calls, wall = asyncio.run(
-            drive(url, self.trace, self.args.clients, duration_s=self.duration, **kwargs)
-        )
+            drive(url, self.trace, self.args.clients, duration_s=self.duration,
+                  error_bodies=bodies, **kwargs)
+        )  # fmt: skip
         run = Run(name, calls, wall)
         failed = Counter(c.status for c in calls if c.status != 200)
-        if failed:
-            run.notes.append(f"errors by status {dict(sorted(failed.items()))}")
+        for status, count in sorted(failed.items()):
+            run.notes.append(f"{count} x {status}, the first: `{bodies.get(status, '')}`")
         if len(calls) >= len(self.trace):
             run.notes.append(f"trace exhausted ({len(self.trace)}): raise --trace-rate")
         return run
@@ -248,6 +251,7 @@ class Bench:
         )
         try:
             url = deploy(settings, options)
+            own_sigterm()
             wait_ready(url)
             run = self.replay(url, f"tenantserve on Ray Serve ({replicas} replicas)")
             held = sorted(ledgers(url, replicas).values())
@@ -315,6 +319,10 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f}"
 
 
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}x" if theirs > 0 and math.isfinite(ours / theirs) else "n/a"
+
+
 def table(pairs: Sequence[tuple[Run, Run]]) -> str:
     lines = [
         "| configuration | requests ok | errors | req/s | p50 ms | p99 ms | misses | miss p50 ms"
@@ -325,7 +333,7 @@ def table(pairs: Sequence[tuple[Run, Run]]) -> str:
         for run in (ours, theirs):
             misses = [c.seconds for c in run.ok if c.cache == "miss"]
             ratios = (
-                f"{ours.rate / theirs.rate:.2f}x | {ours.pct(0.99) / theirs.pct(0.99):.2f}x"
+                f"{ratio(ours.rate, theirs.rate)} | {ratio(ours.pct(0.99), theirs.pct(0.99))}"
                 if run is ours
                 else "1 | 1"
             )
@@ -340,6 +348,12 @@ def table(pairs: Sequence[tuple[Run, Run]]) -> str:
 
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # so every finally runs: Serve, Ray and servers stop
+
+
+def own_sigterm() -> None:
+    """SIGTERM unwinds through the finally blocks; called again after ``ray.init``, whose
+    core worker installs a handler that aborts the driver and orphans Ray's agents."""
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, help="a fleet folder to reuse (or write)")
     args = parser.parse_args(argv)
     resident = args.resident or args.models // 4
-    signal.signal(signal.SIGTERM, on_sigterm)
+    own_sigterm()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-raymux-"))
     try:
