@@ -153,19 +153,20 @@ def mux_stats(url: str, replicas: int, tries: int = 40) -> dict[str, dict[str, A
     return seen
 
 
-def ledgers(url: str, replicas: int, tries: int = 40) -> dict[str, float]:
-    """Each tenantserve process's ledger bytes, from its ``/metrics``."""
-    seen: dict[str, float] = {}
+def ledgers(url: str, replicas: int, tries: int = 40) -> dict[str, tuple[float, float]]:
+    """Each tenantserve process's (ledger bytes, resident models), from its ``/metrics``."""
+    seen: dict[str, tuple[float, float]] = {}
     for _ in range(tries):
         response = httpx.get(f"{url}/metrics", timeout=30)
-        seen[response.headers.get("x-tenantserve-replica", "process")] = next(
-            (
-                sample.value
-                for family in text_string_to_metric_families(response.text)
-                for sample in family.samples
-                if sample.name == "tenantserve_memory_used_bytes" and not sample.labels
-            ),
-            float("nan"),
+        values = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+            if not sample.labels
+        }
+        seen[response.headers.get("x-tenantserve-replica", "process")] = (
+            values.get("tenantserve_memory_used_bytes", float("nan")),
+            values.get("tenantserve_loaded_models", float("nan")),
         )
         if len(seen) >= replicas:
             break
@@ -218,9 +219,12 @@ class Bench:
             try:
                 wait_ready(url)
                 run = self.replay(url, "tenantserve serve (1 process, 2 threads)")
-                used = ledgers(url, 1)["process"]
+                used, held = ledgers(url, 1)["process"]
                 rss = psutil.Process(proc.pid).memory_info().rss
-                run.notes.append(f"ledger {used / 2**20:.0f} MiB, RSS {rss / 2**20:.0f} MiB")
+                run.notes.append(
+                    f"models held {held:.0f} (ledger {used / 2**20:.1f} MiB); "
+                    f"RSS {rss / 2**20:.0f} MiB"
+                )
                 return run
             finally:
                 proc.terminate()
@@ -254,8 +258,11 @@ class Bench:
             own_sigterm()
             wait_ready(url)
             run = self.replay(url, f"tenantserve on Ray Serve ({replicas} replicas)")
-            held = sorted(ledgers(url, replicas).values())
-            run.notes.append("ledgers " + ", ".join(f"{u / 2**20:.0f}" for u in held) + " MiB")
+            books = sorted(ledgers(url, replicas).values(), key=lambda book: book[1])
+            run.notes.append(
+                "models held " + ", ".join(f"{n:.0f}" for _, n in books)
+                + " (ledgers " + ", ".join(f"{u / 2**20:.1f}" for u, _ in books) + " MiB)"
+            )  # fmt: skip
             run.notes.append(replica_rss())
             return run
         finally:
@@ -300,7 +307,7 @@ def charge_per_model(bench: Bench) -> int:
     try:
         wait_ready(url)
         asyncio.run(drive(url, bench.ids[:2], 1))
-        return math.ceil(ledgers(url, 1)["process"] / 2)
+        return math.ceil(ledgers(url, 1)["process"][0] / 2)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
