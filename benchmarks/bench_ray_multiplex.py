@@ -203,7 +203,7 @@ class Bench:
         failed = Counter(c.status for c in calls if c.status != 200)
         for status, count in sorted(failed.items()):
             run.notes.append(f"{count} x {status}, the first: `{bodies.get(status, '')}`")
-        if len(calls) >= len(self.trace):
+        if self.duration is not None and len(calls) >= len(self.trace):
             run.notes.append(f"trace exhausted ({len(self.trace)}): raise --trace-rate")
         return run
 
