@@ -69,7 +69,7 @@ def mux_deployment(resident: int, replicas: int, cpus: float, max_ongoing: int) 
             self.store = Path(store)
             self.model_file = model_file
 
-        @serve.multiplexed(max_num_models_per_replica=resident)
+        @serve.multiplexed(max_num_models_per_replica=resident)  # type: ignore[untyped-decorator]
         async def get_model(self, model_id: str) -> Any:
             import onnxruntime as ort
 
