@@ -20,9 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,106 +28,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from _ray_common import Run, drive, free_port, wait_ready, zipf_trace
 from tenantserve.config import Settings
 from tenantserve.tools.fleet.synth import write_fleet
-
-FEATURES = 16
-BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, FEATURES],
-                    "data": [0.5] * FEATURES}]}  # fmt: skip
-
-
-@dataclass
-class Call:
-    model_id: str
-    started_s: float
-    seconds: float
-    status: int
-    cache: str
-    replica: str
-
-
-@dataclass
-class Run:
-    """What one configuration did with the trace."""
-
-    name: str
-    calls: list[Call]
-    wall_s: float
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> list[Call]:
-        return [c for c in self.calls if c.status == 200]
-
-    @property
-    def hit_ratio(self) -> float:
-        ok = self.ok
-        return sum(c.cache == "hit" for c in ok) / len(ok) if ok else float("nan")
-
-    @property
-    def rate(self) -> float:
-        return len(self.ok) / self.wall_s if self.wall_s else float("nan")
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(c.seconds for c in self.ok)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def zipf_trace(ids: Sequence[str], requests: int, s: float, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    order = list(ids)
-    rng.shuffle(order)  # popularity independent of tenant and size
-    weights = [1 / (rank + 1) ** s for rank in range(len(order))]
-    return rng.choices(order, weights=weights, k=requests)
-
-
-async def drive(url: str, trace: Sequence[str], concurrency: int) -> tuple[list[Call], float]:
-    """Replay ``trace`` with ``concurrency`` clients in a closed loop; every call recorded."""
-    queue = list(reversed(trace))
-    calls: list[Call] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while queue:
-            model_id = queue.pop()
-            started = time.perf_counter()
-            try:
-                response = await client.post(f"/v2/models/{model_id}/infer", json=BODY)
-                status = response.status_code
-                cache = response.headers.get("x-tenantserve-cache", "")
-                replica = response.headers.get("x-tenantserve-replica", "-")
-            except httpx.HTTPError:
-                status, cache, replica = 599, "", "-"
-            calls.append(
-                Call(model_id, started, time.perf_counter() - started, status, cache, replica)
-            )
-
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        return calls, time.perf_counter() - began
-
-
-def wait_ready(url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
 def replica_ledgers(url: str, replicas: int, tries: int = 60) -> dict[str, tuple[float, float]]:
