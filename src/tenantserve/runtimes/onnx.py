@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 
-from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
+from tenantserve.errors import LoadFailed, PredictFailed
 from tenantserve.runtimes.base import Prepared, SharedUsage
+from tenantserve.runtimes.feeds import conformed_feed
 from tenantserve.runtimes.native import NativeArtifacts
 from tenantserve.runtimes.ort_format import FastLoads, NoFastLoad, first_line, session_options
 from tenantserve.runtimes.run_stop import current_run_stop
 from tenantserve.runtimes.shared import BaseHeadModel, SharedBlocks, measured, verified_path
-from tenantserve.types import DATATYPE_TO_DTYPE, ModelManifest, SharedBase, Tensors, TensorSpec
+from tenantserve.types import ModelManifest, SharedBase, Tensors, TensorSpec
 
 # ONNX Runtime's type strings → OIP datatype names.
 _ORT_TO_DATATYPE = {
@@ -67,12 +67,7 @@ class OnnxModel:
         session = self._session
         if session is None:
             raise PredictFailed("model was unloaded")
-        # Unknown names first: a misspelt input is reported as such, not as a missing one.
-        extra = sorted(set(tensors) - {spec.name for spec in self._inputs})
-        if extra:
-            expected = ", ".join(spec.name for spec in self._inputs)
-            raise InvalidInput(f"unexpected input {extra[0]!r}; the model takes: {expected}")
-        feed = {spec.name: _conform(spec, tensors.get(spec.name)) for spec in self._inputs}
+        feed = conformed_feed(self._inputs, tensors)
         # The server stops a run that passed its timeout; ONNX Runtime checks the flag between
         # nodes and fails the run, which frees this thread.
         options = ort.RunOptions()
@@ -95,50 +90,6 @@ class OnnxModel:
 
     def close(self) -> None:
         self._session = None
-
-
-def _conform(spec: TensorSpec, array: npt.NDArray[Any] | None) -> npt.NDArray[Any]:
-    """Check one input against the graph, converting only where no value can change."""
-    if array is None:
-        raise InvalidInput(f"missing input {spec.name!r}")
-    if len(spec.shape) != array.ndim:
-        raise InvalidInput(
-            f"input {spec.name!r} has shape {list(array.shape)}; "
-            f"the model expects {len(spec.shape)} dimensions {list(spec.shape)}"
-        )
-    for want, got in zip(spec.shape, array.shape, strict=True):
-        if want not in (-1, got):
-            raise InvalidInput(
-                f"input {spec.name!r} has shape {list(array.shape)}; "
-                f"the model expects {list(spec.shape)}"
-            )
-    if spec.datatype == "BYTES":
-        if array.dtype.kind not in ("O", "U", "S"):
-            raise InvalidInput(f"input {spec.name!r} must be BYTES (text), not {array.dtype}")
-        return _as_text(spec.name, array)
-    want_dtype = DATATYPE_TO_DTYPE[spec.datatype]
-    if array.dtype != want_dtype:
-        if array.dtype.kind in ("O", "U", "S") or not np.can_cast(array.dtype, want_dtype, "safe"):
-            raise InvalidInput(
-                f"input {spec.name!r} has datatype {array.dtype}; the model expects {spec.datatype}"
-            )
-        array = array.astype(want_dtype)
-    return array
-
-
-def _as_text(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    flat = array.reshape(-1)
-    out = np.empty(flat.shape, dtype=object)
-    for i, item in enumerate(flat):
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"input {name!r} element {i} is not valid UTF-8") from exc
-        elif not isinstance(item, str):
-            raise InvalidInput(f"input {name!r} element {i} is not text")
-        out[i] = item
-    return out.reshape(array.shape)
 
 
 # y = Identity(x): the smallest valid model, to initialise ONNX Runtime at start-up (~10 MB of
