@@ -12,16 +12,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Container
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import onnx
-from onnx import TensorProto, numpy_helper
 
 from tenantserve.errors import PredictFailed
 from tenantserve.runtimes.feeds import conformed_feed
 from tenantserve.types import Tensors, TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
 
 MAX_WEIGHT_BYTES = 4 * 1024 * 1024  # past this a session's overhead no longer dominates
 # Opsets whose semantics of these ops are the ones below (axes as inputs, one Softmax axis).
@@ -31,12 +32,13 @@ _OPSETS = range(13, 24)
 OVERHEAD_BYTES = 16 * 1024
 _F32 = np.dtype(np.float32)
 # ONNX element types a head's inputs may have → (OIP datatype, numpy dtype).
+_FLOAT = 1  # TensorProto.FLOAT (the onnx package is imported only once a head is read)
 _TYPES: dict[int, tuple[str, np.dtype[Any]]] = {
-    TensorProto.FLOAT: ("FP32", _F32),
-    TensorProto.DOUBLE: ("FP64", np.dtype(np.float64)),
-    TensorProto.INT32: ("INT32", np.dtype(np.int32)),
-    TensorProto.INT64: ("INT64", np.dtype(np.int64)),
-    TensorProto.BOOL: ("BOOL", np.dtype(np.bool_)),
+    _FLOAT: ("FP32", _F32),
+    11: ("FP64", np.dtype(np.float64)),
+    6: ("INT32", np.dtype(np.int32)),
+    7: ("INT64", np.dtype(np.int64)),
+    9: ("BOOL", np.dtype(np.bool_)),
 }
 Array = npt.NDArray[Any]
 Kernel = Callable[..., Array]
@@ -88,6 +90,8 @@ def dense_head(model_file: Path) -> DenseHead | None:
     try:
         if model_file.stat().st_size > MAX_WEIGHT_BYTES + 64 * 1024:
             return None
+        import onnx  # not at start-up: only a server with heads on a shared base reads them
+
         return _compile(onnx.load(str(model_file), load_external_data=False))
     # Unsupported, or a file protobuf cannot parse: the session path loads or reports it.
     except Exception:
@@ -95,6 +99,8 @@ def dense_head(model_file: Path) -> DenseHead | None:
 
 
 def _compile(model: onnx.ModelProto) -> DenseHead:
+    from onnx import numpy_helper
+
     graph = model.graph
     opsets = {op.domain or "ai.onnx": op.version for op in model.opset_import}
     if set(opsets) != {"ai.onnx"} or opsets["ai.onnx"] not in _OPSETS or model.functions:
@@ -137,7 +143,9 @@ def _step(
     if rule is None or len(node.output) != 1 or not node.output[0] or node.output[0] in dtypes:
         raise Unsupported(node.op_type)
     make, arities, known, takes_axes = rule
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    from onnx.helper import get_attribute_value
+
+    attrs = {a.name: get_attribute_value(a) for a in node.attribute}
     if not set(attrs) <= known:
         raise Unsupported(f"{node.op_type} attributes")
     names = list(node.input)
@@ -212,7 +220,7 @@ def _unsqueeze(_attrs: dict[str, Any], axes: Axes) -> Kernel:
 
 
 def _cast(attrs: dict[str, Any], _axes: Axes) -> Kernel:
-    if attrs.get("to") != TensorProto.FLOAT:  # "saturate" concerns float8 targets only
+    if attrs.get("to") != _FLOAT:  # "saturate" concerns float8 targets only
         raise Unsupported("Cast to another type than float32")
     return lambda x: x.astype(_F32)
 
