@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from tenantserve.errors import LoadFailed, PredictFailed
 from tenantserve.runtimes.base import Prepared, SharedUsage
+from tenantserve.runtimes.dense_head import DenseHead, dense_head
 from tenantserve.runtimes.feeds import conformed_feed
 from tenantserve.runtimes.native import NativeArtifacts
 from tenantserve.runtimes.ort_format import FastLoads, NoFastLoad, first_line, session_options
@@ -110,7 +111,9 @@ class OnnxRuntime:
     loaded once and runs for every model on it, so it is always pre-packed.
 
     A model that declares a shared ``base`` gets the one session every such model shares
-    (see :mod:`tenantserve.runtimes.shared`) and a session of its own for its head.
+    (see :mod:`tenantserve.runtimes.shared`); its head runs as plain weight arrays where its
+    graph allows (:mod:`tenantserve.runtimes.dense_head`: a session would hold ~5x its
+    weights), else in a session of its own.
     """
 
     name = "onnx"
@@ -149,10 +152,12 @@ class OnnxRuntime:
     def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
         """Make the ORT-format files (the model's, its base's) unless made before; the model
         then holds its mapped file plus a session's structures. A native file (xgboost.json
-        …) is converted to ONNX first, once: the result is kept (:mod:`.native`)."""
+        …) is converted to ONNX first, once: the result is kept (:mod:`.native`). A head
+        that runs as weight arrays needs no file made, and holds what its arrays hold."""
         path, manifest = self._native.resolve(path, manifest)
+        dense_bytes = _dense_bytes(path, manifest)
         if self._fast_loads is None:
-            return Prepared()
+            return Prepared(held_bytes=dense_bytes)
         notes = []
         base = manifest.base
         if base is not None and not self._bases.holds(base.sha256):
@@ -160,6 +165,8 @@ class OnnxRuntime:
                 self._fast_loads.ort_file(path, base.model_file, sha256=base.sha256, published=None)
             except NoFastLoad as exc:
                 notes.append(f"its base loads from {base.model_file}: {exc}")
+        if dense_bytes is not None:
+            return Prepared(note="; ".join(notes), held_bytes=dense_bytes)
         try:
             own = self._ort_file(path, manifest)
         except NoFastLoad as exc:
@@ -177,7 +184,9 @@ class OnnxRuntime:
             base.sha256, lambda: self._base_session(path, base)
         )
         try:
-            head = OnnxModel(self._own_session(path, manifest))
+            head: DenseHead | OnnxModel | None = dense_head(path / manifest.model_file)
+            if head is None:
+                head = OnnxModel(self._own_session(path, manifest))
         except BaseException:
             release()
             raise
@@ -217,6 +226,15 @@ class OnnxRuntime:
                 )
         verified = verified_path(path, base.model_file, base.sha256)
         return measured(lambda: _session(verified, base.model_file, True), verified.stat().st_size)
+
+
+def _dense_bytes(path: Path, manifest: ModelManifest) -> int | None:
+    """What the model's head holds run as weight arrays; ``None``: it runs in a session."""
+    head = dense_head(path / manifest.model_file) if manifest.base is not None else None
+    if head is None:
+        return None
+    head.close()
+    return head.held_bytes
 
 
 def _session(

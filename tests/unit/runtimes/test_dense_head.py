@@ -9,6 +9,7 @@ holds: the arrays are as close to the exact (float64) answer as the session, wit
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fixtures.fleets import small_plans
-from fixtures.shared_base import base_bytes, write_tenant
+from fixtures.shared_base import base_bytes, expected, write_tenant
 from tenantserve.errors import InvalidInput
 from tenantserve.runtimes.dense_head import MAX_WEIGHT_BYTES, DenseHead, dense_head
-from tenantserve.runtimes.onnx import OnnxModel
+from tenantserve.runtimes.onnx import OnnxModel, OnnxRuntime
+from tenantserve.runtimes.shared import BaseHeadModel
+from tenantserve.store.manifest import checked_manifest
 from tenantserve.tools.fleet import minilm
 from tenantserve.tools.fleet.build import build_fleet
 from tenantserve.tools.fleet.publish import open_publisher
@@ -37,7 +40,8 @@ Floats = npt.NDArray[np.float64]
 @dataclass(frozen=True)
 class Heads:
     folders: tuple[Path, ...]
-    feed: dict[str, Any]  # the shared encoder's output and the mask, for real tickets
+    texts: list[str]  # real tickets
+    feed: dict[str, Any]  # the shared encoder's output and the mask for them
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,7 @@ def heads(tmp_path_factory: pytest.TempPathFactory) -> Heads:
     encoder = minilm.session(folders[0] / "encoder.onnx", threads=1)
     tokenizer = minilm.load_tokenizer(folders[0] / "tokenizer.json")
     texts = [row.text for plan in plans for row in plan.holdout][:16]
-    return Heads(folders, minilm.hidden_feed(encoder, tokenizer, texts))
+    return Heads(folders, texts, minilm.hidden_feed(encoder, tokenizer, texts))
 
 
 def _session(model_file: Path) -> OnnxModel:
@@ -178,3 +182,59 @@ def test_external_weights_and_unreadable_files_are_left_to_a_session(tmp_path: P
     (folder / "junk.onnx").write_bytes(b"\x08\x07not a model")
     assert dense_head(folder / "junk.onnx") is None
     assert dense_head(folder / "missing.onnx") is None
+
+
+def test_fleet_heads_load_as_arrays_and_answer_in_one_grouped_batch(heads: Heads) -> None:
+    runtime = OnnxRuntime()
+    models = []
+    for folder in heads.folders:
+        manifest = checked_manifest(folder, folder.name)
+        held = runtime.prepare(folder, manifest).held_bytes
+        assert held is not None
+        assert held > len(manifest.labels or ()) * 384 * 4 > 0
+        model = runtime.load(folder, manifest)
+        assert isinstance(model, BaseHeadModel)
+        models.append(model)
+    tokenizer = minilm.load_tokenizer(heads.folders[0] / "tokenizer.json")
+    tokens = minilm.encode(tokenizer, heads.texts)
+    parts = [(models[0], 5), (models[1], 6), (models[2], 5)]
+
+    grouped = models[0].predict_group(tokens, parts)
+
+    # Each tenant's rows as its head's own session answers them.
+    encoder = minilm.session(heads.folders[0] / "encoder.onnx", threads=1)
+    start = 0
+    for (model, rows), folder, got in zip(parts, heads.folders, grouped, strict=True):
+        rows_of = {name: array[start : start + rows] for name, array in tokens.items()}
+        feed = minilm.hidden_feed(encoder, tokenizer, heads.texts[start : start + rows])
+        want = _session(folder / "model.onnx").predict(feed)["probabilities"]
+        np.testing.assert_allclose(got["probabilities"], want, atol=SESSION_GAP)
+        assert (got["probabilities"].argmax(1) == want.argmax(1)).all()
+        np.testing.assert_array_equal(got["probabilities"], model.predict(rows_of)["probabilities"])
+        start += rows
+    for model in models:
+        model.close()
+    assert runtime.shared_usage().held_bytes == 0
+
+
+def test_a_head_with_an_op_off_the_list_runs_in_its_session(tmp_path: Path) -> None:
+    base = base_bytes(tmp_path)
+    runtime = OnnxRuntime()
+    head_v = write_tenant(tmp_path / "arrays", 1, base)
+    write_tenant(tmp_path / "session", 1, base)
+    model = onnx.load(str(tmp_path / "session" / "model.onnx"))
+    model.graph.node[-1].output[0] = "pre_y"
+    model.graph.node.append(helper.make_node("Erf", ["pre_y"], ["y"]))
+    onnx.save(model, str(tmp_path / "session" / "model.onnx"))
+    x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    bias = np.full((3, 3), 0.1, np.float32)
+    answers = {}
+    for name in ("arrays", "session"):
+        manifest = checked_manifest(tmp_path / name, name)
+        held = runtime.prepare(tmp_path / name, manifest).held_bytes
+        assert (held is not None) == (name == "arrays")
+        answers[name] = runtime.load(tmp_path / name, manifest).predict({"x": x, "bias": bias})
+    linear = expected(x, head_v, bias)
+    np.testing.assert_allclose(answers["arrays"]["y"], linear, rtol=1e-5, atol=1e-5)
+    erf = np.vectorize(math.erf)(linear)
+    np.testing.assert_allclose(answers["session"]["y"], erf, rtol=1e-5, atol=1e-5)
