@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 MAX_WEIGHT_BYTES = 4 * 1024 * 1024  # past this a session's overhead no longer dominates
 # Opsets whose semantics of these ops are the ones below (axes as inputs, one Softmax axis).
 _OPSETS = range(13, 24)
-# What a head holds beside its weights: its steps, specs and arrays' headers, and the malloc
-# slack of many small objects (~10 KiB measured per head over 1,000 fleet heads; rounded up).
-OVERHEAD_BYTES = 16 * 1024
+# What a head costs beside its weights: its steps, specs and arrays' headers (~10 KiB measured
+# per head over 1,000 fleet heads), its model's wrappers (base, tokenizer, top-k) and malloc
+# slack: the server grew 57 KiB per head for ~37 KiB of weights (bench_fleet_index, 1,000).
+OVERHEAD_BYTES = 20 * 1024
 _F32 = np.dtype(np.float32)
 # ONNX element types a head's inputs may have → (OIP datatype, numpy dtype).
 _FLOAT = 1  # TensorProto.FLOAT (the onnx package is imported only once a head is read)
