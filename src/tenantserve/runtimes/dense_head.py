@@ -217,7 +217,7 @@ def _reduce_sum(attrs: dict[str, Any], axes: Axes) -> Kernel:
 def _unsqueeze(_attrs: dict[str, Any], axes: Axes) -> Kernel:
     if not axes:
         raise Unsupported("Unsqueeze without constant axes")
-    return lambda x: np.expand_dims(x, axes)
+    return lambda x: np.expand_dims(x, axes).copy()  # a view would let a weight out
 
 
 def _cast(attrs: dict[str, Any], _axes: Axes) -> Kernel:
@@ -230,6 +230,10 @@ def _plain(kernel: Kernel) -> Callable[[dict[str, Any], Axes], Kernel]:
     return lambda _attrs, _axes: kernel
 
 
+def _fold(ufunc: np.ufunc) -> Kernel:
+    return lambda *xs: functools.reduce(ufunc, xs) if len(xs) > 1 else xs[0].copy()
+
+
 _ONE, _ZERO, _NONE = np.float32(1), np.float32(0), frozenset[str]()
 _MANY = range(1, 65)
 # op → (kernel factory, input counts, attributes it reads, takes an axes input)
@@ -240,8 +244,8 @@ _OPS: dict[
     "Sub": (_plain(np.subtract), (2,), _NONE, False),
     "Mul": (_plain(np.multiply), (2,), _NONE, False),
     "Div": (_plain(np.divide), (2,), _NONE, False),
-    "Max": (_plain(lambda *xs: functools.reduce(np.maximum, xs)), _MANY, _NONE, False),
-    "Min": (_plain(lambda *xs: functools.reduce(np.minimum, xs)), _MANY, _NONE, False),
+    "Max": (_plain(_fold(np.maximum)), _MANY, _NONE, False),
+    "Min": (_plain(_fold(np.minimum)), _MANY, _NONE, False),
     "Sqrt": (_plain(np.sqrt), (1,), _NONE, False),
     "Tanh": (_plain(np.tanh), (1,), _NONE, False),
     "Relu": (_plain(lambda x: np.maximum(x, _ZERO)), (1,), _NONE, False),

@@ -151,6 +151,23 @@ def test_the_other_listed_ops_answer_as_onnx_runtime(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "node",
+    [
+        helper.make_node("Max", ["W1"], ["y"]),
+        helper.make_node("Unsqueeze", ["b", "axes"], ["y"]),
+        helper.make_node("Identity", ["W1"], ["y"]),
+    ],
+)
+def test_no_answer_is_a_weight_the_caller_could_change(tmp_path: Path, node: Any) -> None:
+    weights = {"W1": W[:1], "b": W[0], "axes": np.array([0], np.int64)}
+    dense = dense_head(_head_file(tmp_path, [node], weights))
+    assert dense is not None
+    x = np.zeros((1, 4), np.float32)
+    dense.predict({"x": x})["y"][...] = -1
+    np.testing.assert_array_equal(dense.predict({"x": x})["y"], W[:1])
+
+
+@pytest.mark.parametrize(
     ("nodes", "weights", "opset"),
     [
         ([helper.make_node("MatMul", ["x", "W"], ["p"]), helper.make_node("Erf", ["p"], ["y"])],
