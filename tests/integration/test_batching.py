@@ -27,6 +27,7 @@ import tritonclient.grpc as tgrpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.clients import sagemaker_runtime
+from fixtures.fleets import per_macro
 from fixtures.models import find_datasets, heavy_model, make_model
 from fixtures.polling import until
 from fixtures.server import ThreadServer, free_port
@@ -55,15 +56,12 @@ class Store:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     plans = plan_banking77(find_datasets(), tenants=TENANTS, seed=0)
-    small = []
-    for plan in plans:
-        taken: dict[str, int] = {}
-        train = []
-        for row in plan.train:
-            if taken.get(row.intent, 0) < TRAIN_PER_MACRO:
-                taken[row.intent] = taken.get(row.intent, 0) + 1
-                train.append(row)
-        small.append(dataclasses.replace(plan, train=tuple(train), holdout=plan.holdout[:8]))
+    small = [
+        dataclasses.replace(
+            plan, train=per_macro(plan.train, TRAIN_PER_MACRO), holdout=plan.holdout[:8]
+        )
+        for plan in plans
+    ]
     root = tmp_path_factory.mktemp("batching-store")
     built = build_fleet(small, kind="minilm", publisher=open_publisher(str(root)), seed=0)
     make_model(root / NUMERIC, size_bytes=200_000, seed=3)

@@ -29,13 +29,13 @@ from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
 from fixtures.clients import sagemaker_runtime
+from fixtures.fleets import per_macro
 from fixtures.models import find_datasets
 from fixtures.s3 import S3Server
 from fixtures.server import ThreadServer
 from tenantserve.tools.fleet.build import build_fleet
 from tenantserve.tools.fleet.publish import open_publisher
 from tenantserve.tools.fleet.sources import TenantPlan, plan_banking77
-from tenantserve.tools.fleet.text import Example
 
 SEED = 0
 TENANTS = 2
@@ -80,16 +80,6 @@ def _datasets() -> Path:
     return find_datasets()
 
 
-def _per_macro(rows: Sequence[Example], limit: int) -> tuple[Example, ...]:
-    taken: dict[str, int] = {}
-    kept: list[Example] = []
-    for row in rows:
-        if taken.get(row.intent, 0) < limit:
-            taken[row.intent] = taken.get(row.intent, 0) + 1
-            kept.append(row)
-    return tuple(kept)
-
-
 def _tickets(plan: TenantPlan, seed: int) -> tuple[str, ...]:
     # Test rows of the tenant's own macros, on one line each so text/plain carries them whole.
     rows = random.Random(seed).sample(plan.holdout, TICKETS)
@@ -103,8 +93,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     small = [
         dataclasses.replace(
             plan,
-            train=_per_macro(plan.train, TRAIN_PER_MACRO),
-            holdout=_per_macro(plan.holdout, HOLDOUT_PER_MACRO),
+            train=per_macro(plan.train, TRAIN_PER_MACRO),
+            holdout=per_macro(plan.holdout, HOLDOUT_PER_MACRO),
         )
         for plan in plans
     ]

@@ -100,6 +100,8 @@ class Sizes:
         by the runtime, apart from the model)."""
         if not self._measure_memory:  # offline replay: sizes are given, nothing is resident
             return Plan(artifact.manifest.memory_hint_bytes or artifact.nbytes, True, False)
+        if prepared.held_bytes is not None:  # said by the runtime: nothing to learn
+            return Plan(prepared.held_bytes + shared, not shared, bool(shared))
         mapped = prepared.mapped_bytes
         with self._guard:
             if mapped is not None:
@@ -135,6 +137,8 @@ class Sizes:
             memory.trim()  # the parsed model file is garbage glibc would otherwise keep
             shared_grown = runtime.shared_usage().held_bytes - shared_before
             rss_grown, anon_grown = memory.rss_bytes() - rss, memory.anon_bytes() - anon
+        if prepared.held_bytes is not None:  # measured only for the shared part it made
+            return model, prepared.held_bytes
         if mapped is not None:
             if shared_grown:  # a base made beside it blurs what the session itself took
                 return model, mapped + self._overhead_or_guess(prepared)

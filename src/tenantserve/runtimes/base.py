@@ -27,11 +27,14 @@ class Prepared:
             models of one ``shape``; ``None`` when the runtime cannot say (measure the load).
         shape: models of one shape hold the same bytes beside their mapped file.
         note: how the model loads when not the fast way, and why ("" when it does).
+        held_bytes: what the model will hold, when the runtime knows it without measuring
+            (plain arrays, not a session): the size, with no measurement and no lock alone.
     """
 
     mapped_bytes: int | None = None
     shape: str = ""
     note: str = ""
+    held_bytes: int | None = None
 
 
 class LoadedModel(Protocol):

@@ -7,16 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 
-from tenantserve.errors import InvalidInput, LoadFailed, PredictFailed
+from tenantserve.errors import LoadFailed, PredictFailed
 from tenantserve.runtimes.base import Prepared, SharedUsage
+from tenantserve.runtimes.dense_head import DenseHead, dense_head
+from tenantserve.runtimes.feeds import conformed_feed
 from tenantserve.runtimes.native import NativeArtifacts
 from tenantserve.runtimes.ort_format import FastLoads, NoFastLoad, first_line, session_options
 from tenantserve.runtimes.run_stop import current_run_stop
 from tenantserve.runtimes.shared import BaseHeadModel, SharedBlocks, measured, verified_path
-from tenantserve.types import DATATYPE_TO_DTYPE, ModelManifest, SharedBase, Tensors, TensorSpec
+from tenantserve.types import ModelManifest, SharedBase, Tensors, TensorSpec
 
 # ONNX Runtime's type strings → OIP datatype names.
 _ORT_TO_DATATYPE = {
@@ -67,12 +68,7 @@ class OnnxModel:
         session = self._session
         if session is None:
             raise PredictFailed("model was unloaded")
-        # Unknown names first: a misspelt input is reported as such, not as a missing one.
-        extra = sorted(set(tensors) - {spec.name for spec in self._inputs})
-        if extra:
-            expected = ", ".join(spec.name for spec in self._inputs)
-            raise InvalidInput(f"unexpected input {extra[0]!r}; the model takes: {expected}")
-        feed = {spec.name: _conform(spec, tensors.get(spec.name)) for spec in self._inputs}
+        feed = conformed_feed(self._inputs, tensors)
         # The server stops a run that passed its timeout; ONNX Runtime checks the flag between
         # nodes and fails the run, which frees this thread.
         options = ort.RunOptions()
@@ -97,50 +93,6 @@ class OnnxModel:
         self._session = None
 
 
-def _conform(spec: TensorSpec, array: npt.NDArray[Any] | None) -> npt.NDArray[Any]:
-    """Check one input against the graph, converting only where no value can change."""
-    if array is None:
-        raise InvalidInput(f"missing input {spec.name!r}")
-    if len(spec.shape) != array.ndim:
-        raise InvalidInput(
-            f"input {spec.name!r} has shape {list(array.shape)}; "
-            f"the model expects {len(spec.shape)} dimensions {list(spec.shape)}"
-        )
-    for want, got in zip(spec.shape, array.shape, strict=True):
-        if want not in (-1, got):
-            raise InvalidInput(
-                f"input {spec.name!r} has shape {list(array.shape)}; "
-                f"the model expects {list(spec.shape)}"
-            )
-    if spec.datatype == "BYTES":
-        if array.dtype.kind not in ("O", "U", "S"):
-            raise InvalidInput(f"input {spec.name!r} must be BYTES (text), not {array.dtype}")
-        return _as_text(spec.name, array)
-    want_dtype = DATATYPE_TO_DTYPE[spec.datatype]
-    if array.dtype != want_dtype:
-        if array.dtype.kind in ("O", "U", "S") or not np.can_cast(array.dtype, want_dtype, "safe"):
-            raise InvalidInput(
-                f"input {spec.name!r} has datatype {array.dtype}; the model expects {spec.datatype}"
-            )
-        array = array.astype(want_dtype)
-    return array
-
-
-def _as_text(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    flat = array.reshape(-1)
-    out = np.empty(flat.shape, dtype=object)
-    for i, item in enumerate(flat):
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"input {name!r} element {i} is not valid UTF-8") from exc
-        elif not isinstance(item, str):
-            raise InvalidInput(f"input {name!r} element {i} is not text")
-        out[i] = item
-    return out.reshape(array.shape)
-
-
 # y = Identity(x): the smallest valid model, to initialise ONNX Runtime at start-up (~10 MB of
 # one-time set-up that would otherwise be measured as part of the first tenant's model).
 _WARM_UP_MODEL = (
@@ -159,7 +111,9 @@ class OnnxRuntime:
     loaded once and runs for every model on it, so it is always pre-packed.
 
     A model that declares a shared ``base`` gets the one session every such model shares
-    (see :mod:`tenantserve.runtimes.shared`) and a session of its own for its head.
+    (see :mod:`tenantserve.runtimes.shared`); its head runs as plain weight arrays where its
+    graph allows (:mod:`tenantserve.runtimes.dense_head`: a session would hold ~5x its
+    weights), else in a session of its own.
     """
 
     name = "onnx"
@@ -198,10 +152,12 @@ class OnnxRuntime:
     def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
         """Make the ORT-format files (the model's, its base's) unless made before; the model
         then holds its mapped file plus a session's structures. A native file (xgboost.json
-        …) is converted to ONNX first, once: the result is kept (:mod:`.native`)."""
+        …) is converted to ONNX first, once: the result is kept (:mod:`.native`). A head
+        that runs as weight arrays needs no file made, and holds what its arrays hold."""
         path, manifest = self._native.resolve(path, manifest)
+        dense_bytes = _dense_bytes(path, manifest)
         if self._fast_loads is None:
-            return Prepared()
+            return Prepared(held_bytes=dense_bytes)
         notes = []
         base = manifest.base
         if base is not None and not self._bases.holds(base.sha256):
@@ -209,6 +165,8 @@ class OnnxRuntime:
                 self._fast_loads.ort_file(path, base.model_file, sha256=base.sha256, published=None)
             except NoFastLoad as exc:
                 notes.append(f"its base loads from {base.model_file}: {exc}")
+        if dense_bytes is not None:
+            return Prepared(note="; ".join(notes), held_bytes=dense_bytes)
         try:
             own = self._ort_file(path, manifest)
         except NoFastLoad as exc:
@@ -226,7 +184,9 @@ class OnnxRuntime:
             base.sha256, lambda: self._base_session(path, base)
         )
         try:
-            head = OnnxModel(self._own_session(path, manifest))
+            head: DenseHead | OnnxModel | None = dense_head(path / manifest.model_file)
+            if head is None:
+                head = OnnxModel(self._own_session(path, manifest))
         except BaseException:
             release()
             raise
@@ -266,6 +226,15 @@ class OnnxRuntime:
                 )
         verified = verified_path(path, base.model_file, base.sha256)
         return measured(lambda: _session(verified, base.model_file, True), verified.stat().st_size)
+
+
+def _dense_bytes(path: Path, manifest: ModelManifest) -> int | None:
+    """What the model's head holds run as weight arrays; ``None``: it runs in a session."""
+    head = dense_head(path / manifest.model_file) if manifest.base is not None else None
+    if head is None:
+        return None
+    head.close()
+    return head.held_bytes
 
 
 def _session(

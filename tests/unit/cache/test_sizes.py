@@ -93,6 +93,13 @@ class _MappedRuntime:
         return _Model()
 
 
+class _HeldRuntime(_MappedRuntime):
+    """Says what each model will hold (plain arrays): nothing to measure."""
+
+    def prepare(self, path: Path, manifest: ModelManifest) -> Prepared:
+        return Prepared(held_bytes=manifest.memory_hint_bytes)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -193,3 +200,19 @@ def test_the_heap_is_trimmed_in_the_background_once_enough_was_freed(
     assert trimmed.wait(5)
     trimmer.close()
     assert trimmer.trims == 1
+
+
+@pytest.mark.anyio
+async def test_a_model_whose_runtime_says_what_it_holds_is_charged_that_unmeasured(
+    tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(time.monotonic()))
+    cache = _cache(tmp_path, _HeldRuntime(), pool)
+    await cache.start()
+    for name in ("a/m-3", "b/m-5"):
+        async with cache.lease(ModelId.parse(name)):
+            pass
+    assert {s.model_id: s.nbytes for s in cache.status()} == {"a/m-3": 3 * MB, "b/m-5": 5 * MB}
+    assert len(trims) == 1  # start-up only: no load was measured
+    await cache.close()

@@ -99,8 +99,12 @@ def test_every_fleet_kind_answers_from_its_ort_format_file_as_from_onnx(
     fast = default_runtimes(DiskCache(tmp_path / "disk", max_bytes=1 << 30))
     prepared = fast["onnx"].prepare(folder, checked_manifest(folder, "model m"))
     assert prepared.note == ""
-    assert prepared.mapped_bytes is not None
-    assert prepared.mapped_bytes > 0
+    if kind in ("minilm", "shared-base"):  # the head runs as arrays, its base from its file
+        assert prepared.held_bytes is not None
+        assert prepared.held_bytes > 0
+    else:
+        assert prepared.mapped_bytes is not None
+        assert prepared.mapped_bytes > 0
     from_ort, _ = _load(fast, folder)
     want, got = from_onnx.predict(inputs), from_ort.predict(inputs)
     assert sorted(got) == sorted(want)
