@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 FEATURES = 16
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, FEATURES],
@@ -135,3 +136,25 @@ def wait_ready(url: str, timeout_s: float = 120) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout_s}s")
+
+
+def replica_metrics(
+    url: str, names: Sequence[str], replicas: int, tries: int
+) -> dict[str, tuple[float, ...]]:
+    """Each tenantserve process's unlabelled ``names`` (NaN when absent), from its own
+    ``/metrics`` (through a proxy, each answer says its replica), until ``replicas`` answered
+    or ``tries`` ran out."""
+    seen: dict[str, tuple[float, ...]] = {}
+    for _ in range(tries):
+        response = httpx.get(f"{url}/metrics", timeout=30)
+        values = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+            if not sample.labels
+        }
+        replica = response.headers.get("x-tenantserve-replica", "process")
+        seen[replica] = tuple(values.get(name, float("nan")) for name in names)
+        if len(seen) >= replicas:
+            break
+    return seen

@@ -30,33 +30,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
-from _ray_common import Run, drive, free_port, wait_ready, zipf_trace
+from _ray_common import Run, drive, free_port, replica_metrics, wait_ready, zipf_trace
 from tenantserve.config import Settings
 from tenantserve.tools.fleet.synth import write_fleet
 
 
-def replica_ledgers(url: str, replicas: int, tries: int = 60) -> dict[str, tuple[float, float]]:
+def replica_ledgers(url: str, replicas: int, tries: int = 60) -> dict[str, tuple[float, ...]]:
     """Each replica's (memory used, budget) in bytes, from its own ``/metrics``."""
-    seen: dict[str, tuple[float, float]] = {}
-    for _ in range(tries):
-        response = httpx.get(f"{url}/metrics", timeout=30)
-        values = {
-            sample.name: sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples
-            if not sample.labels
-        }
-        replica = response.headers.get("x-tenantserve-replica", "process")
-        seen[replica] = (
-            values.get("tenantserve_memory_used_bytes", float("nan")),
-            values.get("tenantserve_memory_budget_bytes", float("nan")),
-        )
-        if len(seen) >= replicas:
-            break
-    return seen
+    names = ("tenantserve_memory_used_bytes", "tenantserve_memory_budget_bytes")
+    return replica_metrics(url, names, replicas, tries)
 
 
 def run_process(store: Path, trace: Sequence[str], args: argparse.Namespace, tmp: Path) -> Run:

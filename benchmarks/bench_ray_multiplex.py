@@ -40,9 +40,16 @@ from typing import Any
 
 import httpx
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
-from _ray_common import Run, drive, free_port, percentile, wait_ready, zipf_trace
+from _ray_common import (
+    Run,
+    drive,
+    free_port,
+    percentile,
+    replica_metrics,
+    wait_ready,
+    zipf_trace,
+)
 from tenantserve.config import Settings
 from tenantserve.tools.fleet.synth import write_fleet
 
@@ -153,24 +160,10 @@ def mux_stats(url: str, replicas: int, tries: int = 40) -> dict[str, dict[str, A
     return seen
 
 
-def ledgers(url: str, replicas: int, tries: int = 40) -> dict[str, tuple[float, float]]:
+def ledgers(url: str, replicas: int, tries: int = 40) -> dict[str, tuple[float, ...]]:
     """Each tenantserve process's (ledger bytes, resident models), from its ``/metrics``."""
-    seen: dict[str, tuple[float, float]] = {}
-    for _ in range(tries):
-        response = httpx.get(f"{url}/metrics", timeout=30)
-        values = {
-            sample.name: sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples
-            if not sample.labels
-        }
-        seen[response.headers.get("x-tenantserve-replica", "process")] = (
-            values.get("tenantserve_memory_used_bytes", float("nan")),
-            values.get("tenantserve_loaded_models", float("nan")),
-        )
-        if len(seen) >= replicas:
-            break
-    return seen
+    names = ("tenantserve_memory_used_bytes", "tenantserve_loaded_models")
+    return replica_metrics(url, names, replicas, tries)
 
 
 def replica_rss() -> str:
