@@ -55,6 +55,20 @@ FRAMEWORKS: tuple[Framework, ...] = (
         "lightgbm",
         ("lightgbm", "onnxmltools", "onnx"),
     ),
+    Framework(
+        "PyTorch",
+        ("pytorch.pt2",),
+        "tenantserve.convert.pytorch_export",
+        "torch",
+        ("torch", "onnxscript", "onnx"),
+    ),
+    Framework(
+        "Keras",
+        ("keras.keras",),
+        "tenantserve.convert.keras_model",
+        "keras",
+        ("keras", "torch", "onnx"),
+    ),
 )
 NATIVE_FILES: tuple[str, ...] = tuple(name for fw in FRAMEWORKS for name in fw.files)
 
