@@ -96,6 +96,6 @@ def head_for(columns: int, ending: Ending, framework: str) -> Head:
     if ending in ("softmax", "none"):
         return Head("classifier", columns, ending)
     raise LoadFailed(
-        f"the {framework} model ends in {columns} columns after a {ending} activation: "
-        "end a classifier in a softmax (or raw logits) and a regressor in one column"
+        f"the {framework} model's last {columns} columns come from neither a softmax nor a "
+        "linear layer: end a classifier in a softmax (or raw logits), a regressor in one column"
     )

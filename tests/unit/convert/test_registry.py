@@ -18,7 +18,9 @@ from tenantserve.errors import LoadFailed, MissingExtra
 
 
 def test_each_native_file_names_its_framework_and_onnx_none() -> None:
-    assert NATIVE_FILES == ("sklearn.skops", "xgboost.json", "xgboost.ubj", "lightgbm.txt")
+    assert NATIVE_FILES == (
+        "sklearn.skops", "xgboost.json", "xgboost.ubj", "lightgbm.txt", "pytorch.pt2", "keras.keras"
+    )  # fmt: skip
     assert framework_for("xgboost.ubj") is not None
     assert framework_for("xgboost.ubj").extra == "xgboost"  # type: ignore[union-attr]
     assert framework_for("lightgbm.txt").name == "LightGBM"  # type: ignore[union-attr]
