@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_native_loads.py [--repeats 30]
 
-For an XGBoost booster (``xgboost.json``), a LightGBM booster (``lightgbm.txt``) and a
-scikit-learn random forest (``sklearn.skops``), each trained here on seeded rows: the first
+For an XGBoost booster (``xgboost.json``), a LightGBM booster (``lightgbm.txt``), a
+scikit-learn random forest (``sklearn.skops``), a PyTorch MLP (``pytorch.pt2``) and a Keras
+MLP (``keras.keras``), each trained here on seeded rows: the first
 load (conversion and proof included, once per file), then loads from the disk tier,
 interleaved with loads of an artifact holding the same model as ``model.onnx`` (made by the
 same converter, as a tenant converting it themselves would): ``prepare`` + ``load`` +
@@ -32,7 +33,7 @@ N_FEATURES = 32
 def _data() -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4000, N_FEATURES)).astype(np.float32)
-    y = (x[:, :4].sum(axis=1) + rng.normal(size=4000) > 0).astype(int)
+    y = (x[:, :4].sum(axis=1) + rng.normal(size=4000) > 0).astype(np.int64)
     return x, y
 
 
@@ -64,6 +65,47 @@ def _sklearn(folder: Path) -> str:
     return "sklearn.skops"
 
 
+def _pytorch(folder: Path) -> str:
+    import torch
+
+    x, y = _data()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(N_FEATURES, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+        torch.nn.ReLU(), torch.nn.Linear(512, 2),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        optimizer.step()
+    batch = torch.export.Dim("batch")
+    example = (torch.from_numpy(x[:2]),)
+    program = torch.export.export(net.eval(), example, dynamic_shapes=({0: batch},))
+    torch.export.save(program, folder / "pytorch.pt2")
+    return "pytorch.pt2"
+
+
+def _keras(folder: Path) -> str:
+    import os
+
+    os.environ["KERAS_BACKEND"] = "torch"
+    import keras
+
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    model = keras.Sequential(
+        [keras.Input((N_FEATURES,)), layers.Dense(512, activation="relu"),
+         layers.Dense(512, activation="relu"), layers.Dense(2, activation="softmax")]
+    )  # fmt: skip
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(folder / "keras.keras")
+    return "keras.keras"
+
+
 def _load_ms(runtime: object, folder: Path) -> float:
     manifest = read_manifest(folder)
     start = time.perf_counter()
@@ -80,6 +122,8 @@ def main() -> None:
         "XGBoost": _xgboost,
         "LightGBM": _lightgbm,
         "scikit-learn": _sklearn,
+        "PyTorch": _pytorch,
+        "Keras": _keras,
     }
     print(f"{'model':<14}{'onnx size':>11}{'first load':>12}{'converted':>11}{'onnx':>9}")
     with tempfile.TemporaryDirectory() as tmp:

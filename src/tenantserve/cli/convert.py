@@ -14,8 +14,8 @@ def convert_command(
         Path,
         typer.Argument(
             help="An artifact folder holding a native model file (sklearn.skops, "
-            "xgboost.json, xgboost.ubj, lightgbm.txt; sample.npy or sample.csv beside it are "
-            "the rows the proof runs on), or the native file itself."
+            "xgboost.json, xgboost.ubj, lightgbm.txt, pytorch.pt2, keras.keras; sample.npy or "
+            "sample.csv beside it are the rows the proof runs on), or the native file itself."
         ),
     ],
     out: Annotated[
@@ -27,7 +27,7 @@ def convert_command(
         ),
     ],
 ) -> None:
-    """Convert a scikit-learn, XGBoost or LightGBM model to ONNX and prove it predicts the same.
+    """Convert a scikit-learn, XGBoost, LightGBM, PyTorch or Keras model to ONNX, proved.
 
     The server does this itself on a model's first load; converting ahead of time moves the
     framework (and its extra) off the serving machines. Exit 1 when the model cannot be
