@@ -55,3 +55,23 @@ def test_convert_says_why_it_cannot(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "lightgbm.txt is not a LightGBM model" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_convert_takes_a_pytorch_program(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Softmax(dim=1)).eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(net, (torch.zeros(2, 3),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "pytorch.pt2")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["convert", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "PyTorch classifier" in result.output
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    rows = np.linspace(-2, 2, 12, dtype=np.float32).reshape(4, 3)
+    (got,) = session.run(["probabilities"], {"input": rows})
+    with torch.no_grad():
+        want = net(torch.from_numpy(rows)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -66,3 +66,19 @@ def test_an_installed_framework_gives_its_converter() -> None:
     converter = converter_for(framework)
     assert "skl2onnx=" in converter.versions
     assert converter.tolerance.atol > 0
+
+
+@pytest.mark.parametrize(
+    ("file", "blocked", "extra"),
+    [("pytorch.pt2", "torch", "torch"), ("pytorch.pt2", "onnxscript", "torch"),
+     ("keras.keras", "keras", "keras"), ("keras.keras", "torch", "keras")],
+)  # fmt: skip
+def test_pytorch_and_keras_name_their_extra_when_missing(
+    monkeypatch: pytest.MonkeyPatch, file: str, blocked: str, extra: str
+) -> None:
+    framework = framework_for(file)
+    assert framework is not None
+    assert installed_versions(framework).startswith(f"{framework.imports[0]}=")
+    monkeypatch.setitem(sys.modules, blocked, None)  # as when the extra is not installed
+    with pytest.raises(MissingExtra, match=rf"tenantserve\[{extra}\]'; missing: {blocked}"):
+        installed_versions(framework)
