@@ -5,8 +5,11 @@ padding it with ``--pad-to`` models in all: hard-linked copies of one tiny synth
 ``pad-NNNNN/model`` (listing and status cost per model id, not per byte). Then
 
 1. calls ``--resident`` MiniLM tenants once, so they are resident, and reports the memory
-   ledger and process RSS over the server's baseline, per resident head;
-2. times ``POST /v2/repository/index``, ``GET /v1/status``, the status page (``GET /ui/``)
+   ledger and process RSS over the server's baseline, per resident head, and the process's
+   whole RSS growth since it started beside the budget;
+2. calls ``--warm-calls`` resident tenants at random, one request at a time (low load), and
+   reports the warm latency's median and p99;
+3. times ``POST /v2/repository/index``, ``GET /v1/status``, the status page (``GET /ui/``)
    and ``GET /metrics`` (median and worst of ``--repeat`` calls, body size; ``/metrics``'s
    series count before and after the calls, to show it stays bounded).
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import time
 from pathlib import Path
@@ -84,6 +88,7 @@ def main() -> None:
     parser.add_argument("--resident", type=int, default=200)
     parser.add_argument("--budget", default="2GiB")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--warm-calls", type=int, default=500)
     args = parser.parse_args()
 
     tenants = minilm_tenants(args.store)[: args.resident]
@@ -93,6 +98,7 @@ def main() -> None:
         server = psutil.Process(served.pid)
         client = httpx.Client(base_url=served.url, timeout=300)
         series_before = series(client)
+        started_rss = server.memory_info().rss
         body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1],
                             "data": [TICKET]}]}  # fmt: skip
         # The first tenant brings the shared encoder; the rest cost their head only.
@@ -115,6 +121,19 @@ def main() -> None:
         print(f"| head load + first call, mean | {load_s / heads * 1000:.1f} ms |")
         print(f"| ledger bytes per head | {ledger / 1024:.0f} KiB |")
         print(f"| RSS growth per head | {(rss - baseline) / heads / 1024:.0f} KiB |")
+        grown = (rss - started_rss) / 2**20
+        print(f"| RSS growth since start (budget {args.budget}) | {grown:.0f} MiB |")
+        warm = []
+        pick = random.Random(0)
+        for _ in range(args.warm_calls):
+            call = pick.choice(tenants)
+            began = time.perf_counter()
+            client.post(f"/v2/models/{call}/infer", json=body).raise_for_status()
+            warm.append((time.perf_counter() - began) * 1000)
+        warm.sort()
+        p99 = warm[min(len(warm) - 1, int(len(warm) * 0.99))]
+        p50 = statistics.median(warm)
+        print(f"| warm call, one at a time: p50 / p99 | {p50:.1f} / {p99:.1f} ms |")
         print(f"| metrics series before / after | {series_before} / {series(client)} |")
         print("\n| endpoint | median ms | worst ms | body |\n|---|---:|---:|---:|")
         for method, path in (
