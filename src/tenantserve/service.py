@@ -201,22 +201,6 @@ class InferenceService:
         )
         return True
 
-    def refuse_cold(self, ref: ModelRef) -> None:
-        """Raise, before ``ref``'s versions are read from the store, the refusal its first
-        call would get from a full load queue (``ModelCache.refuse_cold``); counted as a
-        refused request. A model whose versions are known resolves without the store."""
-        if self._versions.knows(ref.model_id):
-            return
-        try:
-            self._cache.refuse_cold(ref.model_id)
-        except TenantServeError as exc:
-            self._metrics.tenants.observe(ref.model_id.tenant)
-            self._activity.record_request(
-                ref.model_id, latency_s=0.0, hit=False, outcome="rejected",
-                detail=type(exc).__name__,
-            )  # fmt: skip
-            raise
-
     async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
         """The version ``ref`` names (docs/versions.md): ``acme/macros`` → its ``stable``
         alias or highest version, ``acme/macros@2`` → version 2, ``@canary`` → that alias's;

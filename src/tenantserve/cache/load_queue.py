@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -113,28 +112,6 @@ class LoadQueue(Generic[V]):
         """
         self._failures.raise_if_recent(model_id)
         self._raise_if_full(model_id)
-
-    def refuse_first(self, model_id: ModelId, held: Callable[[], Iterable[ModelId]]) -> None:
-        """Raise what a new load of ``model_id`` gets from a full queue, before its versions
-        are known: when no version of it is pending here or in ``held()`` (the cache's
-        resident and unloading ids), any version would need a new load. A storm of first
-        calls is then refused without a store round trip each to read their versions (they
-        queued behind the loads' own fetches: ~43 ms a refusal at the median).
-
-        Raises:
-            ModelNotReady, TenantLimitExceeded: the queue, or the tenant's half of it, is full.
-        """
-        if self._max_queued_loads is None:
-            return
-        room = self._max_concurrent_loads + self._max_queued_loads
-        own = sum(1 for pending_id in self._flights if pending_id.tenant == model_id.tenant)
-        if len(self._flights) < room and own < max(1, room // 2):
-            return
-        prefix = f"{model_id.value}/"  # a versioned model's ids: acme/macros/2
-        for key in itertools.chain(self._flights, held()):
-            if key == model_id or key.value.startswith(prefix):
-                return
-        self.refuse(model_id)
 
     @asynccontextmanager
     async def slot(self, model_id: ModelId) -> AsyncIterator[None]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -157,15 +156,6 @@ class ModelCache:
         """
         if model_id not in self._entries:
             self._refuse_new_load(model_id)
-
-    def refuse_cold(self, model_id: ModelId) -> None:
-        """Raise now, before any version of ``model_id`` is read from the store, what its
-        first call would get from a full load queue (see :meth:`LoadQueue.refuse_first`).
-
-        Raises:
-            ModelNotReady, TenantLimitExceeded: the load queue, or its tenant's half, is full.
-        """
-        self._queue.refuse_first(model_id, lambda: itertools.chain(self._entries, self._unloading))
 
     def _refuse_new_load(self, model_id: ModelId) -> None:
         if model_id in self._unloading:

@@ -68,10 +68,6 @@ class VersionTable:
         self._promoted: dict[ModelId, dict[str, int]] = {}
         self._refreshing: set[asyncio.Task[None]] = set()
 
-    def knows(self, model_id: ModelId) -> bool:
-        """Whether ``model_id``'s versions were read (resolving it needs no store read)."""
-        return model_id in self._entries
-
     async def resolve(self, ref: ModelRef) -> ResolvedModel:
         """The version ``ref`` names, and its id.
 

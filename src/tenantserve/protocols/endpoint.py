@@ -60,13 +60,11 @@ async def invoke(
     codec: Codec[D],
     max_body_bytes: int,
 ) -> Response:
-    """The invoke sequence: authorize → refuse a cold model's first call while loads are
-    full, before reading its versions → resolve the version → admit (quotas, a slot, the load
+    """The invoke sequence: authorize → resolve the version → admit (quotas, a slot, the load
     queue: every refusal before the body is read) → read the body (bounded) → parse it (off
     the loop when large) → lease, decode and predict (cancelled if the client leaves) →
     encode."""
     authorize(request, ref.model_id)
-    service.refuse_cold(ref)  # a storm's first calls refused without a store read each
     model = await service.resolve(ref)
     async with service.call(model.key) as call:
         body = await read_body(request, max_body_bytes)

@@ -87,35 +87,3 @@ async def test_without_a_standing_queue_a_late_slot_still_loads() -> None:
     await asyncio.sleep(0.05)
     gate.set()
     assert (await first, await second) == ("acme/a", "acme/b")
-
-
-@pytest.mark.anyio
-async def test_a_first_call_is_refused_before_its_versions_only_while_no_version_is_held() -> None:
-    queue: LoadQueue[str] = LoadQueue(
-        metrics=_metrics(), max_concurrent_loads=1, max_queued_loads=1
-    )
-    gate = asyncio.Event()
-
-    async def load() -> str:
-        await gate.wait()
-        return "loaded"
-
-    pending = [ModelId.parse("acme/a/1"), ModelId.parse("globex/b")]
-    flights = [
-        asyncio.ensure_future(queue.join(m, load, timeout_s=5, timeout_message="late"))
-        for m in pending
-    ]
-    await asyncio.sleep(0)
-    cold, resident = ModelId.parse("acme/cold"), ModelId.parse("acme/warm")
-    with pytest.raises(ModelNotReady, match=r"acme/cold is not loaded and 2 other loads"):
-        queue.refuse_first(cold, lambda: [])
-    # A version of the model loading or held: its call may need no new load.
-    queue.refuse_first(ModelId.parse("acme/a"), lambda: [])
-    queue.refuse_first(resident, lambda: [ModelId.parse("acme/warm/3")])
-    queue.refuse_first(resident, lambda: [resident])
-    # acme/warmer is not a version of acme/warm.
-    with pytest.raises(ModelNotReady):
-        queue.refuse_first(resident, lambda: [ModelId.parse("acme/warmer")])
-    gate.set()
-    assert await asyncio.gather(*flights) == ["loaded", "loaded"]
-    queue.refuse_first(cold, lambda: [])  # room again: nothing to refuse

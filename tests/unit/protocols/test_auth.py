@@ -117,9 +117,6 @@ class FakeService:
         self.seen.append(model_id.value)
         return ResolvedModel(model_id, str(version), ModelId.parse(f"{model_id}/{version}"))
 
-    def refuse_cold(self, ref: ModelRef) -> None:
-        """No load queue here: nothing is refused before resolving."""
-
     async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
         return choose_unversioned(ref.model_id, ref.selector)  # no versioned models here
 

@@ -125,9 +125,6 @@ class FakeService:
                 return status
         raise ModelNotFound(f"model {model_id} is not loaded")
 
-    def refuse_cold(self, ref: ModelRef) -> None:
-        """No load queue here: nothing is refused before resolving."""
-
     async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
         return choose_unversioned(ref.model_id, ref.selector)  # no versioned models here
 

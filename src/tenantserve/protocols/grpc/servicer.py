@@ -127,9 +127,7 @@ class OipServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         async def infer(principal: Principal) -> pb.ModelInferResponse:
-            ref = _reference(principal, request.model_name, request.model_version)
-            self._service.refuse_cold(ref)  # as HTTP: no store read for a refused first call
-            model = await self._service.resolve(ref)
+            model = await self._model(principal, request.model_name, request.model_version)
             async with self._service.call(model.key) as call:
                 large = payload_bytes(request) > OFF_LOOP_BYTES
                 parsed = (

@@ -86,9 +86,6 @@ class FakeService:
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         return ModelMetadata(model_id.value, "onnxruntime_onnx", INPUTS, (INPUTS[0],))
 
-    def refuse_cold(self, ref: ModelRef) -> None:
-        """No load queue here: nothing is refused before resolving."""
-
     async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
         return choose_unversioned(ref.model_id, ref.selector)  # no versioned models here
 
