@@ -163,6 +163,8 @@ class Room:
             if cap is None:
                 return victims
             need, limit = self._budget.used_by(tenant) + nbytes, cap
+        if need <= limit:
+            return victims  # it fits: no need to rank every resident model (10,000 of them)
         # A model just loaded for requests that have not yet resumed to take it goes last:
         # policies that admit by frequency rank it first, and its waiters would find it gone.
         ordered = list(self._policy.candidates())

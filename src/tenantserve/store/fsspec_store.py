@@ -29,7 +29,7 @@ from tenantserve.errors import (
 from tenantserve.store.archive import DEFAULT_MAX_MEMBERS, extract_archive, find_artifact_dir
 from tenantserve.store.base import LocalArtifact
 from tenantserve.store.disk_cache import DiskCache, tree_bytes
-from tenantserve.store.local_listing import local_model_ids
+from tenantserve.store.local_listing import LocalListing
 from tenantserve.store.manifest import (
     DEFAULT_MODEL_FILE,
     MANIFEST_NAME,
@@ -95,6 +95,9 @@ class FsspecStore:
         self._verify_etag = verify_etag
         self._max_archive_members = max_archive_members
         self._verified = VerifiedFiles()
+        self._listing = LocalListing(
+            markers=_MODEL_MARKERS, suffixes=_LISTED_SUFFIXES, is_model_id=_is_model_id
+        )
 
     def fetch(self, model_id: ModelId) -> LocalArtifact:
         """Make ``model_id`` available on local disk (see :class:`ModelStore`)."""
@@ -140,7 +143,7 @@ class FsspecStore:
         try:
             if self._local_root is not None:
                 # A walk that stops at model folders (local_listing): ~4x faster than find.
-                return self._call(lambda: _list_local(base, prefix), deadline, None)
+                return self._call(lambda: _list_local(self._listing, base, prefix), deadline, None)
             names: Iterable[str] = self._call(lambda: self._fs.find(base), deadline, None)
         except ModelNotFound:
             return []
@@ -407,12 +410,8 @@ def _version(info: Info) -> str:
     return next((str(info[f]) for f in _VERSION_FIELDS if info.get(f) is not None), "")
 
 
-def _list_local(base: str, prefix: str) -> list[str]:
-    if not os.path.isdir(base):
-        return []
-    return local_model_ids(
-        base, prefix, markers=_MODEL_MARKERS, suffixes=_LISTED_SUFFIXES, is_model_id=_is_model_id
-    )
+def _list_local(listing: LocalListing, base: str, prefix: str) -> list[str]:
+    return listing.model_ids(base, prefix) if os.path.isdir(base) else []
 
 
 def _model_ids(rels: Iterable[str]) -> list[str]:
