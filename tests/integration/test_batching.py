@@ -161,10 +161,18 @@ def _hold_the_thread(
 ) -> Any:
     ask = {"inputs": [{"name": "input", "shape": [rows, 16], "datatype": "FP32",
                        "data": [0.5] * (rows * 16)}]}  # fmt: skip
-    before = _metric(server.url, "tenantserve_requests_in_flight")
+    hits = "tenantserve_model_cache_hits_total"  # the model is preloaded: a lease is a hit
+    before, leased = (
+        _metric(server.url, "tenantserve_requests_in_flight"),
+        _metric(server.url, hits),
+    )
     held = pool.submit(httpx.post, f"{server.url}/v2/models/{model_id}/infer", json=ask,
                        timeout=120)  # fmt: skip
     until(lambda: _metric(server.url, "tenantserve_requests_in_flight") == before + 1)
+    # Admitted is counted before the body is read; the lease comes after it is parsed. Until
+    # then a request sent next could take the thread first (seen once on a loaded box).
+    until(lambda: _metric(server.url, hits) > leased)
+    time.sleep(0.3)  # its decode, then the idle thread (the run itself lasts seconds)
     return held
 
 
