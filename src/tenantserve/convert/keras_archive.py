@@ -10,11 +10,11 @@ layers must form one chain (a Sequential model, or a functional one without bran
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from tenantserve.convert.archive_json import objects, open_zip, read_json
 from tenantserve.errors import LoadFailed
 
 # Layers converted (keras_model), and the ones that do nothing when predicting.
@@ -42,22 +42,13 @@ def checked_copy(path: Path, into: Path) -> tuple[Path, list[str]]:
     Raises:
         LoadFailed: not a Keras 3 file, or it names something tenantserve does not convert.
     """
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError):
-        raise LoadFailed("keras.keras is not a Keras 3 file (not a zip file)") from None
-    with archive:
+    with open_zip(path, "a Keras 3 file") as archive:
         names = set(archive.namelist())
         missing = [name for name in ("config.json", "model.weights.h5") if name not in names]
         if missing:
             raise LoadFailed(f"keras.keras has no {missing[0]}: save it with model.save()")
         info = archive.getinfo("config.json")
-        if info.file_size > MAX_CONFIG_BYTES:
-            raise LoadFailed(f"keras.keras's config.json is over {MAX_CONFIG_BYTES >> 20} MiB")
-        try:
-            config = json.loads(archive.read(info))
-        except ValueError:
-            raise LoadFailed("keras.keras's config.json is not JSON") from None
+        config = read_json(archive, info, "keras.keras's config.json", MAX_CONFIG_BYTES)
         order = chain(config)
         copy = into / "checked.keras"
         with zipfile.ZipFile(copy, "w") as out:
@@ -79,8 +70,9 @@ def chain(config: Any) -> list[str]:
     layers = config.get("config", {}).get("layers", [])
     if not isinstance(layers, list) or not layers:
         raise LoadFailed("keras.keras's model has no layers")
-    for layer in layers:
-        _check_objects(layer)
+    for item in objects(layers):
+        if "class_name" in item:
+            _check_object(item)
     order = [str(layer.get("config", {}).get("name")) for layer in layers]
     if config["class_name"] == "Functional":
         for previous, layer in zip(order, layers[1:], strict=False):
@@ -90,20 +82,6 @@ def chain(config: Any) -> list[str]:
                     f"{previous!r} alone: models without branches are converted"
                 )
     return order
-
-
-def _check_objects(value: Any) -> None:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-            continue
-        if not isinstance(item, dict):
-            continue
-        if "class_name" in item:
-            _check_object(item)
-        stack.extend(item.values())
 
 
 def _check_object(item: dict[str, Any]) -> None:

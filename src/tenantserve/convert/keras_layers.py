@@ -111,13 +111,17 @@ def _relu(b: Builder, config: dict[str, Any], weights: list[Any], layer: Any) ->
         b.op("Relu", b.last)
 
 
-def _last_axis(config: dict[str, Any], kind: str) -> bool:
-    """``False`` when the layer works over the last axis; raises otherwise."""
+def _last_axis(config: dict[str, Any], kind: str) -> None:
+    """Raise unless the layer works over the last axis (of a [batch, features] tensor)."""
     axis = config.get("axis", -1)
     axes = list(axis) if isinstance(axis, list | tuple) else [axis]
     if axes not in ([-1], [1]):
         raise LoadFailed(f"the Keras {kind} layer over axis {axis} is not converted (only -1)")
-    return False
+
+
+def _softmax(b: Builder, config: dict[str, Any], weights: list[Any], layer: Any) -> None:
+    _last_axis(config, "Softmax")
+    b.op("Softmax", b.last, axis=-1)
 
 
 def _batch_norm(b: Builder, config: dict[str, Any], weights: list[Any], layer: Any) -> None:
@@ -164,7 +168,7 @@ _LAYERS: dict[str, Callable[[Builder, dict[str, Any], list[Any], Any], object]] 
     "ReLU": _relu,
     "LeakyReLU": lambda b, c, w, layer: b.op("LeakyRelu", b.last, alpha=float(c["negative_slope"])),
     "ELU": lambda b, c, w, layer: b.op("Elu", b.last, alpha=float(c.get("alpha", 1.0))),
-    "Softmax": lambda b, c, w, layer: _last_axis(c, "Softmax") or b.op("Softmax", b.last, axis=-1),
+    "Softmax": _softmax,
     "BatchNormalization": _batch_norm,
     "Normalization": _normalization,
     "LayerNormalization": _layer_norm,
@@ -177,6 +181,8 @@ _LAYERS: dict[str, Callable[[Builder, dict[str, Any], list[Any], Any], object]] 
 def ending_of(kind: str, config: dict[str, Any]) -> Ending:
     """What the model's last (non pass-through) layer ends in, for ``network.head_for``."""
     name = config.get("activation") if kind in ("Dense", "Activation") else kind.lower()
-    if name in ("softmax", "sigmoid"):
-        return "softmax" if name == "softmax" else "sigmoid"
+    if name == "softmax":
+        return "softmax"
+    if name == "sigmoid":
+        return "sigmoid"
     return "none" if name in (None, "linear") else "other"

@@ -19,34 +19,32 @@ os.environ["KERAS_BACKEND"] = "torch"
 
 import keras
 import numpy as np
+import numpy.typing as npt
 import onnx
 import torch
 
-from tenantserve.convert.base import INPUT, Outputs, Rows, Tolerance
+from tenantserve.convert.base import INPUT, Rows, Tolerance
 from tenantserve.convert.keras_archive import PASS_THROUGH, checked_copy
 from tenantserve.convert.keras_layers import Builder, ending_of
-from tenantserve.convert.network import Head, head_for
+from tenantserve.convert.network import Head, Network, head_for
 from tenantserve.errors import LoadFailed
 
 
-class _Model:
+class _Model(Network):
     def __init__(self, model: Any, layers: list[Any], n_features: int, head: Head) -> None:
+        super().__init__(n_features, head)
         self._model = model
         self._layers = layers
-        self.n_features = n_features
-        self._head = head
-        self.kind = head.kind
 
-    def predict(self, rows: Rows) -> Outputs:
+    def last(self, rows: Rows) -> npt.NDArray[Any]:
         with torch.no_grad():
-            last = keras.ops.convert_to_numpy(self._model(rows, training=False))
-        return self._head.outputs(np.asarray(last))
+            return np.asarray(keras.ops.convert_to_numpy(self._model(rows, training=False)))
 
     def to_onnx(self) -> Any:
         builder = Builder(INPUT, self.n_features)
         for layer in self._layers:
             builder.layer(type(layer).__name__, layer.get_config(), _weights(layer), layer)
-        return self._head.finish(builder.model(), builder.last)
+        return self.head.finish(builder.model(), builder.last)
 
 
 def _weights(layer: Any) -> list[np.ndarray[Any, Any]]:

@@ -13,13 +13,15 @@ Anything else (several columns after a ReLU, say) is refused: it is neither.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from onnx import TensorProto, helper
 
-from tenantserve.convert.base import LABEL, PREDICTIONS, PROBABILITIES, Kind, Outputs
+from tenantserve.convert.base import LABEL, PREDICTIONS, PROBABILITIES, Kind, Outputs, Rows
 from tenantserve.errors import LoadFailed
 
 Ending = Literal["sigmoid", "softmax", "none", "other"]
@@ -52,8 +54,6 @@ class Head:
         """Append to ``model`` (an ``onnx.ModelProto``) the nodes that turn tensor ``last``
         into ``label`` and ``probabilities`` (classifier) or keep it as the one output
         (regressor), in the order ``graph.finish`` takes them."""
-        from onnx import TensorProto, helper
-
         graph = model.graph
         del graph.output[:]
         if self.kind == "regressor":
@@ -83,6 +83,23 @@ class Head:
             ]
         )
         return model
+
+
+class Network(ABC):
+    """A network as its framework loaded it (a ``base.Original``): what it answers is its last
+    tensor on the rows, through its head."""
+
+    def __init__(self, n_features: int, head: Head) -> None:
+        self.n_features = n_features
+        self.head = head
+        self.kind: Kind = head.kind
+
+    @abstractmethod
+    def last(self, rows: Rows) -> npt.NDArray[Any]:
+        """The network's last tensor on ``rows``, as its framework computes it."""
+
+    def predict(self, rows: Rows) -> Outputs:
+        return self.head.outputs(self.last(rows))
 
 
 def head_for(columns: int, ending: Ending, framework: str) -> Head:

@@ -13,13 +13,13 @@ symbolic expressions beyond arithmetic over shape symbols.
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tenantserve.convert.archive_json import objects, open_zip, read_json
 from tenantserve.errors import LoadFailed
 
 MODEL = "model"  # torch.export.save's one program
@@ -51,18 +51,15 @@ def checked_copy(path: Path, into: Path) -> Path:
     Raises:
         LoadFailed: the file is not a torch.export archive or holds something refused.
     """
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError):
-        raise LoadFailed("pytorch.pt2 is not a torch.export archive (not a zip file)") from None
-    with archive:
+    with open_zip(path, "a torch.export archive") as archive:
         prefix = _prefix(archive)
         names = {info.filename.removeprefix(prefix): info for info in archive.infolist()}
         for name in names:
             known = name in _FIXED or name in (_PROGRAM, _SAMPLE_INPUTS, *_CONFIGS)
             if not known and not _TENSOR_ENTRY.fullmatch(name) and not name.endswith("/"):
                 raise LoadFailed(f"pytorch.pt2 holds {name!r}, which tenantserve refuses")
-        if _read(archive, names, "archive_format").strip() != b"pt2":
+        form = _entry(names, "archive_format")
+        if form.file_size > 16 or archive.read(form).strip() != b"pt2":
             raise LoadFailed("pytorch.pt2 is not a torch.export archive (archive_format)")
         program = _json(archive, names, _PROGRAM)
         _check_program(program)
@@ -85,20 +82,15 @@ def _prefix(archive: zipfile.ZipFile) -> str:
     raise LoadFailed("pytorch.pt2 is not a torch.export archive (no archive_format)")
 
 
-def _read(archive: zipfile.ZipFile, names: dict[str, zipfile.ZipInfo], name: str) -> bytes:
+def _entry(names: dict[str, zipfile.ZipInfo], name: str) -> zipfile.ZipInfo:
     info = names.get(name)
     if info is None:
         raise LoadFailed(f"pytorch.pt2 has no {name}: save it with torch.export.save")
-    if info.file_size > MAX_JSON_BYTES:
-        raise LoadFailed(f"pytorch.pt2's {name} is over {MAX_JSON_BYTES >> 20} MiB")
-    return archive.read(info)
+    return info
 
 
 def _json(archive: zipfile.ZipFile, names: dict[str, zipfile.ZipInfo], name: str) -> Any:
-    try:
-        return json.loads(_read(archive, names, name))
-    except ValueError:
-        raise LoadFailed(f"pytorch.pt2's {name} is not JSON") from None
+    return read_json(archive, _entry(names, name), f"pytorch.pt2's {name}", MAX_JSON_BYTES)
 
 
 def _check_program(program: Any) -> None:
@@ -115,11 +107,12 @@ def _check_program(program: Any) -> None:
                 f"pytorch.pt2 calls {target!r}: only ATen operators are converted "
                 "(export with torch.export.export and no custom operators)"
             )
-    for key, value in _items(program):
-        if key in _OBJECT_ARGS:
-            raise LoadFailed(f"pytorch.pt2 passes an object ({key}), which tenantserve refuses")
-        if key == "expr_str":
-            _check_expr(value)
+    for item in objects(program):
+        for key, value in item.items():
+            if key in _OBJECT_ARGS:
+                raise LoadFailed(f"pytorch.pt2 passes an object ({key}), which tenantserve refuses")
+            if key == "expr_str":
+                _check_expr(value)
     for symbol in program.get("range_constraints", {}):
         _check_expr(symbol)
 
@@ -128,19 +121,6 @@ def _nodes(graph_module: Any) -> Iterator[dict[str, Any]]:
     graph = graph_module.get("graph", {}) if isinstance(graph_module, dict) else {}
     nodes = graph.get("nodes", []) if isinstance(graph, dict) else []
     yield from (node for node in nodes if isinstance(node, dict))
-
-
-def _items(value: Any) -> Iterator[tuple[str, Any]]:
-    """Every key and value in nested JSON, depth first."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, inner in item.items():
-                yield key, inner
-                stack.append(inner)
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 def _check_expr(expr: Any) -> None:

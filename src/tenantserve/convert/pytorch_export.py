@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxscript
 import torch
 
-from tenantserve.convert.base import INPUT, Outputs, Rows, Tolerance
-from tenantserve.convert.network import Ending, Head, head_for
+from tenantserve.convert.base import INPUT, Rows, Tolerance
+from tenantserve.convert.network import Ending, Head, Network, head_for
 from tenantserve.convert.pt2_archive import checked_copy
 from tenantserve.errors import LoadFailed
 
@@ -37,18 +38,18 @@ _ENDINGS: dict[str, Ending] = {
 }
 
 
-class _Program:
+class _Program(Network):
     def __init__(self, program: Any, n_features: int, head: Head) -> None:
-        self._module = program.module()
+        super().__init__(n_features, head)
         self._program = program
-        self.n_features = n_features
-        self._head = head
-        self.kind = head.kind
+        self._module = program.module()
 
-    def predict(self, rows: Rows) -> Outputs:
+    def last(self, rows: Rows) -> npt.NDArray[Any]:
         with torch.no_grad():
-            last = self._module(torch.from_numpy(np.ascontiguousarray(rows)))
-        return self._head.outputs(last.numpy())
+            out: npt.NDArray[Any] = self._module(
+                torch.from_numpy(np.ascontiguousarray(rows))
+            ).numpy()
+        return out
 
     def to_onnx(self) -> Any:
         example = (torch.zeros((2, self.n_features), dtype=torch.float32),)
@@ -68,7 +69,7 @@ class _Program:
         for node in graph.node:
             node.input[:] = [INPUT if name == old else name for name in node.input]
         graph.input[0].name = INPUT
-        return self._head.finish(model, graph.output[0].name)
+        return self.head.finish(model, graph.output[0].name)
 
 
 class PyTorchConverter:

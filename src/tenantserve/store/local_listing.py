@@ -92,17 +92,3 @@ class LocalListing:
                     loose.append(entry.name)
         settled = time.time_ns() - mtime_ns > _SETTLE_NS
         return _Scan(mtime_ns if settled else -1, is_model, tuple(loose), tuple(folders))
-
-
-def local_model_ids(
-    base: str,
-    prefix: str,
-    *,
-    markers: Collection[str],
-    suffixes: tuple[str, ...],
-    is_model_id: Callable[[str], bool],
-) -> list[str]:
-    """Sorted model ids under the folder ``base`` (which is ``prefix`` in the store), with
-    nothing kept: one :class:`LocalListing` walk."""
-    listing = LocalListing(markers=markers, suffixes=suffixes, is_model_id=is_model_id)
-    return listing.model_ids(base, prefix)

@@ -9,7 +9,7 @@ from pathlib import Path
 import fsspec
 
 from tenantserve.store import fsspec_store
-from tenantserve.store.local_listing import LocalListing, local_model_ids
+from tenantserve.store.local_listing import LocalListing
 
 FILES = [
     "acme/macros/model.json",
@@ -27,14 +27,17 @@ FILES = [
 ]
 
 
-def _ids(base: Path, prefix: str) -> list[str]:
-    return local_model_ids(
-        str(base),
-        prefix,
+def _listing() -> LocalListing:
+    return LocalListing(
         markers=fsspec_store._MODEL_MARKERS,
         suffixes=fsspec_store._LISTED_SUFFIXES,
         is_model_id=fsspec_store._is_model_id,
     )
+
+
+def _ids(base: Path, prefix: str) -> list[str]:
+    """One walk with nothing kept from an earlier one."""
+    return _listing().model_ids(str(base), prefix)
 
 
 def test_walk_lists_what_a_full_find_lists(tmp_path: Path) -> None:
@@ -55,14 +58,6 @@ def test_walk_lists_what_a_full_find_lists(tmp_path: Path) -> None:
     ]
     assert _ids(tmp_path / "globex", "globex") == reference[3:]
     assert _ids(tmp_path / "initech", "initech") == []
-
-
-def _listing() -> LocalListing:
-    return LocalListing(
-        markers=fsspec_store._MODEL_MARKERS,
-        suffixes=fsspec_store._LISTED_SUFFIXES,
-        is_model_id=fsspec_store._is_model_id,
-    )
 
 
 def _settle(*folders: Path) -> None:

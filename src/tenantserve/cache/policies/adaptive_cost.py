@@ -28,12 +28,12 @@ class _Shadow(Generic[K]):
         if not hit and nbytes <= budget:
             # Ranked only when something must go: a sort of every model held, per shadow,
             # on each new model cost ~20 ms a request with 10,000 resident.
-            victims = self.policy.candidates() if self.bytes + nbytes > budget else iter(())
-            for victim in victims:
-                if self.bytes + nbytes <= budget:
-                    break
-                self.bytes -= self.held.pop(victim)
-                self.policy.remove(victim, evicted=True)
+            if self.bytes + nbytes > budget:
+                for victim in self.policy.candidates():
+                    self.bytes -= self.held.pop(victim)
+                    self.policy.remove(victim, evicted=True)
+                    if self.bytes + nbytes <= budget:
+                        break
             self.held[key] = nbytes
             self.bytes += nbytes
             self.policy.add(key, nbytes=nbytes, load_seconds=load_seconds)
