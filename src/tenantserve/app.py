@@ -30,7 +30,7 @@ from tenantserve.errors import StoreUnavailable
 from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes, server_version
 from tenantserve.protocols.auth import Access
-from tenantserve.protocols.front_door import FrontDoor
+from tenantserve.protocols.endpoint import FrontDoor
 from tenantserve.protocols.grpc.server import GrpcServer
 from tenantserve.protocols.keys import KeyRing
 from tenantserve.protocols.origin_guard import OriginGuard
@@ -293,7 +293,7 @@ def _budget(settings: Settings, limits: TenantLimits) -> MemoryBudget:
 class _App(Starlette):
     """Starlette, with every request first through the front door (the origin guard when keys
     are off, the shutdown cutoff, inferences straight to their handlers;
-    protocols/front_door.py), and only then, for the rest, through Starlette's own stack."""
+    protocols/endpoint.py), and only then, for the rest, through Starlette's own stack."""
 
     def __init__(
         self,

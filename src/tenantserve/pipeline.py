@@ -1,18 +1,19 @@
 """Pipeline and Call: the way every request goes, admission to answer, for every protocol.
 
-``async with pipeline.call(model_id) as call`` takes the tenant's quota (429) and an
-admission slot (503, in the tenant's fair turn) and asks the cache whether the model can
-start loading now (a full load queue answers at once): every refusal comes before the
-request's body is read. ``await call.predict(decode)`` then leases the model, decodes the
-request against its signature and runs it on a predict thread in the tenant's fair turn.
-The protocols read bodies and encode answers; nothing here knows HTTP.
+``async with pipeline.call(ref) as call`` names the version ``ref`` asks for, takes the
+tenant's quota (429) and an admission slot (503, in the tenant's fair turn) and asks the cache
+whether the model can start loading now (a full load queue answers at once): every refusal
+comes before the request's body is read. ``await call.predict(inputs)`` then leases the model,
+decodes the request against its signature (when it needs it) and runs it on a predict thread
+in the tenant's fair turn. The protocols read bodies and encode answers; nothing here knows
+HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -27,7 +28,7 @@ from tenantserve.scheduling.admission import Admission, Ticket
 from tenantserve.scheduling.batcher import Batcher
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.tenant_limits import TenantQuotas
-from tenantserve.types import ModelId, ModelMetadata, Tensors, TensorSpec
+from tenantserve.types import ModelId, ModelMetadata, ModelRef, ResolvedModel, Tensors, TensorSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,6 +57,8 @@ class Pipeline:
     executor: BoundedExecutor
     activity: Activity
     metrics: Metrics
+    resolve: Callable[[ModelRef], Awaitable[ResolvedModel]]
+    """The version a reference names (the service's version table)."""
     lingering: set[asyncio.Task[None]] = field(default_factory=set)
     """Leases held for stopped runs until their threads let go (shutdown waits for them)."""
     in_flight: dict[str, int] = field(default_factory=dict)
@@ -73,22 +76,26 @@ class Pipeline:
             del self.in_flight[tenant]
         self.metrics.in_flight.dec()
 
-    def call(self, model_id: ModelId, *, counted: bool = True) -> Call:
-        """One request for ``model_id``; ``counted=False`` (a metadata read) is admitted the
-        same way but is not an inference: no activity, no hit or miss, no recency."""
-        return Call(self, model_id, counted)
+    def call(self, target: ModelRef | ResolvedModel, *, counted: bool = True) -> Call:
+        """One request for ``target`` (a reference, or a version already named);
+        ``counted=False`` (a metadata read) is admitted the same way but is not an inference:
+        no activity, no hit or miss, no recency."""
+        return Call(self, target, counted)
 
 
 class Call:
     """One admitted request (see the module): an async context manager, then ``predict``."""
 
     __slots__ = (
-        "_admitted", "_counted", "_entered", "_pipeline", "_ticket", "_tracked", "hit", "model_id",
+        "_admitted", "_counted", "_entered", "_pipeline", "_target", "_ticket", "_tracked", "hit",
+        "model", "model_id",
     )  # fmt: skip
 
-    def __init__(self, pipeline: Pipeline, model_id: ModelId, counted: bool) -> None:
+    def __init__(self, pipeline: Pipeline, target: ModelRef | ResolvedModel, counted: bool) -> None:
         self._pipeline = pipeline
-        self.model_id = model_id
+        self._target = target
+        self.model: ResolvedModel  # the version it serves: set on entry
+        self.model_id: ModelId  # its cache key
         self._counted = counted
         self.hit = False
         self._ticket: Ticket | None = None
@@ -98,6 +105,15 @@ class Call:
 
     async def __aenter__(self) -> Call:
         p = self._pipeline
+        target = self._target
+        if isinstance(target, ResolvedModel):
+            self.model = target
+        elif target.selector in ("", "1") and p.cache.is_resident(target.model_id):
+            # Warm and unversioned (VersionTable.resolve's first case): no version table.
+            self.model = ResolvedModel.unversioned(target.model_id)
+        else:
+            self.model = await p.resolve(target)
+        self.model_id = self.model.key
         tenant = self.model_id.tenant
         if self._counted:
             p.metrics.tenants.observe(tenant)  # traffic decides which tenants metrics name
@@ -143,10 +159,12 @@ class Call:
         return await self._pipeline.executor.run_io(fn, *args)
 
     async def predict(
-        self, decode: Decode, *, outputs: Sequence[str] | None = None, offload: bool = False
-    ) -> Prediction:
-        """Lease the model, decode against its signature (on an I/O thread with ``offload``)
-        and run it; ``outputs`` picks outputs by name (all when ``None``).
+        self, inputs: Tensors | Decode, *, outputs: Sequence[str] | None = None,
+        offload: bool = False,
+    ) -> Prediction:  # fmt: skip
+        """Lease the model, take its inputs (``inputs``, or decoded by it against the model's
+        signature: on an I/O thread with ``offload``) and run it; ``outputs`` picks outputs by
+        name (all when ``None``).
 
         A run past the predict timeout, or whose caller left (cancellation), is told to stop;
         while its thread still holds the model, the lease passes to a task that ends it when
@@ -161,25 +179,23 @@ class Call:
         lease = p.cache.lease(self.model_id, counted=self._counted)
         model = await self._leased(lease)
         ticket = self._ticket
-        handed_off = False  # the lease's end passed to a task (see above)
+        handed: list[asyncio.Future[None]] = []  # the lease's end passed to a task (see above)
         try:
-            tensors = await self.off_loop(decode, model.inputs) if offload else decode(model.inputs)
-            job = p.batcher.job(
-                model, tensors, tenant=self.model_id.tenant, key=self.model_id.value,
-                deadline=ticket.deadline(), waited_s=ticket.waited_s,
+            if callable(inputs):
+                inputs = (
+                    await self.off_loop(inputs, model.inputs) if offload else inputs(model.inputs)
+                )
+            result = await p.batcher.run(
+                model, inputs, tenant=self.model_id.tenant, key=self.model_id.value,
+                deadline=ticket.deadline(), waited_s=ticket.waited_s, hold=handed.append,
             )  # fmt: skip
-            try:
-                result = await job.result()
-            except (PredictTimedOut, asyncio.CancelledError) as exc:
-                released = job.stop()
-                if released is not None:
-                    self._end_lease_after(released, lease)
-                    handed_off = True
-                if isinstance(exc, PredictTimedOut):
-                    log.warning("%s; its run was told to stop", exc)
-                raise
+        except PredictTimedOut as exc:
+            log.warning("%s; its run was told to stop", exc)
+            raise
         finally:
-            if not handed_off:
+            if handed:
+                self._end_lease_after(handed[0], lease)
+            else:
                 await lease.__aexit__(None, None, None)
         return Prediction(_selected(result, outputs, self.model_id), self.hit)
 

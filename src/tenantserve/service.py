@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tenantserve.activity import Activity, ActivitySnapshot
@@ -99,6 +99,9 @@ class InferenceService:
         self._metrics = metrics
         self._quotas = quotas or TenantQuotas(TenantLimits(), metrics=metrics)
         self._activity = activity if activity is not None else Activity()
+        self._versions = VersionTable(
+            lambda model_id: executor.run_io(store.versions, model_id), cache.is_resident
+        )
         self._pipeline = Pipeline(
             quotas=self._quotas,
             admission=admission,
@@ -113,14 +116,17 @@ class InferenceService:
             executor=executor,
             activity=self._activity,
             metrics=metrics,
+            resolve=self._versions.resolve,
         )
+        # One inference of a reference: ``async with service.call(ref) as call`` names its
+        # version and admits it (quotas, admission, the load queue: refused before its body
+        # is read), then ``await call.predict(inputs)`` answers it (tenantserve.pipeline). The
+        # pipeline's own method, bound here: the request path does not pass through this class.
+        self.call: Callable[[ModelRef | ResolvedModel], Call] = self._pipeline.call
         self._grace = GracePeriod(shutdown_grace_s)
         self._predictor = predictor
         self._accepting = False
         self._store_problem: str | None = None
-        self._versions = VersionTable(
-            lambda model_id: executor.run_io(store.versions, model_id), cache.is_resident
-        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -239,12 +245,6 @@ class InferenceService:
 
         return await self._versions.promote(model_id, version, alias, prepare=load)
 
-    def call(self, model_id: ModelId) -> Call:
-        """One inference of ``model_id``: ``async with service.call(m) as call`` admits it
-        (quotas, admission, the load queue: refused before its body is read), then
-        ``await call.predict(decode)`` answers it (see :mod:`tenantserve.pipeline`)."""
-        return self._pipeline.call(model_id)
-
     def scheduling(self) -> SchedulingSnapshot:
         """Queue depths and per-tenant requests in flight, for the metrics scrape."""
         queued = {
@@ -257,7 +257,7 @@ class InferenceService:
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         """A model's signature, read from its graph (it loads if needed): admitted as an
         inference is, quotas and load queue included, but not counted as one."""
-        async with self._pipeline.call(model_id, counted=False) as call:
+        async with self._pipeline.call(ResolvedModel.unversioned(model_id), counted=False) as call:
             return await call.metadata()
 
     def is_resident(self, model_id: ModelId) -> bool:

@@ -22,7 +22,7 @@ from tenantserve.scheduling.batcher import Batcher
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
-from tenantserve.types import ModelId, Tensors, TensorSpec
+from tenantserve.types import ModelId, ModelRef, ResolvedModel, Tensors, TensorSpec
 
 X = {"x": np.ones((1, 2), np.float32)}
 
@@ -44,6 +44,15 @@ class FakeCache:
     def __init__(self, resident: set[str]) -> None:
         self.resident = set(resident)
         self.loaded = asyncio.Event()
+        self.resolved: list[str] = []  # what went to the version table
+
+    async def resolve(self, ref: ModelRef) -> ResolvedModel:
+        """The version table: ``@<v>`` names the version's own folder."""
+        self.resolved.append(str(ref))
+        if ref.selector:
+            key = ModelId.parse(f"{ref.model_id}/{ref.selector}")
+            return ResolvedModel(ref.model_id, ref.selector, key)
+        return ResolvedModel.unversioned(ref.model_id)
 
     def is_resident(self, model_id: ModelId) -> bool:
         return model_id.value in self.resident
@@ -83,6 +92,7 @@ def _pipeline(cache: FakeCache, pool: ThreadPoolExecutor, limits: TenantLimits) 
         executor=cast(BoundedExecutor, None),  # nothing here runs off the loop
         activity=Activity(),
         metrics=metrics,
+        resolve=cache.resolve,
     )
 
 
@@ -95,14 +105,14 @@ async def test_a_call_answers_with_its_outputs_and_whether_it_was_a_hit(
     pool: ThreadPoolExecutor,
 ) -> None:
     pipeline = _pipeline(FakeCache({"acme/m"}), pool, TenantLimits())
-    async with pipeline.call(ModelId.parse("acme/m")) as call:
+    async with pipeline.call(ModelRef.parse("acme/m")) as call:
         assert _in_flight(pipeline) == 1
         prediction = await call.predict(lambda inputs: X, outputs=["y"])
     assert prediction.hit
     np.testing.assert_array_equal(prediction.outputs["y"], X["x"] * 2)
     assert _in_flight(pipeline) == 0
     assert pipeline.in_flight == {}
-    async with pipeline.call(ModelId.parse("acme/m")) as call:
+    async with pipeline.call(ModelRef.parse("acme/m")) as call:
         with pytest.raises(InvalidInput, match="unknown output 'z'"):
             await call.predict(lambda inputs: X, outputs=["z"])
 
@@ -115,7 +125,7 @@ async def test_a_request_waiting_for_its_load_holds_no_slot_and_a_hit_goes_by(
     pipeline = _pipeline(cache, pool, TenantLimits())  # one admission slot in all
 
     async def one(model: str) -> bool:
-        async with pipeline.call(ModelId.parse(model)) as call:
+        async with pipeline.call(ModelRef.parse(model)) as call:
             return (await call.predict(lambda inputs: X)).hit
 
     cold = asyncio.ensure_future(one("acme/cold"))
@@ -133,10 +143,25 @@ async def test_a_request_waiting_for_its_load_holds_no_slot_and_a_hit_goes_by(
 async def test_a_refused_call_holds_nothing(pool: ThreadPoolExecutor) -> None:
     limits = TenantLimits(TenantLimit(max_concurrent=1))
     pipeline = _pipeline(FakeCache({"acme/m"}), pool, limits)
-    async with pipeline.call(ModelId.parse("acme/m")):
+    async with pipeline.call(ModelRef.parse("acme/m")):
         with pytest.raises(TenantLimitExceeded):
-            async with pipeline.call(ModelId.parse("acme/m")):
+            async with pipeline.call(ModelRef.parse("acme/m")):
                 pass
         assert pipeline.admission.in_flight == 1  # the first call's slot only
     assert pipeline.admission.in_flight == 0
     assert pipeline.in_flight == {}
+
+
+@pytest.mark.anyio
+async def test_a_warm_unversioned_call_skips_the_version_table_and_others_use_it(
+    pool: ThreadPoolExecutor,
+) -> None:
+    cache = FakeCache({"acme/m", "acme/v/2"})
+    pipeline = _pipeline(cache, pool, TenantLimits())
+    async with pipeline.call(ModelRef.parse("acme/m")) as call:
+        assert call.model == ResolvedModel.unversioned(ModelId.parse("acme/m"))
+    assert cache.resolved == []  # resident: no version read
+    async with pipeline.call(ModelRef.parse("acme/v@2")) as call:
+        assert (call.model.version, call.model.key.value) == ("2", "acme/v/2")
+        assert (await call.predict(X)).hit  # the version's own entry, resident
+    assert cache.resolved == ["acme/v@2"]

@@ -15,8 +15,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.types import Receive, Scope, Send
 
 from tenantserve.protocols.auth import Access
-from tenantserve.protocols.endpoint import Handler, guarded
-from tenantserve.protocols.errors import json_response
+from tenantserve.protocols.errors import Handler, guarded, json_response
 from tenantserve.protocols.keys import Role
 from tenantserve.protocols.management import management_routes
 from tenantserve.protocols.oip.routes import oip_routes

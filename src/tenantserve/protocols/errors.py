@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import orjson
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from tenantserve.errors import (
@@ -31,6 +33,7 @@ from tenantserve.errors import (
 )
 
 ProtocolName = Literal["oip", "sagemaker"]
+Handler = Callable[[Request], Awaitable[Response]]
 
 _log = logging.getLogger(__name__)
 
@@ -86,6 +89,26 @@ _RULES: dict[type[TenantServeError], _Rule] = {
 }
 _UNEXPECTED = _Rule(500, 500, "InternalFailure", "INTERNAL")
 _DEFAULT_RETRY_AFTER_S = 1.0
+
+
+def guarded(handler: Handler, protocol: ProtocolName) -> Handler:
+    """``handler`` with every exception answered through :func:`error_response` (the routes
+    that are not inferences; those are answered by protocols/endpoint.py's own sequence)."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            if "\n" in request.scope["path"]:
+                # Route patterns end in "$", which also matches before a final "\n": the
+                # captured model name would silently lose it (``acme/m%0A`` → ``acme/m``).
+                raise InvalidRequest("the request path holds a line break")
+            return await handler(request)
+        except ClientDisconnect:
+            # Nobody is left to read an answer; not a server error, so no traceback either.
+            return Response(status_code=CLIENT_CLOSED)
+        except Exception as exc:  # the one place any failure becomes an HTTP answer
+            return error_response(exc, protocol)
+
+    return endpoint
 
 
 def error_response(exc: Exception, protocol: ProtocolName) -> Response:

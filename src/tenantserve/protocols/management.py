@@ -19,9 +19,8 @@ from starlette.routing import BaseRoute, Route
 
 from tenantserve.errors import InvalidRequest
 from tenantserve.protocols.auth import Access, authorize
-from tenantserve.protocols.body import read_body
-from tenantserve.protocols.endpoint import Handler, guarded
-from tenantserve.protocols.errors import json_response
+from tenantserve.protocols.endpoint import read_body
+from tenantserve.protocols.errors import Handler, guarded, json_response
 from tenantserve.protocols.keys import Role
 from tenantserve.types import DEFAULT_ALIAS, ModelId, is_alias, is_version
 

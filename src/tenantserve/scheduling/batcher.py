@@ -23,6 +23,7 @@ import asyncio
 import math
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tenantserve.errors import Overloaded, PredictTimedOut, QueueTimedOut, TenantServeError
@@ -81,14 +82,34 @@ class Batcher:
         self._open: dict[_Key, _Batch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def job(
+    async def run(
         self, model: LoadedModel, tensors: Tensors, *, tenant: str, key: str, deadline: float,
-        waited_s: float,
-    ) -> Job:  # fmt: skip
-        """A prediction of ``model`` (``key``: its id) on ``tensors``: alone, or batched."""
+        waited_s: float, hold: Callable[[asyncio.Future[None]], object],
+    ) -> Tensors:  # fmt: skip
+        """``model``'s (``key``: its id) outputs for ``tensors``, run alone or in a batch.
+
+        A run past the predict timeout, or whose caller left (cancellation), is told to stop;
+        if a thread still holds the model, ``hold`` gets a future that completes when it lets
+        go (the caller's lease must outlive it) before the exception goes on.
+        """
         rows = _rows(model, tensors) if self._max_size > 1 else None
-        if rows is None:
-            return _Alone(self, model, tensors, tenant, key, deadline, waited_s)
+        if rows is not None and (self._delay_s > 0 or not self._predictor.has_free_thread):
+            return await self._in_batch(model, tensors, rows, tenant, key, deadline, waited_s, hold)
+        # Alone: nothing to batch with, or a thread is free now (no one could join it).
+        run = StoppableRun(lambda: model.predict(tensors), self._metrics.inference)
+        self._metrics.batch_size.observe(1)
+        try:
+            return await self._predictor.run_until(
+                deadline, tenant, run, timeout_s=self._timeout_s, key=key, waited_s=waited_s
+            )
+        except (PredictTimedOut, asyncio.CancelledError):
+            _hand_over(run.stop(), hold)
+            raise
+
+    async def _in_batch(
+        self, model: LoadedModel, tensors: Tensors, rows: int, tenant: str, key: str,
+        deadline: float, waited_s: float, hold: Callable[[asyncio.Future[None]], object],
+    ) -> Tensors:  # fmt: skip
         signature = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in tensors.items()))
         shared = group_key(model)
         batch_key: _Key = (id(model) if shared is None else shared, signature)
@@ -104,7 +125,11 @@ class Batcher:
         if math.isfinite(deadline):
             # Answered at its deadline, not when a thread next frees up.
             item.timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, item)
-        return _InBatch(self, item)
+        try:
+            return await asyncio.shield(item.future)
+        except (PredictTimedOut, asyncio.CancelledError):
+            _hand_over(self._leave(item), hold)
+            raise
 
     def _start(self, batch: _Batch) -> _Batch:
         self._open[batch.key] = batch
@@ -210,60 +235,12 @@ class Batcher:
                 self._join(following, item)
         return dict(Counter(item.tenant for item in kept))
 
-    async def shutdown(self) -> None:
-        """Wait for every batch task (shutdown)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-class Job:
-    """One request's prediction: ``await job.result()``; on timeout or cancellation,
-    :meth:`stop` says what the caller's lease must outlive."""
-
-    async def result(self) -> Tensors:
-        raise NotImplementedError
-
-    def stop(self) -> asyncio.Future[None] | None:
-        """Tell the work to stop, if it is this request's alone; a future that completes when
-        no thread holds the model any more, or ``None`` when none does now."""
-        raise NotImplementedError
-
-
-class _Alone(Job):
-    def __init__(
-        self, batcher: Batcher, model: LoadedModel, tensors: Tensors, tenant: str, key: str,
-        deadline: float, waited_s: float,
-    ) -> None:  # fmt: skip
-        self._batcher = batcher
-        self._run = StoppableRun(lambda: model.predict(tensors), batcher._metrics.inference)
-        self._call = (deadline, tenant, key, waited_s)
-
-    async def result(self) -> Tensors:
-        deadline, tenant, key, waited_s = self._call
-        b = self._batcher
-        b._metrics.batch_size.observe(1)
-        return await b._predictor.run_until(
-            deadline, tenant, self._run, timeout_s=b._timeout_s, key=key, waited_s=waited_s
-        )
-
-    def stop(self) -> asyncio.Future[None] | None:
-        return self._run.stop()
-
-
-class _InBatch(Job):
-    def __init__(self, batcher: Batcher, item: _Item) -> None:
-        self._batcher = batcher
-        self._item = item
-
-    async def result(self) -> Tensors:
-        return await asyncio.shield(self._item.future)
-
-    def stop(self) -> asyncio.Future[None] | None:
-        # Others' requests share the run: it is not stopped for one caller (a batch past its
-        # timeout was stopped by its own task) but for the last one to leave, so a run no one
-        # waits for gives its thread back. Before a thread takes the batch the request just
-        # leaves it; after, its lease waits for the thread.
-        item = self._item
+    def _leave(self, item: _Item) -> asyncio.Future[None] | None:
+        """``item``'s caller left or timed out: a future that completes when no thread holds
+        its model any more, or ``None`` when none does now. Others' requests share the run:
+        it is not stopped for one caller (a batch past its timeout was stopped by its own
+        task) but for the last one to leave, so a run no one waits for gives its thread back.
+        Before a thread takes the batch the request just leaves it."""
         batch = item.batch
         if not item.future.done():
             item.future.cancel()
@@ -275,7 +252,7 @@ class _InBatch(Job):
             if all(other.future.done() for other in batch.items) and batch.task is not None:
                 # No one left in it: it gives up its place in the queue, and no one joins it
                 # meanwhile (they would be answered with its cancellation).
-                self._batcher._close(batch)
+                self._close(batch)
                 batch.task.cancel()
             return None
         if batch.run is not None and all(other.future.done() for other in batch.items):
@@ -284,6 +261,18 @@ class _InBatch(Job):
                 return released
         done = batch.done
         return done if done is not None and not done.done() else None
+
+    async def shutdown(self) -> None:
+        """Wait for every batch task (shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _hand_over(
+    released: asyncio.Future[None] | None, hold: Callable[[asyncio.Future[None]], object]
+) -> None:
+    if released is not None:
+        hold(released)
 
 
 def _fair_pick(items: list[_Item], size: int) -> tuple[list[_Item], list[_Item]]:

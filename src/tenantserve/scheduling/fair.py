@@ -88,6 +88,15 @@ class FairExecutor:
         return self._running
 
     @property
+    def has_free_thread(self) -> bool:
+        """Whether a call handed in now would start at once (nothing queued, a thread free)."""
+        return not self._queue and self._free()
+
+    def _free(self) -> bool:
+        # Written-off threads do not count against ``workers``, up to the spares.
+        return self._running - min(self._abandoned, self._spare_workers) < self._workers
+
+    @property
     def abandoned(self) -> int:
         """Calls answered with a timeout whose threads have not returned yet."""
         return self._abandoned
@@ -163,8 +172,7 @@ class FairExecutor:
         return result
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Written-off threads do not count against ``workers``, up to the spares.
-        while self._running - min(self._abandoned, self._spare_workers) < self._workers:
+        while self._free():
             if not self._queue:
                 return
             tenant, job = self._queue.pop()

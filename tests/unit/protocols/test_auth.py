@@ -82,12 +82,12 @@ class FakeService:
                 raise
         return {"output": np.ones((1, 1), np.float32)}
 
-    def call(self, model_id: ModelId) -> FakeCall:
+    def call(self, target: ModelRef | ResolvedModel) -> FakeCall:
         async def run(model_id: ModelId, tensors: Tensors) -> Tensors:
             return await self._run(model_id)
 
         spec = (TensorSpec("input", "FP32", (-1, 4)),)
-        return FakeCall(model_id, inputs=spec, run=run, metadata=self.metadata)
+        return FakeCall(target, resolve=self.resolve, inputs=spec, run=run, metadata=self.metadata)
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         self.seen.append(model_id.value)

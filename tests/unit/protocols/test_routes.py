@@ -67,14 +67,14 @@ class FakeService:
     def ready(self) -> bool:
         return self.accepting
 
-    def call(self, model_id: ModelId) -> FakeCall:
+    def call(self, target: ModelRef | ResolvedModel) -> FakeCall:
         async def run(model_id: ModelId, tensors: Tensors) -> Tensors:
             self._call("infer", model_id)
             return self.model(tensors)
 
         return FakeCall(
-            model_id, inputs=self.inputs, run=run, metadata=self.metadata,
-            admit=self._admit, hit=self.is_resident(model_id),
+            target, resolve=self.resolve, inputs=self.inputs, run=run, metadata=self.metadata,
+            admit=self._admit, hit=self.is_resident,
         )  # fmt: skip
 
     def _admit(self) -> None:

@@ -68,10 +68,16 @@ def _rows(*values: float) -> Tensors:
 
 
 async def _predict(
-    batcher: Batcher, model: Doubler, x: Tensors, deadline: float = math.inf
+    batcher: Batcher,
+    model: Doubler,
+    x: Tensors,
+    deadline: float = math.inf,
+    held: list[asyncio.Future[None]] | None = None,
 ) -> Tensors:
-    job = batcher.job(model, x, tenant="acme", key="acme/m", deadline=deadline, waited_s=0.0)
-    return await job.result()
+    return await batcher.run(
+        model, x, tenant="acme", key="acme/m", deadline=deadline, waited_s=0.0,
+        hold=(held if held is not None else []).append,
+    )  # fmt: skip
 
 
 @pytest.mark.anyio
@@ -142,11 +148,14 @@ async def test_a_request_that_leaves_or_runs_out_of_time_is_not_in_the_batch(
     await asyncio.sleep(0.01)
     model = Doubler()
     stays = asyncio.ensure_future(_predict(batcher, model, _rows(1)))
-    leaves = batcher.job(model, _rows(5, 6), tenant="acme", key="acme/m", deadline=math.inf,
-                         waited_s=0.0)  # fmt: skip
+    held: list[asyncio.Future[None]] = []
+    leaves = asyncio.ensure_future(_predict(batcher, model, _rows(5, 6), held=held))
     late = asyncio.ensure_future(_predict(batcher, model, _rows(7), deadline=0.0))
     await asyncio.sleep(0.01)
-    assert leaves.stop() is None  # not run yet: it just leaves, and holds no thread
+    leaves.cancel()  # its caller left
+    with pytest.raises(asyncio.CancelledError):
+        await leaves
+    assert held == []  # not run yet: it just left, and no thread holds its model
     gate.set()
     await blocker
     await stays
@@ -161,9 +170,7 @@ async def test_a_batch_past_the_timeout_answers_every_request_504(
 ) -> None:
     batcher = _batcher(pool, max_size=8, timeout_s=0.5)
     gate = threading.Event()
-    blocker = batcher.job(Doubler(gate), _rows(0), tenant="b", key="b/other",
-                          deadline=math.inf, waited_s=0.0)  # fmt: skip
-    first = asyncio.ensure_future(blocker.result())
+    first = asyncio.ensure_future(_ask(batcher, Doubler(gate), _rows(0), "b"))
     await asyncio.sleep(0.01)  # the one thread is busy: what comes next queues together
     stuck = Doubler(threading.Event())  # never let go within the test's timeout
     batched = [asyncio.ensure_future(_predict(batcher, stuck, _rows(i))) for i in (1, 2)]
@@ -204,8 +211,9 @@ class Head(Doubler):
 
 
 async def _ask(batcher: Batcher, model: Doubler, x: Tensors, tenant: str) -> Tensors:
-    job = batcher.job(model, x, tenant=tenant, key=f"{tenant}/m", deadline=math.inf, waited_s=0)
-    return await job.result()
+    return await batcher.run(
+        model, x, tenant=tenant, key=f"{tenant}/m", deadline=math.inf, waited_s=0, hold=print
+    )
 
 
 async def _blocked(batcher: Batcher) -> tuple[threading.Event, asyncio.Future[Tensors]]:
@@ -336,14 +344,17 @@ async def test_a_request_after_everyone_left_a_batch_is_not_caught_in_its_end(
     batcher = _batcher(pool, max_size=8)
     gate, blocker = await _blocked(batcher)
     model = Doubler()
-    leaves = batcher.job(model, _rows(1), tenant="acme", key="acme/m", deadline=math.inf,
-                         waited_s=0.0)  # fmt: skip
-    assert leaves.stop() is None  # the batch is empty now and gives up its place
-    comes = batcher.job(model, _rows(2), tenant="acme", key="acme/m", deadline=math.inf,
-                        waited_s=0.0)  # fmt: skip  # in the same tick, before the batch ends
+    held: list[asyncio.Future[None]] = []
+    leaves = asyncio.ensure_future(_predict(batcher, model, _rows(1), held=held))
+    await asyncio.sleep(0)  # it opened a batch
+    leaves.cancel()  # its caller left: the batch is empty and gives up its place
+    comes = asyncio.ensure_future(_predict(batcher, model, _rows(2)))  # before the batch ends
+    with pytest.raises(asyncio.CancelledError):
+        await leaves
+    assert held == []
     gate.set()
     await blocker
-    np.testing.assert_array_equal((await comes.result())["y"], _rows(4)["x"])
+    np.testing.assert_array_equal((await comes)["y"], _rows(4)["x"])
     assert model.calls == [1]
 
 
@@ -368,21 +379,29 @@ class Stoppable(Doubler):
             forget()
 
 
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.anyio
-async def test_a_running_batch_everyone_left_is_stopped_and_gives_its_thread_back(
-    pool: ThreadPoolExecutor,
+async def test_a_running_prediction_everyone_left_is_stopped_and_gives_its_thread_back(
+    pool: ThreadPoolExecutor, batched: bool
 ) -> None:
     batcher = _batcher(pool, max_size=8)
+    blocker = None
+    if batched:  # queued behind another: it runs as a batch
+        gate, blocker = await _blocked(batcher)
     model = Stoppable()
-    job = batcher.job(model, _rows(1), tenant="acme", key="acme/m", deadline=math.inf,
-                      waited_s=0.0)  # fmt: skip
-    answer = asyncio.ensure_future(job.result())
+    held: list[asyncio.Future[None]] = []
+    answer = asyncio.ensure_future(_predict(batcher, model, _rows(1), held=held))
+    await asyncio.sleep(0.01)
+    if blocker is not None:
+        gate.set()
+        await blocker
     await asyncio.to_thread(model.started.wait, 10)
-    released = job.stop()  # its caller left (a deadline passed, a client hung up)
-    assert released is not None
-    await asyncio.wait_for(released, 5)  # the thread let go: not after the run's 10 s
+    answer.cancel()  # its caller left (a deadline passed, a client hung up)
+    with pytest.raises(asyncio.CancelledError):
+        await answer
+    assert len(held) == 1  # the caller's lease waits for the thread
+    await asyncio.wait_for(held[0], 5)  # the thread let go: not after the run's 10 s
     assert model.stopped.is_set()
-    answer.cancel()
     # The one thread serves the next request at once.
     assert (await asyncio.wait_for(_predict(batcher, Doubler(), _rows(2)), 5))["y"].tolist() == [
         [4.0, 4.0]
@@ -405,11 +424,10 @@ async def test_each_request_in_a_batch_is_judged_on_its_own_wait_while_its_tenan
     model = Doubler()
 
     async def ask(value: float, waited_s: float) -> Tensors:
-        job = batcher.job(
+        return await batcher.run(
             model, _rows(value), tenant="acme", key="acme/m", deadline=math.inf,
-            waited_s=waited_s,
+            waited_s=waited_s, hold=print,
         )  # fmt: skip
-        return await job.result()
 
     # The first opened the batch after 50 ms in admission (past 2 x 10 ms); the second just
     # came. Judged by the batch's first request, both were refused; judged each, one runs.

@@ -7,7 +7,7 @@ a slot, the load queue) → decode (off the loop when large) → predict → enc
 
 A call's deadline is the request's: one already past is refused at once with
 DEADLINE_EXCEEDED; the work is cancelled when it passes or when the client cancels, which
-frees the admission slot, the quota and the model (protocols/endpoint.unless_disconnected's
+frees the admission slot, the quota and the model (protocols/endpoint.py's disconnect watcher
 job for HTTP).
 """
 
@@ -127,8 +127,8 @@ class OipServicer(GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         async def infer(principal: Principal) -> pb.ModelInferResponse:
-            model = await self._model(principal, request.model_name, request.model_version)
-            async with self._service.call(model.key) as call:
+            ref = _reference(principal, request.model_name, request.model_version)
+            async with self._service.call(ref) as call:
                 large = payload_bytes(request) > OFF_LOOP_BYTES
                 parsed = (
                     await call.off_loop(decode_request, request)
@@ -136,6 +136,7 @@ class OipServicer(GRPCInferenceServiceServicer):
                     else decode_request(request)
                 )
                 prediction = await call.predict(parsed.tensors, outputs=parsed.outputs)
+            model = call.model
             response = encode_response(
                 model.name.value, parsed, prediction.outputs, model_version=model.version
             )

@@ -13,16 +13,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from tenantserve.errors import InvalidInput, InvalidRequest, PredictFailed
 from tenantserve.protocols.arrays import MAX_RANK, to_array
 from tenantserve.protocols.oip.binary import tensor_from_bytes, tensor_to_bytes
-from tenantserve.types import DATATYPE_TO_DTYPE, Tensors, datatype_of
+from tenantserve.types import DATATYPE_TO_DTYPE, ResolvedModel, Tensors, datatype_of
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 """The request and response header that marks a binary-extension body (Triton)."""
 
 MAX_NAME_CHARS = 256
+
+# curl -d sends form encoding by default; its body is still our JSON, so it is let through.
+_ACCEPTED_TYPES = frozenset(
+    {"", "application/json", "application/octet-stream", "application/x-www-form-urlencoded"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,36 @@ class InferRequest:
     def wants_binary(self, output: str) -> bool:
         """Whether ``output`` goes back as raw bytes after the JSON header."""
         return dict(self.binary_outputs).get(output, self.binary_default)
+
+
+class _HttpCodec:
+    """OIP v2 infer bodies over HTTP (JSON, or JSON plus Triton's binary tensors) ⇄ tensors.
+    OIP names its inputs, so a parsed request holds its tensors (the model checks them)."""
+
+    def parse(self, headers: Headers, body: bytes) -> InferRequest:
+        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type not in _ACCEPTED_TYPES and not media_type.endswith("+json"):
+            raise InvalidRequest(
+                f"unsupported Content-Type {media_type[:64]!r}: send application/json, or no "
+                f"type with {HEADER_LENGTH} for binary tensors"
+            )
+        lengths = set(headers.getlist(HEADER_LENGTH))
+        if len(lengths) > 1:
+            # Which one a proxy in front of us honoured is unknowable: refuse, not guess.
+            raise InvalidRequest(f"{HEADER_LENGTH} is given more than once, with different values")
+        return decode_request(body, lengths.pop() if lengths else None)
+
+    def encode(self, parsed: InferRequest, model: ResolvedModel, outputs: Tensors) -> Response:
+        payload, header_length = encode_response(
+            model.name.value, parsed, outputs, model_version=model.version
+        )
+        if header_length is None:
+            return Response(payload, media_type="application/json")
+        headers = {HEADER_LENGTH: str(header_length)}
+        return Response(payload, media_type="application/octet-stream", headers=headers)
+
+
+HTTP_CODEC = _HttpCodec()
 
 
 def decode_request(body: bytes, header_length: str | None = None) -> InferRequest:

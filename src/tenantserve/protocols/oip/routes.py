@@ -15,25 +15,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from tenantserve.errors import InvalidModelId, InvalidRequest
 from tenantserve.protocols.auth import Access, authorize, covers
-from tenantserve.protocols.body import read_body
-from tenantserve.protocols.endpoint import Handler, guarded, invocation, invoke
-from tenantserve.protocols.errors import json_response, retry_after
-from tenantserve.protocols.front_door import InferenceRoute
+from tenantserve.protocols.endpoint import InferenceRoute, inference, read_body
+from tenantserve.protocols.errors import Handler, guarded, json_response, retry_after
 from tenantserve.protocols.keys import Role
-from tenantserve.protocols.oip.codec import (
-    HEADER_LENGTH,
-    InferRequest,
-    decode_request,
-    encode_response,
-)
-from tenantserve.types import ModelMetadata, ModelRef, ResolvedModel, Tensors, TensorSpec
+from tenantserve.protocols.oip.codec import HTTP_CODEC
+from tenantserve.types import ModelMetadata, ModelRef, ResolvedModel, TensorSpec
 
 if TYPE_CHECKING:
     from tenantserve.metrics import Metrics
@@ -42,11 +34,6 @@ if TYPE_CHECKING:
 EXTENSIONS = ("model_repository", "binary_tensor_data")
 
 _VERSIONED = re.compile(r"(?P<model>.+)/versions/(?P<version>[^/]*)")
-
-# curl -d sends form encoding by default; its body is still our JSON, so it is let through.
-_ACCEPTED_TYPES = frozenset(
-    {"", "application/json", "application/octet-stream", "application/x-www-form-urlencoded"}
-)
 
 
 def split_target(path: str, actions: tuple[str, ...]) -> tuple[ModelRef, str]:
@@ -92,13 +79,19 @@ def oip_routes(
             handler = access.protect(handler, role)
         return Route(path, guarded(handler, "oip"), methods=[method])
 
-    infer = invocation(api.model_post, "oip", metrics, access, Role.INVOKE)
+    infer = inference(
+        HTTP_CODEC, service, protocol="oip", metrics=metrics, access=access,
+        max_body_bytes=max_body_bytes,
+    )  # fmt: skip
     return [
         route("/v2/health/live", api.live, "GET"),
         route("/v2/health/ready", api.ready, "GET"),
         route("/v2", api.server_metadata, "GET"),
         route("/v2/models/{target:path}", api.model_get, "GET", Role.INVOKE),
-        InferenceRoute("/v2/models/{target:path}", infer, methods=["POST"]),
+        # Versioned first: "/versions/<v>" always means a version (see the module).
+        InferenceRoute("/v2/models/{model:path}/versions/{version}/infer", infer, methods=["POST"]),
+        InferenceRoute("/v2/models/{model:path}/infer", infer, methods=["POST"]),
+        route("/v2/models/{target:path}", api.model_post, "POST", Role.INVOKE),
         route("/v2/repository/index", api.index, "POST", Role.MANAGE),
         route("/v2/repository/models/{target:path}", api.repository, "POST", Role.MANAGE),
     ]
@@ -145,11 +138,10 @@ class _OipApi:
         )
 
     async def model_post(self, request: Request) -> Response:
-        ref, action = split_target(request.path_params["target"], ("infer",))
-        if action != "infer":
-            authorize(request, ref.model_id)
-            return json_response({"error": "POST needs /infer"}, 405, {"Allow": "GET"})
-        return await invoke(request, self._service, ref, _CODEC, self._max_body_bytes)
+        """A POST that is not an inference (those are the inference routes')."""
+        ref, _ = split_target(request.path_params["target"], ())
+        authorize(request, ref.model_id)
+        return json_response({"error": "POST needs /infer"}, 405, {"Allow": "GET"})
 
     async def index(self, request: Request) -> Response:
         body = await read_body(request, self._max_body_bytes)
@@ -185,32 +177,6 @@ class _OipApi:
         return json_response({"name": model.name.value, "version": model.version, "action": action})
 
 
-class _OipCodec:
-    """OIP v2 infer bodies (JSON, or JSON plus Triton's binary tensors) ⇄ tensors."""
-
-    def parse(self, headers: Headers, body: bytes) -> InferRequest:
-        _check_content_type(headers)
-        return decode_request(body, _header_length(headers))
-
-    def tensors(self, parsed: InferRequest, inputs: tuple[TensorSpec, ...]) -> Tensors:
-        return parsed.inputs  # OIP names its inputs: the signature is checked by the model
-
-    def outputs(self, parsed: InferRequest) -> Sequence[str] | None:
-        return parsed.outputs
-
-    def encode(self, parsed: InferRequest, model: ResolvedModel, outputs: Tensors) -> Response:
-        payload, header_length = encode_response(
-            model.name.value, parsed, outputs, model_version=model.version
-        )
-        if header_length is None:
-            return Response(payload, media_type="application/json")
-        headers = {HEADER_LENGTH: str(header_length)}
-        return Response(payload, media_type="application/octet-stream", headers=headers)
-
-
-_CODEC = _OipCodec()
-
-
 def metadata_document(
     metadata: ModelMetadata, model: ResolvedModel, versions: Sequence[str]
 ) -> dict[str, Any]:
@@ -227,23 +193,6 @@ def metadata_document(
 
 def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
-
-
-def _check_content_type(headers: Headers) -> None:
-    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type not in _ACCEPTED_TYPES and not media_type.endswith("+json"):
-        raise InvalidRequest(
-            f"unsupported Content-Type {media_type[:64]!r}: send application/json, or no type "
-            f"with {HEADER_LENGTH} for binary tensors"
-        )
-
-
-def _header_length(headers: Headers) -> str | None:
-    values = set(headers.getlist(HEADER_LENGTH))
-    if len(values) > 1:
-        # Which one a proxy in front of us honoured is unknowable: refuse rather than guess.
-        raise InvalidRequest(f"{HEADER_LENGTH} is given more than once, with different values")
-    return values.pop() if values else None
 
 
 def _unavailable(body: dict[str, Any]) -> Response:

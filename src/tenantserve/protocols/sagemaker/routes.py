@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +23,8 @@ from starlette.routing import BaseRoute, Route
 
 from tenantserve.errors import InvalidModelId, InvalidRequest, ModelNotFound
 from tenantserve.protocols.auth import Access, authorize, covers
-from tenantserve.protocols.body import read_body
-from tenantserve.protocols.endpoint import Handler, guarded, invocation, invoke
-from tenantserve.protocols.errors import json_response, retry_after
-from tenantserve.protocols.front_door import InferenceRoute
+from tenantserve.protocols.endpoint import InferenceRoute, inference, read_body
+from tenantserve.protocols.errors import Handler, guarded, json_response, retry_after
 from tenantserve.protocols.keys import Role
 from tenantserve.protocols.sagemaker.codec import (
     decode_invocation,
@@ -62,7 +61,16 @@ def sagemaker_routes(
         service, max_body_bytes=max_body_bytes, store_url=store_url, default_model=default_model
     )
     access = access or Access(None, max_body_bytes=max_body_bytes)
-    invocations = invocation(api.invocations, "sagemaker", metrics, access, Role.INVOKE)
+
+    def invocations(target: Callable[[Request], ModelRef] | None = None) -> Handler:
+        # TargetModel reaches any version: acme/macros@2, acme/macros@stable, or the
+        # version's own path acme/macros/2 (docs/versions.md).
+        return inference(
+            _CODEC, service, protocol="sagemaker", metrics=metrics, access=access,
+            max_body_bytes=max_body_bytes, target=target,
+        )  # fmt: skip
+
+    by_header = invocations(api.target)
 
     def route(path: str, handler: Handler, method: str, role: Role | None = None) -> Route:
         if role is not None:
@@ -71,17 +79,14 @@ def sagemaker_routes(
 
     return [
         route("/ping", api.ping, "GET"),
-        InferenceRoute("/invocations", invocations, methods=["POST"]),
-        InferenceRoute("/endpoints/{endpoint}/invocations", invocations, methods=["POST"]),
+        InferenceRoute("/invocations", by_header, methods=["POST"]),
+        InferenceRoute("/endpoints/{endpoint}/invocations", by_header, methods=["POST"]),
         route("/models", api.list_models, "GET", Role.MANAGE),
         route("/models", api.load_model, "POST", Role.MANAGE),
         route("/models/{target:path}", api.describe_model, "GET", Role.MANAGE),
         route("/models/{target:path}", api.unload_model, "DELETE", Role.MANAGE),
-        InferenceRoute(
-            "/models/{target:path}",
-            invocation(api.invoke_model, "sagemaker", metrics, access, Role.INVOKE),
-            methods=["POST"],
-        ),
+        InferenceRoute("/models/{model:path}/invoke", invocations(), methods=["POST"]),
+        route("/models/{target:path}", api.not_invoke, "POST", Role.INVOKE),
     ]
 
 
@@ -108,25 +113,19 @@ class _SageMakerApi:
             {"Retry-After": retry_after(1.0)},
         )
 
-    async def invocations(self, request: Request) -> Response:
+    def target(self, request: Request) -> ModelRef:
+        """The model ``/invocations`` names: its TargetModel header, or the default model."""
         raw = next(
             (request.headers[h] for h in TARGET_HEADERS if h in request.headers),
             self._default_model,
         )
         if raw is None:
             raise InvalidRequest("missing X-Amzn-SageMaker-Target-Model header naming the model")
-        return await self._invoke(request, ModelRef.parse(raw))
+        return ModelRef.parse(raw)
 
-    async def invoke_model(self, request: Request) -> Response:
-        target: str = request.path_params["target"]
-        if not target.endswith("/invoke"):
-            return json_response({"error": "POST /models/{name} needs /invoke"}, 404)
-        return await self._invoke(request, ModelRef.parse(target.removesuffix("/invoke")))
-
-    async def _invoke(self, request: Request, ref: ModelRef) -> Response:
-        # TargetModel reaches any version: acme/macros@2, acme/macros@stable, or the
-        # version's own path acme/macros/2 (docs/versions.md).
-        return await invoke(request, self._service, ref, _CODEC, self._max_body_bytes)
+    async def not_invoke(self, request: Request) -> Response:
+        """A POST under /models/ that is not an inference (those end in /invoke)."""
+        return json_response({"error": "POST /models/{name} needs /invoke"}, 404)
 
     async def load_model(self, request: Request) -> Response:
         doc = orjson_object(await read_body(request, self._max_body_bytes))
@@ -209,9 +208,9 @@ class _SageMakerApi:
 
 @dataclass(frozen=True, slots=True)
 class _Invocation:
-    body: bytes
-    content_type: str | None
+    inputs: Callable[[tuple[TensorSpec, ...]], Tensors]  # the body decoded by the signature
     accept: str  # the response's media type
+    outputs: None = None  # every output
 
 
 class _SageMakerCodec:
@@ -219,13 +218,8 @@ class _SageMakerCodec:
     which input(s) a body feeds and with what datatype, so decoding waits for the lease."""
 
     def parse(self, headers: Headers, body: bytes) -> _Invocation:
-        return _Invocation(body, headers.get("content-type"), response_type(headers.get("accept")))
-
-    def tensors(self, parsed: _Invocation, inputs: tuple[TensorSpec, ...]) -> Tensors:
-        return decode_invocation(parsed.body, parsed.content_type, inputs)
-
-    def outputs(self, parsed: _Invocation) -> Sequence[str] | None:
-        return None
+        decode = functools.partial(decode_invocation, body, headers.get("content-type"))
+        return _Invocation(decode, response_type(headers.get("accept")))
 
     def encode(self, parsed: _Invocation, model: ResolvedModel, outputs: Tensors) -> Response:
         return Response(encode_predictions(outputs, parsed.accept), media_type=parsed.accept)

@@ -65,7 +65,7 @@ class FakeService:
     def is_resident(self, model_id: ModelId) -> bool:
         return model_id.value == "acme/ready"
 
-    def call(self, model_id: ModelId) -> FakeCall:
+    def call(self, target: ModelRef | ResolvedModel) -> FakeCall:
         async def run(model_id: ModelId, tensors: Tensors) -> Tensors:
             self.calls.append(("infer", model_id.value))
             self.started.set()
@@ -81,7 +81,10 @@ class FakeService:
             if self.refuse is not None:
                 raise self.refuse
 
-        return FakeCall(model_id, inputs=INPUTS, run=run, metadata=self.metadata, admit=admit)
+        return FakeCall(
+            target, resolve=self.resolve, inputs=INPUTS, run=run, metadata=self.metadata,
+            admit=admit,
+        )  # fmt: skip
 
     async def metadata(self, model_id: ModelId) -> ModelMetadata:
         return ModelMetadata(model_id.value, "onnxruntime_onnx", INPUTS, (INPUTS[0],))

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from tenantserve.errors import InvalidRequest, PayloadTooLarge
-from tenantserve.protocols.body import read_body
+from tenantserve.protocols.endpoint import read_body
 
 
 @pytest.fixture
