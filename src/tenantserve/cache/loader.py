@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -148,19 +148,40 @@ class Loader:
         shared = runtime.shared_estimate(artifact.manifest, artifact.path)
         return Fetched(artifact, runtime, prepared, self._sizes.plan(artifact, prepared, shared))
 
-    async def load(self, fetched: Fetched) -> tuple[LoadedModel, int, float]:
-        """Load on the load executor: (the model, the bytes it holds, the seconds it took)."""
+    async def load(
+        self,
+        fetched: Fetched,
+        closing: Sequence[LoadedModel] = (),
+        closed: list[float] | None = None,
+    ) -> tuple[LoadedModel, int, float]:
+        """Load on the load executor: (the model, the bytes it holds, the seconds it took).
+
+        ``closing`` (evicted to make room) are closed first in the same executor call, so the
+        process never holds both and the event loop wakes once for both; ``closed`` gets the
+        seconds that took as soon as they are (a load cancelled before its call ran has not
+        closed them)."""
+
+        def close_then_load() -> tuple[LoadedModel, int]:
+            started = time.perf_counter()
+            for victim in closing:
+                self._close(victim)
+            if closed is not None:
+                closed.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            loaded = self._sizes.load(
+                fetched.runtime, fetched.artifact, fetched.prepared, fetched.plan
+            )
+            timing.append(time.perf_counter() - started)
+            return loaded
+
+        timing: list[float] = []
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        model, nbytes = await loop.run_in_executor(
-            self._load_executor,
-            self._sizes.load,
-            fetched.runtime,
-            fetched.artifact,
-            fetched.prepared,
-            fetched.plan,
-        )
-        return model, nbytes, time.perf_counter() - started
+        model, nbytes = await loop.run_in_executor(self._load_executor, close_then_load)
+        return model, nbytes, timing[0]
+
+    def freed(self, nbytes: int) -> None:
+        """``nbytes`` of closed models went back to the heap (a trim follows past a share)."""
+        self._trimmer.freed(nbytes)
 
     async def discard(self, model: LoadedModel) -> None:
         """Close a model that was loaded but will not be resident."""
@@ -169,7 +190,7 @@ class Loader:
     async def release(self, model: LoadedModel, nbytes: int) -> None:
         """Close a resident model that held ``nbytes``; its memory goes back to the OS."""
         await asyncio.get_running_loop().run_in_executor(self._load_executor, self._close, model)
-        self._trimmer.freed(nbytes)
+        self.freed(nbytes)
 
     def close(self) -> None:
         """Stop the background trim (shutdown)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +10,7 @@ from typing import Literal
 
 from tenantserve.activity import CacheEvent
 from tenantserve.cache.budget import MemoryBudget
+from tenantserve.cache.closing import Closing
 from tenantserve.cache.eviction import LRU, EvictionPolicy
 from tenantserve.cache.load_queue import LoadQueue
 from tenantserve.cache.loader import Loader
@@ -51,14 +51,12 @@ class ModelCache:
         self._load_wait_s = load_wait_s
         self._events = events  # loads, evictions, unloads, failures: for /v1/status
         self._entries: dict[ModelId, Resident] = {}
-        self._draining: set[Resident] = set()
-        # Explicitly unloaded, closed once their last lease ends; until then new requests for
-        # the model are told to retry rather than load a second copy beside the closing one.
-        self._unloading: dict[ModelId, Resident] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = Closing(
+            loader=loader, budget=budget, metrics=metrics, freed=lambda: self._room.freed()
+        )
         self._room = Room(
             budget=budget, policy=self._policy, metrics=metrics, entries=self._entries,
-            overhead=self._loader.overhead_bytes, close=self._close, wait_s=load_wait_s,
+            overhead=self._loader.overhead_bytes, close=self._closing.close, wait_s=load_wait_s,
             detach=lambda entry, why: self._detach(entry, evicted=True, detail=why),
         )  # fmt: skip
 
@@ -125,7 +123,7 @@ class ModelCache:
             entry.leases -= 1
             if entry.leases == 0:
                 if entry.draining:
-                    await self._close(entry)
+                    await self._closing.close(entry)
                 self._room.freed()
 
     async def _get_or_load(self, model_id: ModelId, *, explicit: bool) -> Resident:
@@ -158,7 +156,7 @@ class ModelCache:
             self._refuse_new_load(model_id)
 
     def _refuse_new_load(self, model_id: ModelId) -> None:
-        if model_id in self._unloading:
+        if model_id in self._closing.unloading:
             raise ModelNotReady(
                 f"model {model_id} is being unloaded; retry shortly", retry_after_s=1.0
             )
@@ -173,10 +171,26 @@ class ModelCache:
             async with self._queue.slot(model_id):
                 began = time.perf_counter()  # a load's own time, not its wait for a slot
                 fetched = await self._loader.fetch(model_id)
-                await self._room.make(model_id, fetched.estimate, why=f"loading {model_id}")
+                victims: list[Resident] = []  # closed on the load's thread, just before it
+                why = f"loading {model_id}"
+                await self._room.make(model_id, fetched.estimate, why=why, deferred=victims)
+                closing = [victim for victim in victims if self._closing.starts(victim)]
+                for victim in closing:  # counted as gone: nothing is loaded before they are
+                    self._budget.release(victim.nbytes, victim.model_id.tenant)
                 self._budget.reserve(fetched.estimate, tenant)
                 reserved = fetched.estimate
-                model, measured, load_seconds = await self._loader.load(fetched)
+                closed: list[float] = []  # the seconds closing them took, once they are
+                try:
+                    model, measured, load_seconds = await self._loader.load(
+                        fetched, [victim.model for victim in closing], closed
+                    )
+                finally:
+                    for victim in closing:
+                        if closed:
+                            self._loader.freed(victim.nbytes)
+                            self._closing.done(victim, closed[0] / len(closing))
+                        else:
+                            self._closing.not_closed(victim)
                 try:
                     await self._room.make_for_measured(model_id, measured, reserved)
                 except BaseException:
@@ -204,45 +218,26 @@ class ModelCache:
             entry.pinned = old.pinned
             self._detach(old, detail="replaced by a reload")
             if old.leases == 0:
-                self._close_soon(old)
+                self._closing.soon(old)
         self._entries[model_id] = entry
         self._policy.add(model_id, nbytes=measured, load_seconds=load_seconds)
         for victim in self._room.shed(model_id):
-            self._close_soon(victim)
+            self._closing.soon(victim)
         log.info("loaded %s (%d bytes in %.3fs)", model_id, measured, load_seconds)
         self._emit(CacheEvent("load", model_id.value, measured, load_seconds, fetched.note))
         return entry
-
-    def _close_soon(self, entry: Resident) -> None:
-        task = asyncio.get_running_loop().create_task(self._close(entry))
-        self._closing.add(task)  # hold a reference until done, or the task may be collected
-        task.add_done_callback(self._closing.discard)
 
     def _detach(self, entry: Resident, *, evicted: bool = False, detail: str = "") -> None:
         """Take a model out of the index; its bytes stay counted until it is closed."""
         del self._entries[entry.model_id]
         self._policy.remove(entry.model_id, evicted=evicted)
-        entry.draining = True
-        self._draining.add(entry)
+        self._closing.add(entry)
         kind: Literal["evict", "unload"] = "evict" if evicted else "unload"
         self._emit(CacheEvent(kind, entry.model_id.value, entry.nbytes, detail=detail))
 
     def _emit(self, event: CacheEvent) -> None:
         if self._events is not None:
             self._events(event)
-
-    async def _close(self, entry: Resident) -> None:
-        if entry not in self._draining:
-            return
-        self._draining.discard(entry)
-        if self._unloading.get(entry.model_id) is entry:
-            del self._unloading[entry.model_id]
-        started = time.perf_counter()
-        await self._loader.release(entry.model, entry.nbytes)
-        self._budget.release(entry.nbytes, entry.model_id.tenant)
-        self._loader.sync_shared()  # the last user of a shared part frees it
-        self._metrics.unloading.observe(time.perf_counter() - started)
-        self._room.freed()
 
     # -- management ------------------------------------------------------------------------
 
@@ -286,18 +281,14 @@ class ModelCache:
             raise ModelNotFound(f"model {model_id} is not loaded")
         self._detach(entry)
         if entry.leases == 0:
-            await self._close(entry)
+            await self._closing.close(entry)
         else:
-            self._unloading[model_id] = entry
+            self._closing.unloading[model_id] = entry
 
     async def close(self) -> None:
         """Wait for loads in flight, then release every model (shutdown)."""
         await self._queue.drain()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
         for entry in list(self._entries.values()):
             self._detach(entry)
-        for entry in list(self._draining):
-            if entry.leases == 0:
-                await self._close(entry)
+        await self._closing.drain()
         self._loader.close()

@@ -49,29 +49,45 @@ class Room:
         if self._room_freed is not None:
             self._room_freed.set()
 
-    async def make(self, model_id: ModelId, nbytes: int, *, why: str) -> None:
+    async def make(
+        self, model_id: ModelId, nbytes: int, *, why: str, deferred: list[Resident] | None = None
+    ) -> None:
         """Evict until ``nbytes`` fit. A resident copy of ``model_id`` (a reload) is never a
         victim: it serves until the new one is in, so both are counted for that moment.
-        ``why`` is what needs the room, said in each eviction's event."""
+        ``why`` is what needs the room, said in each eviction's event.
+
+        With ``deferred``, victims that make it fit at once are not closed here but put there:
+        the caller closes them on its load's own thread, just before the load (one executor
+        call and one wake-up of the event loop for both), and their bytes stay counted until
+        then. Victims that do not make it fit are closed here, as without it."""
         tenant = model_id.tenant
         self._refuse_if_never_fits(model_id, nbytes)
         deadline = time.monotonic() + self._wait_s
         while True:
             # Close victims before loading, so the process never holds both at once. A tenant
             # at its share gives up its own models first; only then do others make room.
+            picked: list[Resident] = []
             if not self._budget.tenant_fits(tenant, nbytes):
                 share = (
                     f"{why} needed {nbytes} bytes; tenant {tenant}'s share "
                     f"({self._budget.cap_of(tenant)} bytes) was full"
                 )
-                own = self._evict(nbytes, protect=model_id, tenant=tenant, why=share)
-                await asyncio.gather(*(self._close(victim) for victim in own))
+                picked += self._evict(nbytes, protect=model_id, tenant=tenant, why=share)
             full = (
                 f"{why} needed {nbytes} bytes; the memory budget "
                 f"({self._budget.capacity_bytes} bytes) was full"
             )
-            victims = self._evict(nbytes, protect=model_id, why=full)
-            await asyncio.gather(*(self._close(victim) for victim in victims))
+            freeing = sum(victim.nbytes for victim in picked)
+            picked += self._evict(nbytes - freeing, protect=model_id, why=full)
+            if deferred is not None:
+                freeing = sum(victim.nbytes for victim in picked)
+                own = sum(victim.nbytes for victim in picked if victim.model_id.tenant == tenant)
+                if self._budget.fits(nbytes - freeing) and self._budget.tenant_fits(
+                    tenant, nbytes - own
+                ):
+                    deferred += picked
+                    return
+            await asyncio.gather(*(self._close(victim) for victim in picked))
             if self._budget.fits(nbytes) and self._budget.tenant_fits(tenant, nbytes):
                 return
             # What is left is pinned, busy or loading. Busy models free up in milliseconds;

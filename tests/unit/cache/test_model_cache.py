@@ -508,3 +508,28 @@ async def test_requests_during_an_unload_are_told_to_retry_until_it_closes(
     async with cache.lease(model_id) as model:  # once closed, a call loads it again
         assert model is runtime.loaded[1]
     assert store.fetches == {model_id.value: 2}
+
+
+@pytest.mark.anyio
+async def test_a_victim_is_closed_on_its_evictor_s_load_thread_just_before_that_load(
+    cache: ModelCache, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with cache.lease(size_id("a", 60)):
+        pass
+    victim = runtime.loaded[0]
+    closed_on: list[int] = []
+    monkeypatch.setattr(victim, "close", lambda: closed_on.append(threading.get_ident()))
+    seen: list[tuple[bool, int]] = []
+    load = runtime.load
+
+    def watched(path: Path, manifest: ModelManifest) -> LoadedModel:
+        seen.append((bool(closed_on), threading.get_ident()))
+        return load(path, manifest)
+
+    monkeypatch.setattr(runtime, "load", watched)
+    async with cache.lease(size_id("b", 60)):
+        pass
+    # One executor call: the victim closed first, on the thread that then loaded.
+    assert seen == [(True, closed_on[0])]
+    assert not cache.is_resident(size_id("a", 60))
+    assert cache.snapshot().used_bytes == 60 * MB
