@@ -59,14 +59,26 @@ def trim() -> None:
 
 
 def rss_bytes() -> int:
-    return int(psutil.Process().memory_info().rss)
+    return int(_this_process().memory_info().rss)
 
 
 def anon_bytes() -> int:
     """Resident bytes that are not file pages: the heap and anonymous mappings. A model file
     mapped by its session shows in ``rss_bytes`` but not here."""
-    info = psutil.Process().memory_info()
+    info = _this_process().memory_info()
     return int(info.rss - getattr(info, "shared", 0))
+
+
+_process: psutil.Process | None = None
+
+
+def _this_process() -> psutil.Process:
+    # psutil.Process() reads /proc for the process's start time each time it is made: kept,
+    # a reading is one file read (a load takes four). Made anew in a forked child.
+    global _process
+    if _process is None or _process.pid != os.getpid():
+        _process = psutil.Process()
+    return _process
 
 
 def lower_thread_priority(nice: int) -> None:

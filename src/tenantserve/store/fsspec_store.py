@@ -197,7 +197,7 @@ class FsspecStore:
             folder = self._local_folder(model_id)
             # Every file it reads stays in its own (resolved) folder: no link to another model.
             manifest = checked_manifest(
-                folder, f"model {model_id}", root=folder, verified=self._verified
+                folder, f"model {model_id}", root=folder, verified=self._verified, resolved=True
             )
             return LocalArtifact(model_id, folder, manifest, tree_bytes(folder))
         listing: Mapping[str, Info] = self._call(

@@ -97,7 +97,12 @@ def read_manifest(folder: Path) -> ModelManifest:
 
 
 def checked_manifest(
-    folder: Path, label: str, *, root: Path | None = None, verified: VerifiedFiles | None = None
+    folder: Path,
+    label: str,
+    *,
+    root: Path | None = None,
+    verified: VerifiedFiles | None = None,
+    resolved: bool = False,
 ) -> ModelManifest:
     """The manifest of the artifact in ``folder``, once its model file is found and verified.
 
@@ -107,13 +112,14 @@ def checked_manifest(
         root: when given, every file the artifact reads (``model.json``, the model, tokenizer
             and base files), links resolved, must lie under it: a local store served in place
             passes the artifact's own folder, so no link reaches another model or tenant.
+        resolved: ``root`` is already resolved (no links in it): not resolved again.
 
     Raises:
         ModelNotFound: the folder holds neither ``model.json`` nor the default model file.
         LoadFailed: the manifest is invalid, names a missing file, or the digest differs.
         Forbidden: a file resolves outside ``root`` (a policy refusal: 403, not a 500).
     """
-    inside = root.resolve() if root is not None else None
+    inside = root if resolved or root is None else root.resolve()
     # Checked before it is read: a linked manifest would bring another model's labels.
     _check_inside(folder / MANIFEST_NAME, inside, label, MANIFEST_NAME)
     manifest = read_manifest(folder)
@@ -145,9 +151,11 @@ def checked_manifest(
 
 
 def _check_inside(path: Path, root: Path | None, label: str, what: str) -> None:
+    if root is None or (path.parent == root and not path.is_symlink()):
+        return  # a file right in the (resolved) folder, not a link: inside, by one lstat
     # resolve() follows every link, a dangling one too, so a link to a missing file elsewhere
     # is refused as well; the message never shows either path.
-    if root is not None and not path.resolve().is_relative_to(root):
+    if not path.resolve().is_relative_to(root):
         raise Forbidden(f"{label}: {what} resolves outside the model's folder in the store")
 
 
