@@ -7,65 +7,32 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from tenantserve.activity import Activity, ActivitySnapshot
+from tenantserve.activity import Activity
 from tenantserve.cache.model_cache import ModelCache
 from tenantserve.cache.version_table import VersionTable
 from tenantserve.errors import ModelNotFound, TenantServeError
-from tenantserve.metrics import CacheSnapshot, Metrics, SchedulingSnapshot
+from tenantserve.metrics import Metrics, SchedulingSnapshot
 from tenantserve.pipeline import Call, Pipeline
+from tenantserve.reports import (
+    RepositoryEntry,
+    ServerStatus,
+    TenantStatus,
+    repository_entries,
+    tenant_rows,
+)
 from tenantserve.scheduling.admission import Admission
 from tenantserve.scheduling.batcher import Batcher
 from tenantserve.scheduling.executor import BoundedExecutor
 from tenantserve.scheduling.fair import FairExecutor
 from tenantserve.scheduling.grace import GracePeriod
-from tenantserve.scheduling.tenant_limits import TenantLimit, TenantLimits, TenantQuotas
+from tenantserve.scheduling.tenant_limits import TenantLimits, TenantQuotas
 from tenantserve.store.base import ModelStore
 from tenantserve.store.patterns import is_pattern, resolve_patterns
-from tenantserve.store.versions import DEFAULT_ALIAS, split_version
+from tenantserve.store.versions import DEFAULT_ALIAS
 from tenantserve.types import ModelId, ModelMetadata, ModelRef, ModelStatus, ResolvedModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class RepositoryEntry:
-    """One model of the store, with its residency (OIP repository index)."""
-
-    model_id: str
-    state: str  # "READY" | "LOADING" | "UNAVAILABLE"
-    reason: str = ""
-    version: str = "1"
-
-
-@dataclass(frozen=True, slots=True)
-class ServerStatus:
-    """What ``/v1/status`` and ``/ui`` show: memory, resident models, recent activity."""
-
-    ready: bool
-    store_url: str
-    store_problem: str | None
-    """Why the store cannot be used (for the operator), or ``None`` while it answers."""
-    memory: CacheSnapshot
-    models: list[ModelStatus]
-    activity: ActivitySnapshot
-
-
-@dataclass(frozen=True, slots=True)
-class TenantStatus:
-    """One tenant as ``/v1/tenants`` shows it: what it holds, what it sent, what it may do."""
-
-    tenant: str
-    models: int
-    nbytes: int
-    memory_cap_bytes: int | None
-    in_flight: int
-    requests: int
-    errors: int
-    rejected: int
-    last_request_s: float | None
-    limits: TenantLimit
 
 
 class InferenceService:
@@ -327,27 +294,10 @@ class InferenceService:
 
     def tenants(self) -> list[TenantStatus]:
         """Every tenant that holds a model, sent a request or has limits of its own, by name."""
-        held: dict[str, int] = {}
-        for model in self._cache.status():
-            tenant = ModelId.parse(model.model_id).tenant
-            held[tenant] = held.get(tenant, 0) + 1
-        seen = {row.tenant: row for row in self._activity.tenants()}
-        named = set((self._quotas.limits.tenants or {}).keys())
-        in_flight = self._pipeline.in_flight
-        rows = []
-        for tenant in sorted(held.keys() | seen.keys() | named):
-            nbytes, cap = self._cache.tenant_memory(tenant)
-            activity = seen.get(tenant)
-            rows.append(
-                TenantStatus(
-                    tenant, held.get(tenant, 0), nbytes, cap, in_flight.get(tenant, 0),
-                    activity.requests if activity else 0, activity.errors if activity else 0,
-                    activity.rejected if activity else 0,
-                    activity.last_request_s if activity else None,
-                    self._quotas.limits.of(tenant),
-                )
-            )  # fmt: skip
-        return rows
+        return tenant_rows(
+            self._cache.status(), self._activity.tenants(), self._quotas.limits,
+            self._pipeline.in_flight, self._cache.tenant_memory,
+        )  # fmt: skip
 
     def status_of(self, model_id: ModelId) -> ModelStatus:
         for status in self._cache.status():
@@ -359,11 +309,4 @@ class InferenceService:
         """Every model in the store, with its state here; a versioned model has one entry
         per version (``acme/macros`` version ``2`` is the artifact ``acme/macros/2``)."""
         ids = await self._executor.run_io(self._store.list, "")
-        resident = {s.model_id: s for s in self._cache.status()}
-        entries = []
-        for raw in ids:
-            status = resident.get(raw)
-            state = "UNAVAILABLE" if status is None else status.state.upper()
-            name, version = split_version(raw)
-            entries.append(RepositoryEntry(name, state, version=version))
-        return entries
+        return repository_entries(ids, self._cache.status())

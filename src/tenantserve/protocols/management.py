@@ -26,7 +26,8 @@ from tenantserve.types import DEFAULT_ALIAS, ModelId, is_alias, is_version
 
 if TYPE_CHECKING:
     from tenantserve.activity import HotEntry
-    from tenantserve.service import InferenceService, ServerStatus, TenantStatus
+    from tenantserve.reports import ServerStatus, TenantStatus
+    from tenantserve.service import InferenceService
 
 UI_FILES = {
     "index.html": "text/html; charset=utf-8",

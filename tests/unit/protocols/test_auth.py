@@ -26,7 +26,8 @@ from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes
 from tenantserve.protocols.auth import Access
 from tenantserve.protocols.keys import KeyRing, Principal, Role
-from tenantserve.service import InferenceService, RepositoryEntry
+from tenantserve.reports import RepositoryEntry
+from tenantserve.service import InferenceService
 from tenantserve.store.versions import choose_unversioned
 from tenantserve.types import (
     ModelId,

@@ -28,7 +28,8 @@ from tenantserve.errors import (
 )
 from tenantserve.metrics import Metrics
 from tenantserve.protocols import routes
-from tenantserve.service import InferenceService, RepositoryEntry
+from tenantserve.reports import RepositoryEntry
+from tenantserve.service import InferenceService
 from tenantserve.store.versions import choose_unversioned
 from tenantserve.types import (
     ModelId,

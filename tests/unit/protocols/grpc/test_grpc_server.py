@@ -23,7 +23,8 @@ from tenantserve.protocols.grpc._generated.grpc_service_pb2_grpc import (
 from tenantserve.protocols.grpc.server import GrpcServer
 from tenantserve.protocols.grpc.servicer import OipServicer
 from tenantserve.protocols.keys import KeyRing
-from tenantserve.service import InferenceService, RepositoryEntry
+from tenantserve.reports import RepositoryEntry
+from tenantserve.service import InferenceService
 from tenantserve.store.versions import choose_unversioned
 from tenantserve.types import ModelId, ModelMetadata, ModelRef, ResolvedModel, Tensors, TensorSpec
 
