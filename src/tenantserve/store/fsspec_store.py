@@ -29,6 +29,7 @@ from tenantserve.errors import (
 from tenantserve.store.archive import DEFAULT_MAX_MEMBERS, extract_archive, find_artifact_dir
 from tenantserve.store.base import LocalArtifact
 from tenantserve.store.disk_cache import DiskCache, tree_bytes
+from tenantserve.store.local_fetches import LocalFetches
 from tenantserve.store.local_listing import LocalListing
 from tenantserve.store.manifest import (
     DEFAULT_MODEL_FILE,
@@ -95,6 +96,7 @@ class FsspecStore:
         self._verify_etag = verify_etag
         self._max_archive_members = max_archive_members
         self._verified = VerifiedFiles()
+        self._fetches = LocalFetches(local_root) if local_root is not None else None
         self._listing = LocalListing(
             markers=_MODEL_MARKERS, suffixes=_LISTED_SUFFIXES, is_model_id=_is_model_id
         )
@@ -108,6 +110,9 @@ class FsspecStore:
         return self._resolve(model_id, deadline)
 
     def _resolve(self, model_id: ModelId, deadline: float) -> LocalArtifact:
+        kept = self._fetches.get(model_id) if self._fetches is not None else None
+        if kept is not None:
+            return kept  # served in place and unchanged since its last full check
         rpath = f"{self._root}/{model_id}"
         info = self._call(lambda: self._fs.info(rpath), deadline, model_id)
         if info.get("type") == "directory":
@@ -199,7 +204,10 @@ class FsspecStore:
             manifest = checked_manifest(
                 folder, f"model {model_id}", root=folder, verified=self._verified, resolved=True
             )
-            return LocalArtifact(model_id, folder, manifest, tree_bytes(folder))
+            artifact = LocalArtifact(model_id, folder, manifest, tree_bytes(folder))
+            if self._fetches is not None:
+                self._fetches.put(artifact)
+            return artifact
         listing: Mapping[str, Info] = self._call(
             lambda: self._fs.find(rpath, detail=True), deadline, model_id
         )
