@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ from tenantserve.errors import LoadFailed
 DEFAULT_MIN_AGE_S = 30.0
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _TMP_DIR = ".tmp"
+_MARK_EVERY_S = 60.0  # how often a used entry's folder mtime is set (restarts read it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,7 @@ class _Record:
     nbytes: int
     last_access_s: float  # time.monotonic() of the last hand-out
     tick: int  # strict LRU order; monotonic clocks can tie within a test
+    marked_s: float = -math.inf  # time.monotonic() its folder's mtime was last set
 
 
 @dataclass(slots=True)
@@ -81,8 +84,8 @@ class DiskCache:
         """The entry for ``key``, marked as just used, or ``None``."""
         _check_key(key)
         with self._state:
-            found = self._touch(key)
-        if found is not None:
+            found, mark = self._touch(key)
+        if mark and found is not None:
             _mark_used(found.path)
         return found
 
@@ -99,9 +102,10 @@ class DiskCache:
         _check_key(key)
         with self._key_lock(key):
             with self._state:
-                found = self._touch(key)
+                found, mark = self._touch(key)
             if found is not None:
-                _mark_used(found.path)
+                if mark:
+                    _mark_used(found.path)
                 return found, False
             work = self.root / _TMP_DIR / f"{key}-{secrets.token_hex(6)}"
             work.mkdir(parents=True, mode=0o700)
@@ -120,7 +124,8 @@ class DiskCache:
                 _remove_tree(work)
                 raise
             with self._state:
-                self._load_index()[key] = _Record(nbytes, time.monotonic(), self._next())
+                now = time.monotonic()
+                self._load_index()[key] = _Record(nbytes, now, self._next(), marked_s=now)
                 victims = self._pick_victims(keep=key)
             for victim in victims:
                 _remove_tree(victim)
@@ -134,13 +139,20 @@ class DiskCache:
                 self._load_index().pop(key, None)
             _remove_tree(self.root / key)
 
-    def _touch(self, key: str) -> CacheEntry | None:
+    def _touch(self, key: str) -> tuple[CacheEntry | None, bool]:
+        """The entry, marked used in memory, and whether its folder's mtime is due a mark:
+        that order only matters across restarts, so once a minute at most (a load of a
+        cached model paid a system call, and a wait for the GIL after it, for each mark)."""
         record = self._load_index().get(key)
         if record is None:
-            return None
-        record.last_access_s = time.monotonic()
+            return None, False
+        now = time.monotonic()
+        record.last_access_s = now
         record.tick = self._next()
-        return CacheEntry(key, self.root / key, record.nbytes)
+        mark = now - record.marked_s >= _MARK_EVERY_S
+        if mark:
+            record.marked_s = now
+        return CacheEntry(key, self.root / key, record.nbytes), mark
 
     def _pick_victims(self, *, keep: str) -> list[Path]:
         records = self._load_index()

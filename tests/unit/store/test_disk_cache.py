@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -141,3 +142,18 @@ def test_discard_and_key_validation(tmp_path: Path) -> None:
 def test_constructor_does_no_io(tmp_path: Path) -> None:
     DiskCache(tmp_path / "not-yet", max_bytes=10)
     assert not (tmp_path / "not-yet").exists()
+
+
+def test_a_hit_marks_its_folder_for_restarts_at_most_once_a_minute(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, max_bytes=1000)
+    for key in ("a", "b"):
+        cache.get_or_create(key, _writer(1))
+    os.utime(tmp_path / "a", (1000, 1000))
+    os.utime(tmp_path / "b", (2000, 2000))
+    restarted = DiskCache(tmp_path, max_bytes=1000)  # order from the folders' mtimes: a, b
+    assert restarted.get("a") is not None
+    assert (tmp_path / "a").stat().st_mtime > 2000  # its first hit since the restart: marked
+    os.utime(tmp_path / "a", (1000, 1000))
+    assert restarted.get("a") is not None
+    assert (tmp_path / "a").stat().st_mtime == 1000  # again within the minute: in memory only
+    assert restarted.keys()[-1] == "a"  # the order in memory is exact
