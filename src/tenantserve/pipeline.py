@@ -177,7 +177,10 @@ class Call:
         assert self._ticket is not None, "predict inside `async with call`"
         p = self._pipeline
         lease = p.cache.lease(self.model_id, counted=self._counted)
-        model = await self._leased(lease)
+        if p.cache.is_resident(self.model_id):
+            model = await lease.__aenter__()
+        else:
+            model = await self._loaded(lease)
         ticket = self._ticket
         handed: list[asyncio.Future[None]] = []  # the lease's end passed to a task (see above)
         try:
@@ -199,14 +202,12 @@ class Call:
                 await lease.__aexit__(None, None, None)
         return Prediction(_selected(result, outputs, self.model_id), self.hit)
 
-    async def _leased(self, lease: AbstractAsyncContextManager[LoadedModel]) -> LoadedModel:
-        """The leased model. A request whose model must load gives its admission slot back
-        while it waits (the load queue bounds those waits) and takes a slot again after, in
-        its tenant's turn: past capacity, requests for resident models are not stuck behind
-        requests waiting on loads."""
+    async def _loaded(self, lease: AbstractAsyncContextManager[LoadedModel]) -> LoadedModel:
+        """The leased model, once loaded. A request whose model must load gives its admission
+        slot back while it waits (the load queue bounds those waits) and takes a slot again
+        after, in its tenant's turn: past capacity, requests for resident models are not stuck
+        behind requests waiting on loads."""
         p = self._pipeline
-        if p.cache.is_resident(self.model_id):
-            return await lease.__aenter__()
         tenant = self.model_id.tenant
         p.admission.release(tenant)
         self._entered = 1
