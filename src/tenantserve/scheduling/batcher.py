@@ -20,6 +20,7 @@ that request. Outputs are split back by rows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections import Counter, defaultdict, deque
@@ -96,7 +97,7 @@ class Batcher:
         if rows is not None and (self._delay_s > 0 or not self._predictor.has_free_thread):
             return await self._in_batch(model, tensors, rows, tenant, key, deadline, waited_s, hold)
         # Alone: nothing to batch with, or a thread is free now (no one could join it).
-        run = StoppableRun(lambda: model.predict(tensors), self._metrics.inference)
+        run = StoppableRun(functools.partial(model.predict, tensors), self._metrics.inference)
         self._metrics.batch_size.observe(1)
         try:
             return await self._predictor.run_until(
