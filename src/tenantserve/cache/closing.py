@@ -68,12 +68,26 @@ class Closing:
         self._metrics.unloading.observe(seconds)
         self._freed()
 
-    def not_closed(self, entry: Resident) -> None:
-        """``entry`` was taken to close (its bytes released) by a load that never ran: its
-        bytes are counted again and it closes as any other."""
-        self._budget.reserve(entry.nbytes, entry.model_id.tenant)
-        self.draining.add(entry)
-        self.soon(entry)
+    def take(self, victims: list[Resident]) -> list[Resident]:
+        """Of ``victims``, those the caller closes itself (on its load's thread, before the
+        load): their bytes count as gone now, since nothing is loaded before they close."""
+        taken = [victim for victim in victims if self.starts(victim)]
+        for victim in taken:
+            self._budget.release(victim.nbytes, victim.model_id.tenant)
+        return taken
+
+    def settle(self, taken: list[Resident], closed: list[float]) -> None:
+        """After the load that took ``taken``: ``closed`` holds the seconds closing them took
+        when they were closed; empty, the load never ran, so their bytes are counted again
+        and they close as any other."""
+        for victim in taken:
+            if closed:
+                self._loader.freed(victim.nbytes)
+                self.done(victim, closed[0] / len(taken))
+            else:
+                self._budget.reserve(victim.nbytes, victim.model_id.tenant)
+                self.draining.add(victim)
+                self.soon(victim)
 
     async def drain(self) -> None:
         """Wait for closes in flight, then close every draining model no lease holds."""

@@ -161,23 +161,20 @@ class Loader:
         seconds that took as soon as they are (a load cancelled before its call ran has not
         closed them)."""
 
-        def close_then_load() -> tuple[LoadedModel, int]:
+        def close_then_load() -> tuple[LoadedModel, int, float]:
             started = time.perf_counter()
             for victim in closing:
                 self._close(victim)
             if closed is not None:
                 closed.append(time.perf_counter() - started)
             started = time.perf_counter()
-            loaded = self._sizes.load(
+            model, nbytes = self._sizes.load(
                 fetched.runtime, fetched.artifact, fetched.prepared, fetched.plan
             )
-            timing.append(time.perf_counter() - started)
-            return loaded
+            return model, nbytes, time.perf_counter() - started
 
-        timing: list[float] = []
         loop = asyncio.get_running_loop()
-        model, nbytes = await loop.run_in_executor(self._load_executor, close_then_load)
-        return model, nbytes, timing[0]
+        return await loop.run_in_executor(self._load_executor, close_then_load)
 
     def freed(self, nbytes: int) -> None:
         """``nbytes`` of closed models went back to the heap (a trim follows past a share)."""

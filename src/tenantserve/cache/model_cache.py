@@ -174,23 +174,16 @@ class ModelCache:
                 victims: list[Resident] = []  # closed on the load's thread, just before it
                 why = f"loading {model_id}"
                 await self._room.make(model_id, fetched.estimate, why=why, deferred=victims)
-                closing = [victim for victim in victims if self._closing.starts(victim)]
-                for victim in closing:  # counted as gone: nothing is loaded before they are
-                    self._budget.release(victim.nbytes, victim.model_id.tenant)
+                taken = self._closing.take(victims)
                 self._budget.reserve(fetched.estimate, tenant)
                 reserved = fetched.estimate
                 closed: list[float] = []  # the seconds closing them took, once they are
                 try:
                     model, measured, load_seconds = await self._loader.load(
-                        fetched, [victim.model for victim in closing], closed
+                        fetched, [victim.model for victim in taken], closed
                     )
                 finally:
-                    for victim in closing:
-                        if closed:
-                            self._loader.freed(victim.nbytes)
-                            self._closing.done(victim, closed[0] / len(closing))
-                        else:
-                            self._closing.not_closed(victim)
+                    self._closing.settle(taken, closed)
                 try:
                     await self._room.make_for_measured(model_id, measured, reserved)
                 except BaseException:

@@ -58,8 +58,8 @@ class Room:
 
         With ``deferred``, victims that make it fit at once are not closed here but put there:
         the caller closes them on its load's own thread, just before the load (one executor
-        call and one wake-up of the event loop for both), and their bytes stay counted until
-        then. Victims that do not make it fit are closed here, as without it."""
+        call and one wake-up of the event loop for both), and releases their bytes as it takes
+        them. Victims that do not make it fit are closed here, as without it."""
         tenant = model_id.tenant
         self._refuse_if_never_fits(model_id, nbytes)
         deadline = time.monotonic() + self._wait_s

@@ -20,13 +20,25 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 from tenantserve.store.base import LocalArtifact
 from tenantserve.store.manifest import MANIFEST_NAME
 from tenantserve.types import ModelId, ModelManifest
 
-_Identity = tuple[int, int, int, int, int, int]  # device, inode, mode, size, mtime, ctime
 SETTLE_S = 2.0
+
+
+class _Identity(NamedTuple):
+    device: int
+    inode: int
+    mode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+_ABSENT = _Identity(0, 0, 0, 0, 0, 0)  # no model.json, no fast-load file yet
 
 
 class LocalFetches:
@@ -58,7 +70,7 @@ class LocalFetches:
             return  # found elsewhere (SageMaker's unpacked layout): checked in full each time
         identities = self._identities(model_id, artifact.manifest)
         settled_ns = time.time_ns() - int(SETTLE_S * 1e9)
-        if identities is None or any(identity[5] > settled_ns for identity in identities):
+        if identities is None or any(i.ctime_ns > settled_ns for i in identities):
             return  # unreadable, or changed a moment ago: checked in full again next time
         with self._lock:
             self._kept[model_id] = (identities, artifact)
@@ -99,5 +111,5 @@ def _identity(path: Path) -> _Identity:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return (0, 0, 0, 0, 0, 0)  # absent (no model.json, no fast-load file yet)
-    return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return _ABSENT
+    return _Identity(st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

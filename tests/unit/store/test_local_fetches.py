@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,37 +59,42 @@ def test_an_unchanged_model_is_not_checked_again(
     assert len(settled) == 1
 
 
-def test_a_manifest_linked_away_after_its_check_is_refused(
-    root: Path, tmp_path: Path, settled: list[int]
-) -> None:
-    store = _store(root, tmp_path)
-    store.fetch(MACROS)
+def _link_the_manifest_away(root: Path) -> None:
     linked = root / "acme/macros/model.json"
     linked.unlink()
     linked.symlink_to("../../globex/m/model.json")
-    with pytest.raises(Forbidden, match=r"model\.json resolves outside"):
-        store.fetch(MACROS)
 
 
-def test_a_folder_linked_away_after_its_check_is_refused(
-    root: Path, tmp_path: Path, settled: list[int]
-) -> None:
-    store = _store(root, tmp_path)
-    store.fetch(MACROS)
+def _link_the_folder_away(root: Path) -> None:
     folder = root / "acme/macros"
     folder.rename(root / "acme/old")
     folder.symlink_to(root / "globex/m")
-    with pytest.raises(Forbidden, match="outside the model store or its tenant"):
-        store.fetch(MACROS)
 
 
-def test_a_model_file_changed_in_place_is_verified_again(
-    root: Path, tmp_path: Path, settled: list[int]
+def _change_the_model_in_place(root: Path) -> None:
+    (root / "acme/macros/model.onnx").write_bytes(b"macros-v2")  # the same size, new content
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (_link_the_manifest_away, Forbidden, r"model\.json resolves outside"),
+        (_link_the_folder_away, Forbidden, "outside the model store or its tenant"),
+        (_change_the_model_in_place, LoadFailed, "does not match the sha256"),
+    ],
+)
+def test_a_model_changed_after_its_check_is_checked_again(
+    root: Path,
+    tmp_path: Path,
+    settled: list[int],
+    change: Callable[[Path], None],
+    error: type[Exception],
+    message: str,
 ) -> None:
     store = _store(root, tmp_path)
     store.fetch(MACROS)
-    (root / "acme/macros/model.onnx").write_bytes(b"macros-v2")  # the same size, new content
-    with pytest.raises(LoadFailed, match="does not match the sha256"):
+    change(root)
+    with pytest.raises(error, match=message):
         store.fetch(MACROS)
 
 
