@@ -113,7 +113,7 @@ def _status(url: str) -> int:
     reset as the listener closes under it)."""
     try:
         return httpx.get(url, timeout=5).status_code
-    except (httpx.ConnectError, httpx.ReadError):
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
         return 0
 
 
