@@ -15,10 +15,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,18 +113,29 @@ class _Made:
 
 
 class _ScratchFiles:
-    """Derived files in a folder of this process's own, for runtimes made without a disk tier."""
+    """Derived files in a folder of this process's own, for runtimes made without a disk tier.
+
+    The folder is made on the first conversion (most servers never convert) and removed when
+    its owner is collected or the process exits, so that no run leaves it behind.
+    """
 
     def __init__(self) -> None:
-        self._root = Path(tempfile.mkdtemp(prefix="tenantserve-converted-"))
+        self._folder: Path | None = None
         self._lock = threading.Lock()
 
+    def _root(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="tenantserve-converted-"))
+            weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+        return self._folder
+
     def get_or_create(self, key: str, build: Callable[[Path], None]) -> tuple[_Made, bool]:
-        folder = self._root / key
         with self._lock:
+            root = self._root()
+            folder = root / key
             if folder.is_dir():
                 return _Made(folder), False
-            work = Path(tempfile.mkdtemp(dir=self._root))
+            work = Path(tempfile.mkdtemp(dir=root))
             build(work)
             work.rename(folder)
         return _Made(folder), True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,22 @@ def test_a_conversion_is_made_once_per_source_and_sample(tmp_path: Path) -> None
     assert '"proved_on": "sample.npy"' in (proved / "conversion.json").read_text()
 
 
+def test_without_a_disk_tier_conversions_live_in_a_folder_removed_with_the_runtime(
+    tmp_path: Path,
+) -> None:
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    _lightgbm(artifact)
+    native = NativeArtifacts(None)
+    converted, manifest = native.resolve(artifact, read_manifest(artifact))
+    assert (converted / manifest.model_file).is_file()
+    scratch = converted.parent
+    assert scratch.name.startswith("tenantserve-converted-")
+    del native
+    gc.collect()
+    assert not scratch.exists()  # no run leaves its conversions behind in the temp folder
+
+
 def test_the_framework_is_imported_in_a_child_never_in_the_server(tmp_path: Path) -> None:
     artifact = tmp_path / "artifact"
     artifact.mkdir()
@@ -82,7 +99,8 @@ def test_the_framework_is_imported_in_a_child_never_in_the_server(tmp_path: Path
         "from tenantserve.runtimes.native import NativeArtifacts\n"
         "from tenantserve.store.manifest import read_manifest\n"
         f"folder = Path({str(artifact)!r})\n"
-        "out, _ = NativeArtifacts(None).resolve(folder, read_manifest(folder))\n"
+        "native = NativeArtifacts(None)\n"
+        "out, _ = native.resolve(folder, read_manifest(folder))\n"
         "print((out / 'model.onnx').is_file(), 'lightgbm' in sys.modules, 'onnx' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
