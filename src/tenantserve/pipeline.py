@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tenantserve.activity import Activity
 from tenantserve.cache.model_cache import ModelCache
-from tenantserve.errors import InvalidInput, PredictTimedOut
+from tenantserve.errors import InvalidInput, PredictTimedOut, TenantServeError
 from tenantserve.metrics import Metrics
 from tenantserve.runtimes import LoadedModel
 from tenantserve.scheduling.admission import Admission, Ticket
@@ -46,6 +46,20 @@ class Prediction:
     hit: bool
 
 
+class Versions(Protocol):
+    """Which version a reference names (:class:`~tenantserve.cache.version_table.VersionTable`)."""
+
+    async def resolve(self, ref: ModelRef) -> ResolvedModel: ...
+
+    def knows(self, model_id: ModelId) -> bool:
+        """Whether the model's versions were read (resolving it needs no store trip)."""
+        ...
+
+    def first_reads(self, tenant: str) -> int:
+        """The tenant's models whose versions are being read for the first time."""
+        ...
+
+
 @dataclass(eq=False, slots=True)
 class Pipeline:
     """The parts every request passes through, in the order it meets them."""
@@ -57,7 +71,7 @@ class Pipeline:
     executor: BoundedExecutor
     activity: Activity
     metrics: Metrics
-    resolve: Callable[[ModelRef], Awaitable[ResolvedModel]]
+    versions: Versions
     """The version a reference names (the service's version table)."""
     lingering: set[asyncio.Task[None]] = field(default_factory=set)
     """Leases held for stopped runs until their threads let go (shutdown waits for them)."""
@@ -112,7 +126,9 @@ class Call:
             # Warm and unversioned (VersionTable.resolve's first case): no version table.
             self.model = ResolvedModel.unversioned(target.model_id)
         else:
-            self.model = await p.resolve(target)
+            if not p.versions.knows(target.model_id):
+                self._refuse_unread(target.model_id)
+            self.model = await p.versions.resolve(target)
         self.model_id = self.model.key
         tenant = self.model_id.tenant
         if self._counted:
@@ -133,6 +149,23 @@ class Call:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    def _refuse_unread(self, model_id: ModelId) -> None:
+        """Refuse a model whose versions were never read, when the load queue would refuse any
+        of them: reading them is a store trip on an I/O thread, queued behind loads' fetches,
+        where a storm of first calls waited only to be refused (none of its versions is
+        resident: a resolved one would be in the table). The tenant's other first reads count
+        as its loads: each is one about to start. Counted like any refusal."""
+        p = self._pipeline
+        try:
+            p.cache.refuse_unread(model_id, p.versions.first_reads(model_id.tenant))
+        except TenantServeError as exc:
+            if self._counted:
+                p.metrics.tenants.observe(model_id.tenant)
+                tracked = p.activity.request(model_id, hit=False)
+                tracked.__enter__()
+                tracked.__exit__(type(exc), exc, exc.__traceback__)
+            raise
 
     async def __aexit__(
         self,

@@ -83,7 +83,7 @@ class InferenceService:
             executor=executor,
             activity=self._activity,
             metrics=metrics,
-            resolve=self._versions.resolve,
+            versions=self._versions,
         )
         # One inference of a reference: ``async with service.call(ref) as call`` names its
         # version and admits it (quotas, admission, the load queue: refused before its body

@@ -45,6 +45,10 @@ class FakeCache:
         self.resident = set(resident)
         self.loaded = asyncio.Event()
         self.resolved: list[str] = []  # what went to the version table
+        self.unread: set[str] = set()  # models whose versions were never read
+        self.reading = 0  # first reads of the tenant's versions under way
+        self.full = False  # the load queue takes no new load of the tenant
+        self.refused_unread: list[tuple[str, int]] = []
 
     async def resolve(self, ref: ModelRef) -> ResolvedModel:
         """The version table: ``@<v>`` names the version's own folder."""
@@ -56,6 +60,17 @@ class FakeCache:
 
     def is_resident(self, model_id: ModelId) -> bool:
         return model_id.value in self.resident
+
+    def knows(self, model_id: ModelId) -> bool:
+        return model_id.value not in self.unread
+
+    def first_reads(self, tenant: str) -> int:
+        return self.reading
+
+    def refuse_unread(self, model_id: ModelId, starting: int = 0) -> None:
+        self.refused_unread.append((model_id.value, starting))
+        if self.full:
+            raise TenantLimitExceeded("tenant acme has 2 model loads pending", retry_after_s=1.0)
 
     def refuse_early(self, model_id: ModelId) -> None:
         return None
@@ -92,7 +107,7 @@ def _pipeline(cache: FakeCache, pool: ThreadPoolExecutor, limits: TenantLimits) 
         executor=cast(BoundedExecutor, None),  # nothing here runs off the loop
         activity=Activity(),
         metrics=metrics,
-        resolve=cache.resolve,
+        versions=cache,
     )
 
 
@@ -165,3 +180,30 @@ async def test_a_warm_unversioned_call_skips_the_version_table_and_others_use_it
         assert (call.model.version, call.model.key.value) == ("2", "acme/v/2")
         assert (await call.predict(X)).hit  # the version's own entry, resident
     assert cache.resolved == ["acme/v@2"]
+
+
+@pytest.mark.anyio
+async def test_a_first_call_the_load_queue_would_refuse_is_refused_before_its_versions_are_read(
+    pool: ThreadPoolExecutor,
+) -> None:
+    cache = FakeCache(set())
+    cache.unread = {"acme/new", "acme/other"}
+    cache.reading, cache.full = 3, True
+    pipeline = _pipeline(cache, pool, TenantLimits())
+    with pytest.raises(TenantLimitExceeded):
+        async with pipeline.call(ModelRef.parse("acme/new")):
+            pass
+    assert cache.resolved == []  # no store trip for a call refused anyway
+    assert cache.refused_unread == [("acme/new", 3)]  # the tenant's first reads count
+    assert pipeline.activity.snapshot().totals.rejected == 1  # counted like any refusal
+    assert pipeline.in_flight == {}
+    # With room, a first call reads its versions; a model read before is not asked again.
+    cache.full = False
+    cache.loaded.set()
+    async with pipeline.call(ModelRef.parse("acme/other")) as call:
+        assert not (await call.predict(X)).hit
+    cache.unread.clear()
+    async with pipeline.call(ModelRef.parse("acme/v@2")):
+        pass
+    assert cache.resolved == ["acme/other", "acme/v@2"]
+    assert [m for m, _ in cache.refused_unread] == ["acme/new", "acme/other"]

@@ -155,6 +155,16 @@ class ModelCache:
         if model_id not in self._entries:
             self._refuse_new_load(model_id)
 
+    def refuse_unread(self, model_id: ModelId, starting: int = 0) -> None:
+        """Raise now what any version of ``model_id`` would be told, when none is resident and
+        the load queue can take no new load of its tenant (before its versions are read), with
+        ``starting`` more of the tenant's loads about to join it.
+
+        Raises:
+            ModelNotReady, TenantLimitExceeded: the queue, or the tenant's share of it, is full.
+        """
+        self._queue.refuse_any_version(model_id, starting)
+
     def _refuse_new_load(self, model_id: ModelId) -> None:
         if model_id in self._closing.unloading:
             raise ModelNotReady(

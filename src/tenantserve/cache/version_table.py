@@ -68,6 +68,14 @@ class VersionTable:
         self._promoted: dict[ModelId, dict[str, int]] = {}
         self._refreshing: set[asyncio.Task[None]] = set()
 
+    def knows(self, model_id: ModelId) -> bool:
+        """Whether ``model_id``'s versions were read (resolving it needs no store trip)."""
+        return model_id in self._entries
+
+    def first_reads(self, tenant: str) -> int:
+        """The tenant's models whose versions are being read for the first time."""
+        return sum(1 for m in self._reads if m.tenant == tenant and m not in self._entries)
+
     async def resolve(self, ref: ModelRef) -> ResolvedModel:
         """The version ``ref`` names, and its id.
 

@@ -239,3 +239,54 @@ async def test_a_tenant_holds_at_most_half_the_load_queue_and_others_still_load(
         "tenantserve_rejected_requests_total", {"reason": "tenant_loads", "tenant": "noisy"}
     )
     assert value == 1
+
+
+@pytest.mark.anyio
+async def test_a_model_not_yet_resolved_is_refused_when_no_version_of_it_could_load(
+    make_cache: CacheFactory, store: _Store, metrics: Metrics
+) -> None:
+    metrics.tenants.observe("noisy")
+    cache = make_cache(MemoryBudget(100 * MB), max_concurrent_loads=1, max_queued_loads=3)
+    store.gate = threading.Event()
+    cache.refuse_unread(ModelId.parse("noisy/a"), starting=1)  # 1 of its 2: room
+    with pytest.raises(TenantLimitExceeded):
+        cache.refuse_unread(ModelId.parse("noisy/a"), starting=2)  # first reads count
+    pending = asyncio.ensure_future(_use(cache, "noisy/v/2-1"))  # version 2 of noisy/v
+    other = asyncio.ensure_future(_use(cache, "noisy/w-1"))
+    await asyncio.sleep(0.01)
+    cache.refuse_unread(ModelId.parse("noisy/v"))  # its version loads: a caller may join
+    with pytest.raises(TenantLimitExceeded) as refused:
+        cache.refuse_unread(ModelId.parse("noisy/x-1"))
+    assert refused.value.retry_after_s > 0
+    cache.refuse_unread(ModelId.parse("calm/y-1"))  # another tenant still finds room
+    store.gate.set()
+    await asyncio.gather(pending, other)
+    cache.refuse_unread(ModelId.parse("noisy/x-1"))
+
+
+@pytest.mark.anyio
+async def test_before_any_load_finished_the_refused_are_told_a_tenth_of_a_second_a_load(
+    metrics: Metrics,
+) -> None:
+    queue: LoadQueue[None] = LoadQueue(metrics=metrics, max_concurrent_loads=2, max_queued_loads=0)
+    gate = asyncio.Event()
+
+    async def load() -> None:
+        await gate.wait()
+
+    pending = [
+        asyncio.ensure_future(
+            queue.join(ModelId.parse(f"a/m{i}"), load, timeout_s=5, timeout_message="")
+        )
+        for i in (1, 2)
+    ]
+    await asyncio.sleep(0.01)
+    told = []
+    for _ in range(3):
+        with pytest.raises(ModelNotReady) as refused:
+            queue.refuse(ModelId.parse("b/new"))
+        told.append(refused.value.retry_after_s)
+    # 2 slots at 0.1 s a load: the refused come back in 0.05 s steps, not seconds apart.
+    assert told == pytest.approx([0.05, 0.1, 0.15], abs=0.01)
+    gate.set()
+    await asyncio.gather(*pending)

@@ -199,3 +199,28 @@ async def test_the_table_is_bounded() -> None:
     for name in ("a/x", "b/x", "c/x", "a/x"):
         await _key(table, name)
     assert [m.value for m in store.reads] == ["a/x", "b/x", "c/x", "a/x"]
+
+
+@pytest.mark.anyio
+async def test_it_says_which_models_it_knows_and_counts_a_tenants_first_reads() -> None:
+    store, clock = Store(), Clock()
+    table = _table(store, clock)
+    store.gate = asyncio.Event()
+    reads = [asyncio.ensure_future(_key(table, raw)) for raw in ("acme/macros", "acme/plain")]
+    other = asyncio.ensure_future(_key(table, "other/m"))
+    await asyncio.sleep(0.01)
+    assert (table.first_reads("acme"), table.first_reads("other")) == (2, 1)
+    assert not table.knows(MACROS)
+    store.gate.set()
+    await asyncio.gather(*reads, other)
+    assert table.knows(MACROS)
+    assert table.knows(PLAIN)
+    assert table.first_reads("acme") == 0
+    store.gate = asyncio.Event()
+    clock.now = 11.0  # a re-read in the background is not a first read
+    assert await _key(table, "acme/macros") == "acme/macros/2"
+    await asyncio.sleep(0.01)
+    assert len(store.reads) == 4  # the re-read is under way
+    assert table.first_reads("acme") == 0
+    store.gate.set()
+    await asyncio.sleep(0.01)
