@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from isolation_load import Outcome, Target, run_stream, storm
+from isolation_load import FirstCall, Outcome, Target, run_stream, storm
 from tenantserve.tools.fleet.synth import write_synthetic_model
 
 KEYS = {"noisy": "noisy-tenant-key-000001", "quiet": "quiet-tenant-key-000001",
@@ -283,6 +283,7 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
             during.merge(future.result())
         probes_done = probes()
         loads = _metric_sum(url, "tenantserve_model_loading_seconds")
+        floor = _refusal_floor(storm_ids, warm, options, args, pool)
     refused = [(i, c) for i, c in enumerate(calls) if c.status != 200]
     # Refusals are 503 (load queue full) or 429 (the tenant's share of it, or SageMaker's
     # throttle); anything else is wrong.
@@ -324,6 +325,11 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
         print(f"| refusal latency (sent to answered): p50 / p99 / max ms | "
               f"{_pct(refusal_latency_s, 0.5):.1f} / {_pct(refusal_latency_s, 0.99):.1f} "
               f"/ {_pct(refusal_latency_s, 1.0):.1f} |")  # fmt: skip
+        floor_s = [c.first_latency_s for c in floor if c.status != 200]
+        print(f"| the same, from bare uvicorn refusing every first call (same client, same "
+              f"warm traffic; `refusal_floor.py`): p50 / p99 / max ms | "
+              f"{_pct(floor_s, 0.5):.1f} / {_pct(floor_s, 0.99):.1f} / "
+              f"{_pct(floor_s, 1.0):.1f} |")  # fmt: skip
         print(
             f"| Retry-After given: min / median / max s | {min(retry_s):.0f} / "
             f"{statistics.median(retry_s):.0f} / {max(retry_s):.0f} |"
@@ -338,6 +344,39 @@ def load_storm(root: Path, port: int, args: argparse.Namespace, pool: ProcessPoo
     print(
         f"| /v2/health/ready probes failed (1 s timeout) | {ready_failures()} of {probes_done} |\n"
     )
+
+
+def _refusal_floor(
+    storm_ids: list[str],
+    warm: list[Target],
+    options: dict[str, float],
+    args: argparse.Namespace,
+    pool: ProcessPoolExecutor,
+) -> list[FirstCall]:
+    """The storm's first attempts sent to bare uvicorn that refuses each (refusal_floor.py),
+    while the same warm traffic runs against tenantserve: the client's and HTTP stack's share
+    of a refusal's latency, measured beside it."""
+    port = _port()
+    script = Path(__file__).with_name("refusal_floor.py")
+    with subprocess.Popen([sys.executable, str(script), str(port)]) as floor:
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
+                time.sleep(0.05)
+            start = time.time() + 0.5
+            window = {**options, "duration_s": 5.0, "start_at": start}
+            futures = [pool.submit(run_stream, "open", t, window) for t in warm]
+            time.sleep(max(0.0, start + 1.0 - time.time()))
+            targets = [(_oip if i % 2 == 0 else _sagemaker)(port, m, "storm")
+                       for i, m in enumerate(storm_ids)]  # fmt: skip
+            calls = asyncio.run(storm(targets, deadline_s=0.0, clients=args.storm_clients))
+            for future in futures:
+                future.result()
+        finally:
+            floor.terminate()
+    return calls
 
 
 def _metric_sum(url: str, histogram: str) -> tuple[float, float]:

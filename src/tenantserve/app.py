@@ -183,6 +183,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     # Keys off on loopback: this machine's clients only, never a web page it has open
     # (--insecure-no-auth waives keys for everyone, and with them this guard).
     guard_hosts = settings.allowed_hosts if keys is None and not settings.insecure_no_auth else None
+    access = Access(keys, max_body_bytes=settings.max_body)
     app = _App(
         service=service,
         guard_hosts=guard_hosts,
@@ -191,7 +192,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             metrics,
             max_body_bytes=settings.max_body,
             store_url=store.url,
-            access=Access(keys, max_body_bytes=settings.max_body),
+            access=access,
             open_metrics=settings.open_metrics,
             default_model=settings.default_model,
         ),
@@ -200,6 +201,7 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
     )
     app.state.service = service
     app.state.metrics = metrics
+    app.state.access = access  # the HTTP protocol's shedder checks keys with it
     return app
 
 

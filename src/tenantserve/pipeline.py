@@ -90,6 +90,28 @@ class Pipeline:
             del self.in_flight[tenant]
         self.metrics.in_flight.dec()
 
+    def refuse_unread(self, model_id: ModelId, *, counted: bool = True) -> None:
+        """Refuse a model whose versions were never read, when the load queue would refuse any
+        of them: reading them is a store trip on an I/O thread, queued behind loads' fetches,
+        where a storm of first calls waited only to be refused (none of its versions is
+        resident: a resolved one would be in the table). The tenant's other first reads count
+        as its loads: each is one about to start. ``counted``: as a refused inference.
+
+        Raises:
+            ModelNotReady, TenantLimitExceeded: the load queue, or the tenant's share, is full.
+        """
+        if self.versions.knows(model_id):
+            return
+        try:
+            self.cache.refuse_unread(model_id, self.versions.first_reads(model_id.tenant))
+        except TenantServeError as exc:
+            if counted:
+                self.metrics.tenants.observe(model_id.tenant)
+                tracked = self.activity.request(model_id, hit=False)
+                tracked.__enter__()
+                tracked.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
     def call(self, target: ModelRef | ResolvedModel, *, counted: bool = True) -> Call:
         """One request for ``target`` (a reference, or a version already named);
         ``counted=False`` (a metadata read) is admitted the same way but is not an inference:
@@ -126,8 +148,7 @@ class Call:
             # Warm and unversioned (VersionTable.resolve's first case): no version table.
             self.model = ResolvedModel.unversioned(target.model_id)
         else:
-            if not p.versions.knows(target.model_id):
-                self._refuse_unread(target.model_id)
+            p.refuse_unread(target.model_id, counted=self._counted)
             self.model = await p.versions.resolve(target)
         self.model_id = self.model.key
         tenant = self.model_id.tenant
@@ -149,23 +170,6 @@ class Call:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
-
-    def _refuse_unread(self, model_id: ModelId) -> None:
-        """Refuse a model whose versions were never read, when the load queue would refuse any
-        of them: reading them is a store trip on an I/O thread, queued behind loads' fetches,
-        where a storm of first calls waited only to be refused (none of its versions is
-        resident: a resolved one would be in the table). The tenant's other first reads count
-        as its loads: each is one about to start. Counted like any refusal."""
-        p = self._pipeline
-        try:
-            p.cache.refuse_unread(model_id, p.versions.first_reads(model_id.tenant))
-        except TenantServeError as exc:
-            if self._counted:
-                p.metrics.tenants.observe(model_id.tenant)
-                tracked = p.activity.request(model_id, hit=False)
-                tracked.__enter__()
-                tracked.__exit__(type(exc), exc, exc.__traceback__)
-            raise
 
     async def __aexit__(
         self,

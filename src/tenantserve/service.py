@@ -174,6 +174,19 @@ class InferenceService:
         )
         return True
 
+    def refusal_before_read(self, ref: ModelRef) -> TenantServeError | None:
+        """What an inference of ``ref`` arriving now is told before anything is read for it
+        (its model's versions never read, and the load queue full for any of them: counted
+        as that refusal), or ``None`` when it goes the usual way: for the HTTP layer to
+        answer it from the request's head."""
+        if ref.selector in ("", "1") and self._cache.is_resident(ref.model_id):
+            return None
+        try:
+            self._pipeline.refuse_unread(ref.model_id)
+        except TenantServeError as exc:
+            return exc
+        return None
+
     async def resolve(self, ref: ModelRef, *, fresh: bool = False) -> ResolvedModel:
         """The version ``ref`` names (docs/versions.md): ``acme/macros`` → its ``stable``
         alias or highest version, ``acme/macros@2`` → version 2, ``@canary`` → that alias's;

@@ -52,7 +52,7 @@ def serve_command(settings: Settings) -> None:
         http=bounded_httptools(
             body_timeout_s=settings.body_timeout_s,
             max_connections=settings.max_connections,
-            shed=Shedder(served.state.service, served.state.metrics),
+            shed=Shedder(served.state.service, served.state.metrics, served.state.access),
         ),
         log_config=None,
         access_log=False,

@@ -7,26 +7,49 @@ from typing import cast
 import orjson
 from prometheus_client import CollectorRegistry
 
+from tenantserve.errors import TenantLimitExceeded, TenantServeError
 from tenantserve.metrics import Metrics
+from tenantserve.protocols.auth import Access
+from tenantserve.protocols.keys import KeyRing
 from tenantserve.protocols.shedding import Shedder
 from tenantserve.service import InferenceService
-from tenantserve.types import ModelId
+from tenantserve.types import ModelId, ModelRef
 
 
 class FullServer:
-    """Refuses every tenant but ``calm`` at once, and records whom it was asked about."""
+    """Refuses every tenant but ``calm`` at once, and records whom it was asked about; of
+    ``calm``'s, a first call to ``calm/cold`` finds the load queue full."""
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.first_calls: list[str] = []
 
     def refuses_at_once(self, model_id: ModelId) -> bool:
         self.asked.append(model_id.value)
         return model_id.tenant != "calm"
 
+    def refusal_before_read(self, ref: ModelRef) -> TenantServeError | None:
+        self.first_calls.append(str(ref))
+        if ref.model_id.value != "calm/cold":
+            return None
+        return TenantLimitExceeded("tenant calm has 4 model loads pending", retry_after_s=2.5)
 
-def _shedder() -> tuple[Shedder, FullServer, Metrics]:
+
+CALM_KEY, CALM_OPS = "calm-key-0000000001", "calm-ops-0000000001"
+KEYS = {
+    "keys": [
+        {"name": "calm-app", "key": CALM_KEY, "scopes": ["calm/*"]},
+        {"name": "calm-ops", "key": CALM_OPS, "scopes": ["calm/*"], "roles": ["manage"]},
+        {"name": "other", "key": "other-key-000000001", "scopes": ["other/*"]},
+    ]
+}
+
+
+def _shedder(*, keys: bool = False) -> tuple[Shedder, FullServer, Metrics]:
     server, metrics = FullServer(), Metrics(CollectorRegistry())
-    return Shedder(cast(InferenceService, server), metrics), server, metrics
+    ring = KeyRing.from_document(KEYS, where="test") if keys else None
+    access = Access(ring, max_body_bytes=1 << 20)
+    return Shedder(cast(InferenceService, server), metrics, access), server, metrics
 
 
 def test_oip_and_sagemaker_inferences_are_answered_from_their_heads() -> None:
@@ -60,3 +83,45 @@ def test_anything_else_is_left_to_the_server() -> None:
     assert shed(b"POST", b"/invocations", []) is None  # no target header
     assert shed(b"POST", b"/v2/repository/index", []) is None
     assert server.asked == ["calm/m"]
+
+
+def test_with_keys_a_refused_first_call_is_answered_from_its_head_for_its_own_key_only() -> None:
+    shed, server, metrics = _shedder(keys=True)
+    oip = shed(b"POST", b"/v2/models/calm/cold/infer", [(b"x-api-key", CALM_KEY.encode())])
+    assert oip is not None
+    head, _, body = oip.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
+    assert b"retry-after: 3" in head.lower()
+    assert b"content-length: %d" % len(body) in head.lower()
+    assert "4 model loads pending" in orjson.loads(body)["error"]
+    bearer = [(b"x-amzn-sagemaker-target-model", b"calm/cold"),
+              (b"authorization", b"Bearer " + CALM_KEY.encode())]  # fmt: skip
+    sagemaker = shed(b"POST", b"/invocations", bearer)
+    assert sagemaker is not None
+    assert b"x-amzn-errortype: throttlingexception" in sagemaker.lower()
+    refused = metrics.registry.get_sample_value(
+        "tenantserve_invocations_total", {"protocol": "oip", "code": "429"}
+    )
+    assert refused == 1
+    assert server.first_calls == ["calm/cold", "calm/cold"]
+
+
+def test_a_first_call_goes_the_usual_way_unless_its_key_may_invoke_the_model() -> None:
+    shed, server, _ = _shedder(keys=True)
+    path = b"/v2/models/calm/cold/infer"
+    assert shed(b"POST", path, []) is None  # no key: 401 the usual way
+    assert shed(b"POST", path, [(b"x-api-key", b"not-a-key-000000001")]) is None  # 401
+    assert shed(b"POST", path, [(b"x-api-key", b"other-key-000000001")]) is None  # 403
+    assert shed(b"POST", path, [(b"x-api-key", CALM_OPS.encode())]) is None  # no invoke role
+    signed = [(b"authorization", b"AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=0")]
+    assert shed(b"POST", path, signed) is None  # SigV4 signs the body: checked with it
+    own = [(b"x-api-key", CALM_KEY.encode())]
+    assert shed(b"POST", b"/v2/models/calm/warm/infer", own) is None  # not refused
+    assert shed(b"POST", b"/v2/models/calm/cold/versions/2/infer", own) is None
+    assert server.first_calls == ["calm/warm"]  # nobody else's call reached the queue
+
+
+def test_without_keys_first_calls_are_left_to_the_server() -> None:
+    shed, server, _ = _shedder()
+    assert shed(b"POST", b"/v2/models/calm/cold/infer", []) is None
+    assert server.first_calls == []
