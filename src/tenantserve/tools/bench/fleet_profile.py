@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from tenantserve import memory
+from tenantserve.cache.sizes import Sizes
 from tenantserve.runtimes import default_runtimes, runtime_for
 from tenantserve.store import open_store
 from tenantserve.store.disk_cache import DiskCache
@@ -86,22 +86,27 @@ def profile_store(store_url: str, *, sample: int = 12, cache_dir: Path) -> Fleet
     disk = {model_id: store.fetch(ModelId.parse(model_id)) for model_id in ids}
     step = max(1, len(ids) // sample)
     measured: dict[str, ModelCost] = {}
-    held = []  # keep sessions alive so each RSS delta is that model's own
+    held = []  # keep sessions alive so each measured size is that model's own
+    # Sized as the server's cache sizes them (a mapped file plus a per-shape overhead, else
+    # RSS), not by the artifact's folder: a published fleet keeps model.onnx beside the ORT
+    # file the server maps, and the folder's bytes were twice what a model held.
+    sizes = Sizes()
     for model_id in ids[::step][:sample]:
         artifact = store.fetch(ModelId.parse(model_id))
         runtime = runtime_for(runtimes, artifact.manifest)
         # Its fast-load file made once, untimed: under a budget nearly every load is a reload.
         runtime.prepare(artifact.path, artifact.manifest)
-        memory.trim()
-        before = memory.rss_bytes()
-        # Timed as the server loads on a reload: fetch (a cache hit), prepare, load; no trims.
+        # Timed as the server loads on a reload: fetch (a cache hit), prepare, load; no trims
+        # once a model of its shape was measured.
         started = time.perf_counter()
         artifact = store.fetch(ModelId.parse(model_id))
-        runtime.prepare(artifact.path, artifact.manifest)
-        model = runtime.load(artifact.path, artifact.manifest)
+        prepared = runtime.prepare(artifact.path, artifact.manifest)
+        shared_before = runtime.shared_usage().held_bytes
+        plan = sizes.plan(artifact, prepared, 0)
+        model, held_bytes = sizes.load(runtime, artifact, prepared, plan)
         load_s = time.perf_counter() - started
-        memory.trim()
-        grown = max(memory.rss_bytes() - before, artifact.nbytes)
+        # A shared base it brought in is counted with it, the first model of a base.
+        grown = held_bytes + runtime.shared_usage().held_bytes - shared_before
         feed = {spec.name: _zeros(spec) for spec in model.inputs}
         model.predict(feed)  # first run allocates; time the second
         started = time.perf_counter()
