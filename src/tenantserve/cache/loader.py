@@ -18,7 +18,7 @@ from tenantserve.runtimes import LoadedModel, Prepared, Runtime, runtime_for
 from tenantserve.store.base import LocalArtifact, ModelStore
 from tenantserve.types import ModelId
 
-_OVERHEAD_SHARE = 4  # non-model resident bytes charged to the budget: at most 1/4 of it
+OVERHEAD_SHARE = 4  # non-model resident bytes charged to the budget: at most 1/4 of it
 _TRIM_SHARE = 8  # the heap is trimmed after closing models worth 1/8 of the budget
 
 
@@ -115,7 +115,7 @@ class Loader:
         if self._rss_baseline is None:
             return 0
         beyond = memory.rss_bytes() - self._rss_baseline - self._budget.used_bytes
-        return max(0, min(beyond, self._budget.capacity_bytes // _OVERHEAD_SHARE))
+        return max(0, min(beyond, self._budget.capacity_bytes // OVERHEAD_SHARE))
 
     async def fetch(self, model_id: ModelId) -> Fetched:
         """Fetch the artifact (on the I/O executor), pick its runtime, let it prepare (on the

@@ -34,6 +34,11 @@ class FleetProfile:
     models: dict[str, ModelCost]
     measured: int
 
+    @property
+    def total_bytes(self) -> int:
+        """What every model held at once would take."""
+        return sum(cost.resident_bytes for cost in self.models.values())
+
     def save(self, path: Path) -> None:
         doc = {"measured": self.measured, "models": {k: asdict(v) for k, v in self.models.items()}}
         path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))

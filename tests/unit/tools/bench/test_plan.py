@@ -131,10 +131,29 @@ def test_one_instance_predicts_what_the_planner_predicted_before_routing() -> No
         "cost": (0.728, 1306.0353451150384, 0.1621197602434794, 0.4551565725446256),
     }
     for policy, figures in before.items():
-        now = simulate(trace, fleet, kind, overhead_bytes=0, policy=policy)
+        now = simulate(trace, fleet, kind, overhead_bytes=0, policy=policy, heap_share=0.0)
         assert (now.hit_ratio, now.cold_starts_per_min) == figures[:2]
         assert now.p50_s == pytest.approx(figures[2], abs=1e-9)
         assert now.p99_s == pytest.approx(figures[3], abs=1e-9)
+
+
+def test_while_models_churn_a_quarter_of_the_budget_goes_to_the_heap_as_in_the_server() -> None:
+    fleet = small_fleet()  # 40 models of 10 MB
+    trace = zipf_requests(sorted(fleet.models), 5000, rate=200)
+    churning = InstanceType(200 * MB, 2, "churning")
+    charged = simulate(trace, fleet, churning, overhead_bytes=0)
+    uncharged = simulate(trace, fleet, churning, overhead_bytes=0, heap_share=0.0)
+    assert charged.hit_ratio < uncharged.hit_ratio  # 15 models fit, not 20
+    as_small = simulate(
+        trace, fleet, InstanceType(150 * MB, 2, "s"), overhead_bytes=0, heap_share=0.0
+    )
+    assert charged.hit_ratio == as_small.hit_ratio
+    # A fleet that fits does not churn: nothing is charged.
+    roomy = InstanceType(500 * MB, 2, "roomy")
+    fits = simulate(trace, fleet, roomy, overhead_bytes=0)
+    assert (
+        fits.hit_ratio == simulate(trace, fleet, roomy, overhead_bytes=0, heap_share=0.0).hit_ratio
+    )
 
 
 def test_the_search_finds_the_fewest_instances_that_meet_the_target() -> None:
