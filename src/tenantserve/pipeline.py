@@ -90,6 +90,11 @@ class Pipeline:
             del self.in_flight[tenant]
         self.metrics.in_flight.dec()
 
+    def refuses_new_loads(self, tenant: str) -> bool:
+        """Whether the load queue refuses a new load of ``tenant`` now, its first reads
+        counted (see :meth:`refuse_unread`)."""
+        return self.cache.refuses_new_loads(tenant, self.versions.first_reads(tenant))
+
     def refuse_unread(self, model_id: ModelId, *, counted: bool = True) -> None:
         """Refuse a model whose versions were never read, when the load queue would refuse any
         of them: reading them is a store trip on an I/O thread, queued behind loads' fetches,
@@ -144,7 +149,7 @@ class Call:
         target = self._target
         if isinstance(target, ResolvedModel):
             self.model = target
-        elif target.selector in ("", "1") and p.cache.is_resident(target.model_id):
+        elif target.unversioned_answers and p.cache.is_resident(target.model_id):
             # Warm and unversioned (VersionTable.resolve's first case): no version table.
             self.model = ResolvedModel.unversioned(target.model_id)
         else:

@@ -174,12 +174,17 @@ class InferenceService:
         )
         return True
 
+    def refuses_first_calls(self, tenant: str) -> bool:
+        """Whether the load queue refuses any new load of ``tenant`` now: the tenant's state,
+        like :meth:`refuses_at_once`'s, asked by the HTTP layer before it checks a key."""
+        return self._pipeline.refuses_new_loads(tenant)
+
     def refusal_before_read(self, ref: ModelRef) -> TenantServeError | None:
         """What an inference of ``ref`` arriving now is told before anything is read for it
         (its model's versions never read, and the load queue full for any of them: counted
         as that refusal), or ``None`` when it goes the usual way: for the HTTP layer to
         answer it from the request's head."""
-        if ref.selector in ("", "1") and self._cache.is_resident(ref.model_id):
+        if ref.unversioned_answers and self._cache.is_resident(ref.model_id):
             return None
         try:
             self._pipeline.refuse_unread(ref.model_id)

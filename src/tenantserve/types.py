@@ -104,6 +104,11 @@ class ModelRef:
             selector = version
         return cls(model_id, selector)
 
+    @property
+    def unversioned_answers(self) -> bool:
+        """Whether a model without numbered versions answers it: the default, or version 1."""
+        return self.selector in ("", "1")
+
     def __str__(self) -> str:
         if not self.selector:
             return self.model_id.value

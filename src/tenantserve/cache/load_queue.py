@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from tenantserve.cache.failed_loads import FailedLoads
 from tenantserve.cache.single_flight import SingleFlight
@@ -116,6 +116,11 @@ class LoadQueue(Generic[V]):
         self._failures.raise_if_recent(model_id)
         self._raise_if_full(model_id)
 
+    def refuses_new_loads(self, tenant: str, starting: int = 0) -> bool:
+        """Whether a new load of ``tenant`` joining none would be refused now (``starting``
+        more of its loads about to join): the tenant's state, not any model's."""
+        return self._full(tenant, starting) is not None
+
     def refuse_any_version(self, model_id: ModelId, starting: int = 0) -> None:
         """Raise at once, as :meth:`refuse` would for room, when a new load of any version of
         ``model_id`` (``acme/m``, ``acme/m/2`` …) would be refused: none of them is loading
@@ -125,7 +130,7 @@ class LoadQueue(Generic[V]):
         Raises:
             ModelNotReady, TenantLimitExceeded: the queue, or the tenant's half of it, is full.
         """
-        if self._max_queued_loads is None:
+        if not self.refuses_new_loads(model_id.tenant, starting):
             return
         versions = model_id.value + "/"
         if any(p == model_id or p.value.startswith(versions) for p in self._flights):
@@ -204,26 +209,41 @@ class LoadQueue(Generic[V]):
         trips from its own half: its misses are part of its quota (429), and other tenants'
         first calls still find room.
         """
-        if self._max_queued_loads is None or model_id in self._flights:
+        if model_id in self._flights:
             return  # joining a load that runs costs nothing
-        pending = len(self._flights) + starting
-        room = self._max_concurrent_loads + self._max_queued_loads
-        if pending >= room:
-            self._metrics.reject("load_queue_full", model_id.tenant)
+        tenant = model_id.tenant
+        full = self._full(tenant, starting)
+        if full == "queue":
+            pending = len(self._flights) + starting
+            self._metrics.reject("load_queue_full", tenant)
             raise ModelNotReady(
                 f"model {model_id} is not loaded and {pending} other loads are pending; "
                 "retry shortly",
                 retry_after_s=self._retry_after_s(pending - self._max_concurrent_loads),
             )
-        tenant = model_id.tenant
-        own = starting + sum(1 for pending_id in self._flights if pending_id.tenant == tenant)
-        if own >= max(1, room // 2):
+        if full == "tenant":
+            own = starting + self._pending_of(tenant)
             self._metrics.reject("tenant_loads", tenant)
             raise TenantLimitExceeded(
                 f"tenant {tenant} has {own} model loads pending, its share of the load queue; "
                 "retry shortly",
                 retry_after_s=self._retry_after_s(own),
             )
+
+    def _full(self, tenant: str, starting: int) -> Literal["queue", "tenant"] | None:
+        """Which bound a new load of ``tenant`` (joining none) meets now, with ``starting``
+        more of its loads about to join: the whole queue's, the tenant's half, or neither."""
+        if self._max_queued_loads is None:
+            return None
+        room = self._max_concurrent_loads + self._max_queued_loads
+        if len(self._flights) + starting >= room:
+            return "queue"
+        if starting + self._pending_of(tenant) >= max(1, room // 2):
+            return "tenant"
+        return None
+
+    def _pending_of(self, tenant: str) -> int:
+        return sum(1 for pending_id in self._flights if pending_id.tenant == tenant)
 
     def _retry_after_s(self, ahead: int) -> float:
         """When to come back, with ``ahead`` loads to finish first. Each refused caller is told

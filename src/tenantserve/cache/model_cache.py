@@ -155,10 +155,15 @@ class ModelCache:
         if model_id not in self._entries:
             self._refuse_new_load(model_id)
 
+    def refuses_new_loads(self, tenant: str, starting: int = 0) -> bool:
+        """Whether the load queue refuses a new load of ``tenant`` now (``starting`` more of
+        its loads about to join it)."""
+        return self._queue.refuses_new_loads(tenant, starting)
+
     def refuse_unread(self, model_id: ModelId, starting: int = 0) -> None:
-        """Raise now what any version of ``model_id`` would be told, when none is resident and
-        the load queue can take no new load of its tenant (before its versions are read), with
-        ``starting`` more of the tenant's loads about to join it.
+        """Raise now what a new load of any version of ``model_id`` would be told (for a model
+        whose versions were never read, so none of them is resident), with ``starting`` more
+        of the tenant's loads about to join the queue.
 
         Raises:
             ModelNotReady, TenantLimitExceeded: the queue, or the tenant's share of it, is full.

@@ -84,7 +84,7 @@ class VersionTable:
             StoreUnavailable: the model was never read and the store does not answer.
             LoadFailed: its ``aliases.json`` is not valid (when first read).
         """
-        if ref.selector in ("", "1") and self._resident(ref.model_id):
+        if ref.unversioned_answers and self._resident(ref.model_id):
             return ResolvedModel.unversioned(ref.model_id)  # a resident unversioned model
         found = await self.versions(ref.model_id)
         if found is None:

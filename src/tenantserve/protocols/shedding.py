@@ -8,11 +8,12 @@ head is parsed and writes a canned 503 (Retry-After) with no ASGI task, no Reque
 router. Anything unclear (an encoded path, a bad id) goes the usual way, which refuses
 it the same (only slower) or serves it.
 
-With API keys on, a first call the load queue would refuse before its model's versions are
-read (``InferenceService.refusal_before_read``) is answered here too, for a caller whose key
-may invoke that model: anyone else goes the usual way (401, 403), so a refusal here tells
-nothing about a model to a caller who may not use it. A storm of 300 first calls from 64
-clients sat ~0.5 ms each in the ASGI stack only to be refused.
+With API keys on, while the load queue refuses its tenant's new loads, a first call it would
+refuse before its model's versions are read (``InferenceService.refusal_before_read``) is
+answered here too, for a caller whose key may invoke that model: anyone else goes the usual
+way (401, 403), so a refusal here tells nothing about a model to a caller who may not use it.
+A storm of 300 first calls from 64 clients sat ~0.5 ms each in the ASGI stack only to be
+refused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response
 
 from tenantserve.errors import InvalidModelId, Overloaded, Unauthenticated
-from tenantserve.protocols.auth import Access
+from tenantserve.protocols.auth import API_KEY_HEADER, Access
 from tenantserve.protocols.errors import ProtocolName, error_response
 from tenantserve.protocols.keys import Role
 from tenantserve.types import ModelRef
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 _OIP = b"/v2/models/"
 _SAGEMAKER_MODELS = b"/models/"
 _TARGET_HEADERS = (b"x-amzn-sagemaker-target-model", b"x-amzn-target-model")
+_API_KEY = API_KEY_HEADER.encode("ascii")
 
 
 class Shedder:
@@ -67,7 +69,13 @@ class Shedder:
         if self._service.refuses_at_once(ref.model_id):  # its tenant is what counts
             self._metrics.invocations.labels(protocol, "503").inc()
             return self._answers[protocol]
-        if self._access is None or b"/versions/" in path:
+        if (
+            self._access is None
+            or b"/versions/" in path
+            # A tenant's state, as above: only then is a key checked here (a warm request
+            # would pay the key ring's lookup twice, ~45 us with 1,000 keys).
+            or not self._service.refuses_first_calls(ref.model_id.tenant)
+        ):
             return None
         return self._first_call_refused(self._access, protocol, ref, headers)
 
@@ -80,7 +88,7 @@ class Shedder:
     ) -> bytes | None:
         api_key = authorization = None
         for name, value in headers:  # the first of each, as the usual way reads them
-            if name == b"x-api-key" and api_key is None:
+            if name == _API_KEY and api_key is None:
                 api_key = value.decode("latin-1")
             elif name == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -28,6 +28,9 @@ class FullServer:
         self.asked.append(model_id.value)
         return model_id.tenant != "calm"
 
+    def refuses_first_calls(self, tenant: str) -> bool:
+        return tenant == "calm"
+
     def refusal_before_read(self, ref: ModelRef) -> TenantServeError | None:
         self.first_calls.append(str(ref))
         if ref.model_id.value != "calm/cold":
@@ -52,15 +55,20 @@ def _shedder(*, keys: bool = False) -> tuple[Shedder, FullServer, Metrics]:
     return Shedder(cast(InferenceService, server), metrics, access), server, metrics
 
 
+def _answer(raw: bytes | None) -> tuple[bytes, Any]:
+    """An answer's head and its JSON body, its Content-Length checked."""
+    assert raw is not None
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"content-length: %d" % len(body) in head.lower()
+    return head, orjson.loads(body)
+
+
 def test_oip_and_sagemaker_inferences_are_answered_from_their_heads() -> None:
     shed, server, metrics = _shedder()
-    oip = shed(b"POST", b"/v2/models/acme/macros/infer?x=1", [])
-    assert oip is not None
-    head, _, body = oip.partition(b"\r\n\r\n")
+    head, body = _answer(shed(b"POST", b"/v2/models/acme/macros/infer?x=1", []))
     assert head.startswith(b"HTTP/1.1 503 ")
     assert b"retry-after: 1" in head.lower()
-    assert b"content-length: %d" % len(body) in head.lower()
-    assert "capacity" in orjson.loads(body)["error"]
+    assert "capacity" in body["error"]
     header = [(b"x-amzn-sagemaker-target-model", b"acme/m.tar.gz")]
     sagemaker = shed(b"POST", b"/endpoints/e/invocations", header)
     assert sagemaker is not None
@@ -88,12 +96,10 @@ def test_anything_else_is_left_to_the_server() -> None:
 def test_with_keys_a_refused_first_call_is_answered_from_its_head_for_its_own_key_only() -> None:
     shed, server, metrics = _shedder(keys=True)
     oip = shed(b"POST", b"/v2/models/calm/cold/infer", [(b"x-api-key", CALM_KEY.encode())])
-    assert oip is not None
-    head, _, body = oip.partition(b"\r\n\r\n")
+    head, body = _answer(oip)
     assert head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
     assert b"retry-after: 3" in head.lower()
-    assert b"content-length: %d" % len(body) in head.lower()
-    assert "4 model loads pending" in orjson.loads(body)["error"]
+    assert "4 model loads pending" in body["error"]
     bearer = [(b"x-amzn-sagemaker-target-model", b"calm/cold"),
               (b"authorization", b"Bearer " + CALM_KEY.encode())]  # fmt: skip
     sagemaker = shed(b"POST", b"/invocations", bearer)
