@@ -2,7 +2,7 @@
 
 aiohttp spent about 145 µs of client CPU per request here, enough to take a quarter of a core
 from the server on a 2-core box; this client sends pre-built request bytes in one write and
-reads only the status line and the three headers it needs, like wrk. It speaks just enough
+reads only the status line and the four headers it needs, like wrk. It speaks just enough
 HTTP for a benchmark: ``Content-Length`` framing (what uvicorn sends), no redirects, no TLS.
 """
 
@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import functools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -19,21 +22,36 @@ _HEAD_END = b"\r\n\r\n"
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A response's status code and its ``X-Tenantserve-Cache`` header (``None`` if absent)."""
+    """A response's status code, its cache header (``hit``/``miss``) and the replica that
+    answered (each ``None`` if absent)."""
 
     status: int
     cache: str | None
+    replica: str | None = None
+    error: bytes = b""
+    """The body of an answer other than 200 (the only bodies kept: they say why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """Which response headers say the cache outcome and the replica (lowercase)."""
+
+    cache: bytes = b"x-tenantserve-cache"
+    replica: bytes = b"x-tenantserve-replica"
 
 
 class ProtocolError(Exception):
     """The server answered with something this client does not parse (or closed early)."""
 
 
-def build_request(host: str, path: str, body: bytes, content_type: str) -> bytes:
+def build_request(
+    host: str, path: str, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
+) -> bytes:
     """The whole request, encoded once, sent as is for every call to the same model."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("latin-1") + body
 
@@ -41,21 +59,23 @@ def build_request(host: str, path: str, body: bytes, content_type: str) -> bytes
 class Connection(asyncio.Protocol):
     """One keep-alive connection carrying one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, watched: Watched = Watched()) -> None:
+        self._watched = watched
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._waiter: asyncio.Future[Reply] | None = None
         self._need = -1
+        self._body_start = 0
         self._reply: Reply | None = None
         self._keep_alive = True
         self.closed = False
         self.idle_since = 0.0  # when the pool last parked it (monotonic seconds)
 
     @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
+    async def open(cls, host: str, port: int, watched: Watched = Watched()) -> Connection:
         """Connect to ``host:port``."""
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(cls, host, port)
+        _, protocol = await loop.create_connection(functools.partial(cls, watched), host, port)
         return protocol
 
     @property
@@ -84,6 +104,9 @@ class Connection(asyncio.Protocol):
                 self._fail(ProtocolError(f"unparsable response head: {exc}"))
                 return
         if len(self._buffer) >= self._need:
+            if self._reply is not None and self._reply.status != 200:
+                error = bytes(self._buffer[self._body_start : self._need])
+                self._reply = dataclasses.replace(self._reply, error=error)
             del self._buffer[: self._need]
             self._need = -1
             waiter, self._waiter = self._waiter, None
@@ -125,9 +148,15 @@ class Connection(asyncio.Protocol):
         if length is None:
             raise ValueError("no Content-Length")
         self._keep_alive = _header(lower, b"connection") != b"close"
-        cache = _header(head, b"x-tenantserve-cache", lower)
-        self._reply = Reply(status, cache.decode("latin-1") if cache is not None else None)
+        cache = _header(head, self._watched.cache, lower)
+        replica = _header(head, self._watched.replica, lower)
+        self._reply = Reply(
+            status,
+            cache.decode("latin-1") if cache is not None else None,
+            replica.decode("latin-1") if replica is not None else None,
+        )
         self._need = body_start + int(length)
+        self._body_start = body_start
 
     def _time_out(self) -> None:
         self._fail(TimeoutError("no complete response in time"))
@@ -158,10 +187,11 @@ _MAX_IDLE_S = 3.0
 class Pool:
     """Up to ``limit`` connections to one server; callers queue (FIFO) when all are busy."""
 
-    def __init__(self, host: str, port: int, *, limit: int) -> None:
+    def __init__(self, host: str, port: int, *, limit: int, watched: Watched = Watched()) -> None:
         self._host = host
         self._port = port
         self._limit = limit
+        self._watched = watched
         self._idle: collections.deque[Connection] = collections.deque()
         self._open = 0
         self._queue: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
@@ -191,7 +221,7 @@ class Pool:
                 return handed
         self._open += 1
         try:
-            return await Connection.open(self._host, self._port)
+            return await Connection.open(self._host, self._port, self._watched)
         except BaseException:
             self._open -= 1
             self._hand_on(None)
