@@ -249,6 +249,10 @@ class OrtFormat:
     onnxruntime: str
 
 
+MANIFEST_NAME = "model.json"
+"""The file in a model's folder that :class:`ModelManifest` is read from."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelManifest:
     """What ``model.json`` beside an artifact may declare; every field is optional.

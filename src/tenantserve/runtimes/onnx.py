@@ -16,8 +16,14 @@ from tenantserve.runtimes.feeds import conformed_feed
 from tenantserve.runtimes.native import NativeArtifacts
 from tenantserve.runtimes.ort_format import FastLoads, NoFastLoad, first_line, session_options
 from tenantserve.runtimes.run_stop import current_run_stop
-from tenantserve.runtimes.shared import BaseHeadModel, SharedBlocks, measured, verified_path
-from tenantserve.types import ModelManifest, SharedBase, Tensors, TensorSpec
+from tenantserve.runtimes.shared import (
+    BaseHeadModel,
+    SharedBlocks,
+    file_digest,
+    measured,
+    verified_path,
+)
+from tenantserve.types import MANIFEST_NAME, ModelManifest, SharedBase, Tensors, TensorSpec
 
 # ONNX Runtime's type strings → OIP datatype names.
 _ORT_TO_DATATYPE = {
@@ -206,7 +212,7 @@ class OnnxRuntime:
                 pass  # said in prepare's note and the log
             else:
                 return _session(ort_file, manifest.model_file, self._prepack, ort_format=True)
-        return _session(path / manifest.model_file, manifest.model_file, self._prepack)
+        return _session(_checked_onnx(path, manifest), manifest.model_file, self._prepack)
 
     def _base_session(self, path: Path, base: SharedBase) -> tuple[ort.InferenceSession, int]:
         """The shared base's session and the bytes it holds. Its digest is checked as it is
@@ -235,6 +241,18 @@ def _dense_bytes(path: Path, manifest: ModelManifest) -> int | None:
         return None
     head.close()
     return head.held_bytes
+
+
+def _checked_onnx(path: Path, manifest: ModelManifest) -> Path:
+    """The model's ONNX file, its digest checked here where the store left that to the runtime:
+    a model with a published ORT-format file loads from that file unless it cannot."""
+    model_file = path / manifest.model_file
+    left_to_us = manifest.ort_format is not None and manifest.base is None
+    if left_to_us and manifest.sha256 is not None and file_digest(model_file) != manifest.sha256:
+        raise LoadFailed(
+            f"model file {manifest.model_file!r} does not match the sha256 in {MANIFEST_NAME}"
+        )
+    return model_file
 
 
 def _session(

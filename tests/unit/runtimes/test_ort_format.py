@@ -216,6 +216,32 @@ def test_an_ort_format_file_that_does_not_load_is_never_served(tmp_path: Path) -
     model.close()
 
 
+def test_the_model_file_is_checked_only_where_it_is_read(tmp_path: Path) -> None:
+    """With a published ORT-format file the store leaves the ONNX file's digest to the
+    runtime, which checks it before reading it: a damaged model.onnx goes unread while the
+    published file serves, and is refused by its digest once the model must load from it."""
+    folder = tmp_path / "acme" / "m"
+    write_synthetic_model(folder, size_bytes=50_000, seed=1)
+    onnx_bytes = (folder / "model.onnx").read_bytes()
+    (folder / "model.onnx").write_bytes(onnx_bytes[:-1] + bytes([onnx_bytes[-1] ^ 1]))
+    runtime = default_runtimes(DiskCache(tmp_path / "disk", max_bytes=1 << 30))["onnx"]
+    manifest = checked_manifest(folder, "model m")  # not hashed here any more
+    assert runtime.prepare(folder, manifest).note == ""
+    model, _ = _load({"onnx": runtime}, folder)
+    assert model.predict({"input": np.ones((1, 16), np.float32)})["output"].shape[0] == 1
+    model.close()
+    # Without a disk tier (no fast loads) the ONNX file is what loads: checked, refused.
+    bare = default_runtimes()["onnx"]
+    with pytest.raises(LoadFailed, match=r"'model\.onnx' does not match the sha256 in model\.json"):
+        bare.load(folder, manifest)
+    # A manifest without a published file is checked by the store, as before.
+    plain = json.loads((folder / "model.json").read_text())
+    del plain["ort_format"]
+    (folder / "model.json").write_text(json.dumps(plain))
+    with pytest.raises(LoadFailed, match="does not match the sha256"):
+        checked_manifest(folder, "model m")
+
+
 def test_a_base_file_is_made_from_bytes_of_its_declared_digest_only(tmp_path: Path) -> None:
     base = base_bytes(tmp_path)
     liar = tmp_path / "liar"
