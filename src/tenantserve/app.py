@@ -93,8 +93,8 @@ def build_app(settings: Settings, *, registry: CollectorRegistry | None = None) 
             max_queued_loads=settings.max_queued_loads,
             max_loads_per_s=settings.max_loads_per_s,
             failed_load_ttl_s=settings.failed_load_ttl_s,
-            # Loads queue for slots in arrival order: a judge of their own.
-            judge=CoDel(target_s=settings.queue_target_s) if settings.queue_target_s else None,
+            # Loads queue for slots in arrival order: a judge of their own, on their own scale.
+            judge=CoDel(target_s=settings.load_target_s) if settings.load_target_s else None,
         ),
         budget=budget,
         metrics=metrics,

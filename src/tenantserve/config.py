@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     """Queue wait the server aims for (CoDel): when every request waited longer than this in
     queues for half a second, the queue is standing (overload), and a request may wait twice
     this at most before a 503 with Retry-After, so admitted requests stay fast. 0: off."""
+    load_target_s: float = Field(default=0.5, ge=0)
+    """Wait for a load slot the server aims for (CoDel, as --queue-target-s for requests):
+    when every load waited longer than this for half a second, loads stand, and a first call
+    may wait twice this at most before a 503 with Retry-After. Loads take tens of ms, not a
+    prediction's one: 16 clients starting on a cold fleet queue theirs for half a second on
+    2 cores, a cold start to serve, not to refuse. 0: off."""
     load_wait_s: float = Field(default=60.0, gt=0)
     """How long a request may wait for its model to load before a retryable error."""
     failed_load_ttl_s: float = Field(default=30.0, ge=0)
