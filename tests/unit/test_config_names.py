@@ -45,7 +45,8 @@ def _text(name: str) -> str:
     if int in kinds:
         return str(default + 7) if isinstance(default, int) else "97"
     if float in kinds:
-        return str(default / 2 + 0.25) if isinstance(default, float) else "2.5"
+        # Not a default's own value: half of it plus a step no default is twice of.
+        return str(default / 2 + 0.125) if isinstance(default, float) else "2.5"
     if Path in kinds:
         return "sample/path"
     if str in kinds:
