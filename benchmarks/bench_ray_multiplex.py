@@ -4,7 +4,7 @@ Usage: ``python benchmarks/bench_ray_multiplex.py [--models 200 --size-mb 10 --c
 --duration-s 60] [--only A|B] [--store DIR]``
 
 One Zipf trace (``--zipf``, ``--seed``) over a synthetic fleet, replayed by a closed loop of
-``--clients`` httpx clients for ``--duration-s`` (or ``--requests``), every cache starting
+``--clients`` lean HTTP clients for ``--duration-s`` (or ``--requests``), every cache starting
 empty, at the same residency on both sides: Ray holds M = ``--resident`` models (a quarter of
 the fleet by default), tenantserve a budget that holds M models at their measured charge
 (with the share of it the server keeps for its process's own growth).
