@@ -244,8 +244,9 @@ def _dense_bytes(path: Path, manifest: ModelManifest) -> int | None:
 
 
 def _checked_onnx(path: Path, manifest: ModelManifest) -> Path:
-    """The model's ONNX file, its digest checked here where the store left that to the runtime:
-    a model with a published ORT-format file loads from that file unless it cannot."""
+    """The model's ONNX file, its digest checked here where the store left that to the runtime
+    (a model with a published ORT-format file, which it loads from unless it cannot: the rule
+    in ``store/manifest.py``, ``_left_to_runtime``; native files never reach here)."""
     model_file = path / manifest.model_file
     left_to_us = manifest.ort_format is not None and manifest.base is None
     if left_to_us and manifest.sha256 is not None and file_digest(model_file) != manifest.sha256:

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from tenantserve.convert.registry import native_file
+from tenantserve.convert.registry import framework_for, native_file
 from tenantserve.errors import Forbidden, LoadFailed, ModelNotFound
 from tenantserve.types import MANIFEST_NAME as MANIFEST_NAME  # the store's modules import it here
 from tenantserve.types import (
@@ -146,12 +146,23 @@ def checked_manifest(
         # Its digest is checked as the runtime copies it; when missing, the model is converted.
         ort_path = folder / manifest.ort_format.model_file
         _check_inside(ort_path, inside, label, "the ORT-format model file")
-    if manifest.ort_format is None or manifest.base is not None:
+    if not _left_to_runtime(manifest):
         verify_sha256(model_path, manifest, verified, label=label)
-    # else the published ORT-format file is what runs, and the runtime checks the model file
-    # itself before it reads it (to convert it, or to load it when that file cannot be used):
-    # hashing it here cost every first load a pass over bytes it never read (7 ms for 10 MB).
     return manifest
+
+
+def _left_to_runtime(manifest: ModelManifest) -> bool:
+    """Whether the runtime checks the model file's digest itself: an ONNX model of the onnx
+    runtime (not a head on a shared base, not a native file) with a published ORT-format file
+    runs that file, and reads its model file only to convert it or when that file cannot be
+    used, checking it then. Hashing it here cost every first load a pass over bytes it never
+    read (7 ms for 10 MB)."""
+    return (
+        manifest.ort_format is not None
+        and manifest.runtime == "onnx"
+        and manifest.base is None
+        and framework_for(manifest.model_file) is None
+    )
 
 
 def _check_inside(path: Path, root: Path | None, label: str, what: str) -> None:

@@ -255,6 +255,32 @@ def test_checked_manifest_refuses_an_ort_format_file_linked_out(tmp_path: Path) 
     assert str(tmp_path) not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("fields", "checked"),
+    [
+        ({}, False),  # an ONNX model runs its published file: the runtime checks model.onnx
+        ({"model_file": "xgboost.json"}, True),  # a native file is converted from: checked
+        ({"runtime": "custom"}, True),  # another runtime may read the file as it likes
+    ],
+)
+def test_the_store_leaves_a_digest_to_the_runtime_only_for_onnx_with_a_published_file(
+    tmp_path: Path, fields: dict[str, str], checked: bool
+) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model_file = fields.get("model_file", "model.onnx")
+    (folder / model_file).write_bytes(b"not the declared bytes")
+    (folder / "model.ort").write_bytes(b"ort")
+    published = {"model_file": "model.ort", "sha256": "cd" * 32, "onnxruntime": "1.31.1"}
+    manifest = {"sha256": "ab" * 32, "ort_format": published, **fields}
+    (folder / "model.json").write_text(json.dumps(manifest))
+    if checked:
+        with pytest.raises(LoadFailed, match="does not match the sha256"):
+            checked_manifest(folder, "model m")
+    else:
+        assert checked_manifest(folder, "model m").sha256 == "ab" * 32
+
+
 def test_verified_files_skip_rehash_but_see_a_replaced_file(tmp_path: Path) -> None:
     from tenantserve.store.manifest import VerifiedFiles, verify_sha256
 
