@@ -244,6 +244,7 @@ class Bench:
             log_level="warning",
         )
         options = RayOptions(
+            haproxy=self.args.haproxy,
             num_cpus=os.cpu_count(),
             replicas=replicas,
             replica_cpus=1.0,
@@ -378,11 +379,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="what Ray opens (model.ort: the ORT-format copy)")  # fmt: skip
     parser.add_argument("--charge-mib", type=float,
                         help="tenantserve budget a resident model (default: measured)")  # fmt: skip
+    parser.add_argument("--haproxy", action="store_true",
+                        help="HAProxy ingress on both sides: no model routing")  # fmt: skip
     parser.add_argument("--only", choices=["A", "B"])
     parser.add_argument("--store", type=Path, help="a fleet folder to reuse (or write)")
     args = parser.parse_args(argv)
     resident = args.resident or args.models // 4
     own_sigterm()
+    if args.haproxy:  # read by every Serve process of the local clusters started below
+        from tenantserve.integrations.ray_serve import HAPROXY_ENV
+
+        os.environ[HAPROXY_ENV] = "1"
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-raymux-"))
     try:
@@ -428,7 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({'measured' if measured else '--charge-mib'}), so its budgets are "
             f"{budget_a / 2**20:.0f} MiB (A) and {budget_b / 2**20:.0f} MiB per replica (B); "
             f"Ray's loader opens `{args.ray_model_file}`, max_ongoing_requests "
-            f"{args.max_ongoing} on every Ray replica.\n"
+            f"{args.max_ongoing} on every Ray replica. Serve's ingress: "
+            + (
+                "HAProxy, for both sides (no routing by model on either).\n"
+                if args.haproxy
+                else "its Python proxy (routing by model on both sides).\n"
+            )
         )
         steps: list[tuple[str, Callable[[], tuple[Run, Run]]]] = []
         if args.only in (None, "A"):

@@ -108,11 +108,20 @@ def deploy(
     detach: Annotated[
         bool, typer.Option(help="With --address: deploy, then exit and leave it running.")
     ] = False,
+    haproxy: Annotated[
+        bool,
+        typer.Option(
+            help="Serve's HAProxy ingress instead of its Python proxy (a local cluster): "
+            "far less CPU a request, but no routing by model (each replica loads what "
+            "it is sent)."
+        ),
+    ] = False,
 ) -> None:
     """Deploy replicas of the server on Ray Serve and serve until Ctrl-C.
 
     Every replica runs the same service, cache and protocols (OIP v2 and SageMaker) with its
-    own memory budget; Serve's proxy sends each request to a replica that holds its model.
+    own memory budget; Serve's proxy sends each request to a replica that holds its model
+    (with --haproxy, Serve's HAProxy balances requests without regard to their model).
     Server settings are the options and variables of `tenantserve serve`; each applies per
     replica, and `--host`/`--port` are where Serve's proxy listens.
     """
@@ -139,6 +148,7 @@ def deploy(
         min_copies=parse_copies(min_copies or []),
         dashboard=dashboard,
         dashboard_host=dashboard_host,
+        haproxy=haproxy,
     )
     keep_app = detach and address is not None
     try:

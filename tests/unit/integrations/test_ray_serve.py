@@ -83,6 +83,25 @@ def test_options_shape_the_deployment(
     assert fixed_app.init_args[1:] == ({"acme/hot": 1}, 1)
 
 
+def test_with_haproxy_the_deployment_has_no_router_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Serve's HAProxy ingress balances requests itself and refuses a custom router that it
+    would bypass: asked for here, or switched on for the whole cluster, none is set."""
+    monkeypatch.setenv("TENANTSERVE_INSECURE_NO_AUTH", "true")
+    monkeypatch.delenv(ray_serve.HAPROXY_ENV, raising=False)
+
+    def router(options: ray_serve.RayOptions) -> Any:
+        config = _deployment(ray_serve.application(Settings(), options))._deployment_config
+        return config.request_router_config.request_router_class
+
+    assert "ModelAffinityRouter" in str(router(ray_serve.RayOptions()))
+    assert "ModelAffinityRouter" not in str(router(ray_serve.RayOptions(haproxy=True)))
+    monkeypatch.setenv(ray_serve.HAPROXY_ENV, "1")
+    assert ray_serve.RayOptions().haproxy_ingress
+    assert "ModelAffinityRouter" not in str(router(ray_serve.RayOptions()))
+
+
 def _deployment(app: Any) -> Any:
     """The one deployment a Serve application binds (Serve has no public accessor)."""
     assert isinstance(app, serve.Application), type(app)
