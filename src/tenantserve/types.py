@@ -281,6 +281,13 @@ class ModelManifest:
     base: SharedBase | None = None
     ort_format: OrtFormat | None = None
 
+    @property
+    def runs_published_ort(self) -> bool:
+        """Whether the onnx runtime runs the published ORT-format file (a model of its own,
+        not a head on a shared base), reading ``model_file`` only to convert it or when that
+        file cannot serve: then the runtime, not the store, checks ``model_file``'s digest."""
+        return self.ort_format is not None and self.runtime == "onnx" and self.base is None
+
 
 @dataclass(frozen=True, slots=True)
 class ModelStatus:

@@ -13,16 +13,11 @@ from tenantserve.errors import LoadFailed, PredictFailed
 from tenantserve.runtimes.base import Prepared, SharedUsage
 from tenantserve.runtimes.dense_head import DenseHead, dense_head
 from tenantserve.runtimes.feeds import conformed_feed
+from tenantserve.runtimes.file_digests import FileDigests
 from tenantserve.runtimes.native import NativeArtifacts
 from tenantserve.runtimes.ort_format import FastLoads, NoFastLoad, first_line, session_options
 from tenantserve.runtimes.run_stop import current_run_stop
-from tenantserve.runtimes.shared import (
-    BaseHeadModel,
-    SharedBlocks,
-    file_digest,
-    measured,
-    verified_path,
-)
+from tenantserve.runtimes.shared import BaseHeadModel, SharedBlocks, measured, verified_path
 from tenantserve.types import MANIFEST_NAME, ModelManifest, SharedBase, Tensors, TensorSpec
 
 # ONNX Runtime's type strings → OIP datatype names.
@@ -136,6 +131,7 @@ class OnnxRuntime:
         # Native files (xgboost.json …) load as the ONNX converted from them (docs/frameworks.md).
         self._native = native if native is not None else NativeArtifacts(None)
         self._bases: SharedBlocks[ort.InferenceSession] = SharedBlocks()
+        self._digests = FileDigests()
 
     def shared_usage(self) -> SharedUsage:
         return self._bases.usage()
@@ -212,7 +208,26 @@ class OnnxRuntime:
                 pass  # said in prepare's note and the log
             else:
                 return _session(ort_file, manifest.model_file, self._prepack, ort_format=True)
-        return _session(_checked_onnx(path, manifest), manifest.model_file, self._prepack)
+        return _session(self._checked_onnx(path, manifest), manifest.model_file, self._prepack)
+
+    def _checked_onnx(self, path: Path, manifest: ModelManifest) -> Path:
+        """The model's ONNX file, its digest checked here where the store left that to the
+        runtime (:attr:`ModelManifest.runs_published_ort`), once per file identity: a model
+        whose published file cannot serve loads from this one on every load."""
+        model_file = path / manifest.model_file
+        if not manifest.runs_published_ort or manifest.sha256 is None:
+            return model_file
+        try:
+            digest = self._digests.of(model_file)
+        except OSError as exc:
+            raise LoadFailed(
+                f"{manifest.model_file!r} could not be read ({type(exc).__name__})"
+            ) from exc
+        if digest != manifest.sha256:
+            raise LoadFailed(
+                f"model file {manifest.model_file!r} does not match the sha256 in {MANIFEST_NAME}"
+            )
+        return model_file
 
     def _base_session(self, path: Path, base: SharedBase) -> tuple[ort.InferenceSession, int]:
         """The shared base's session and the bytes it holds. Its digest is checked as it is
@@ -241,19 +256,6 @@ def _dense_bytes(path: Path, manifest: ModelManifest) -> int | None:
         return None
     head.close()
     return head.held_bytes
-
-
-def _checked_onnx(path: Path, manifest: ModelManifest) -> Path:
-    """The model's ONNX file, its digest checked here where the store left that to the runtime
-    (a model with a published ORT-format file, which it loads from unless it cannot: the rule
-    in ``store/manifest.py``, ``_left_to_runtime``; native files never reach here)."""
-    model_file = path / manifest.model_file
-    left_to_us = manifest.ort_format is not None and manifest.base is None
-    if left_to_us and manifest.sha256 is not None and file_digest(model_file) != manifest.sha256:
-        raise LoadFailed(
-            f"model file {manifest.model_file!r} does not match the sha256 in {MANIFEST_NAME}"
-        )
-    return model_file
 
 
 def _session(
