@@ -33,15 +33,17 @@ def zipf_requests(ids: list[str], k: int, rate: float, seed: int = 0) -> list[tu
 
 
 def test_profile_measures_a_sample_and_scales_the_rest(tmp_path: Path) -> None:
-    write_fleet(tmp_path / "store", models=6, size_bytes=2 * MB, seed=0)
+    # 8 MB models: a session's overhead is measured once by the process's anonymous memory,
+    # which in a long test process grew by up to ~1.9 MB around a load (2 MB models: 3.9 MB).
+    write_fleet(tmp_path / "store", models=6, size_bytes=8 * MB, seed=0)
     profile = profile_store(str(tmp_path / "store"), sample=3, cache_dir=tmp_path / "cache")
     assert profile.measured == 3
     assert len(profile.models) == 6
     for cost in profile.models.values():
-        assert cost.resident_bytes >= 2 * MB  # a session holds at least its weights
+        assert cost.resident_bytes >= 8 * MB  # a session holds at least its weights
         # Sized as the server sizes it (the ORT file it maps, plus the session), not by the
         # artifact's folder, which holds model.onnx beside that file: twice the bytes.
-        assert cost.resident_bytes < 3 * MB
+        assert cost.resident_bytes < 12 * MB
         assert cost.load_s > 0
         assert cost.inference_s > 0
     profile.save(tmp_path / "profile.json")
