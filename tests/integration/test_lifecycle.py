@@ -108,6 +108,13 @@ def _in_flight(url: str) -> float:
     return _value(url, "tenantserve_requests_in_flight")
 
 
+def _leases(url: str, model_id: str) -> int:
+    """How many requests hold ``model_id`` now (its lease): an admitted request is in flight
+    before it takes one, so only this says an unload would have to wait for it."""
+    models = httpx.get(f"{url}/v1/status", timeout=10).json()["models"]
+    return sum(int(m["in_flight"]) for m in models if m["id"] == model_id)
+
+
 def _status(url: str) -> int:
     """Status of a GET on a fresh connection; 0 when no connection can be made (refused, or
     reset as the listener closes under it)."""
@@ -223,7 +230,7 @@ def test_unload_lets_requests_in_flight_finish_and_asks_new_ones_to_retry(
     client = triton_client(server.url)
     rows = 4 * HEAVY_RUN_ROWS  # still running when the unload and the next call come
     running = pool.submit(_infer, server.url, HEAVY, rows)
-    until(lambda: _in_flight(server.url) == 1)
+    until(lambda: _leases(server.url, HEAVY) == 1)
     client.unload_model(HEAVY)
     assert not client.is_model_ready(HEAVY)
     refused = _infer(server.url, HEAVY)
