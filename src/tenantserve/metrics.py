@@ -84,6 +84,13 @@ class Metrics:
             buckets=_LOAD_BUCKETS,
             registry=r,
         )
+        self.load_slot = Histogram(
+            "tenantserve_model_load_slot_seconds",
+            "Time a load held its slot: fetching, making room, loading, and waiting for the "
+            "server's threads between them (what a load costs the queue of loads).",
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
         self.downloading = Histogram(
             "tenantserve_model_downloading_seconds",
             "Time to fetch an artifact from the store to local disk.",

@@ -219,7 +219,9 @@ class ModelCache:
         self._budget.release(reserved, tenant)
         self._budget.reserve(measured, tenant)
         self._loader.sync_shared()
-        self._queue.finished(model_id, time.perf_counter() - began)
+        held_s = time.perf_counter() - began
+        self._metrics.load_slot.observe(held_s)
+        self._queue.finished(model_id, held_s)
         entry = Resident(model_id, model, measured, fetched.labels, load_seconds, fetched.note)
         old = self._entries.get(model_id)
         if old is not None:  # a reload: the new copy takes over, the old one drains

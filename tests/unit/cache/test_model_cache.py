@@ -193,6 +193,10 @@ async def test_first_call_loads_then_hits(cache: ModelCache, store: FakeStore) -
     assert store.fetches == {f"a/{10 * MB}": 1}
     assert cache.snapshot().loaded_models == 1
     assert cache.snapshot().used_bytes >= 10 * MB
+    # The load's time in its slot is exported (the planner's profile reads it under traffic).
+    registry = cache._metrics.registry
+    assert registry.get_sample_value("tenantserve_model_load_slot_seconds_count") == 1
+    assert (registry.get_sample_value("tenantserve_model_load_slot_seconds_sum") or 0) > 0
 
 
 @pytest.mark.anyio

@@ -33,6 +33,9 @@ class FleetProfile:
 
     models: dict[str, ModelCost]
     measured: int
+    load_hold: float = 1.0
+    """How many times its own time (``load_s``) a load holds its slot in a server under
+    traffic (see :mod:`~tenantserve.tools.bench.load_hold`); 1: as alone."""
 
     @property
     def total_bytes(self) -> int:
@@ -40,7 +43,8 @@ class FleetProfile:
         return sum(cost.resident_bytes for cost in self.models.values())
 
     def save(self, path: Path) -> None:
-        doc = {"measured": self.measured, "models": {k: asdict(v) for k, v in self.models.items()}}
+        models = {k: asdict(v) for k, v in self.models.items()}
+        doc = {"measured": self.measured, "load_hold": self.load_hold, "models": models}
         path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
 
     @classmethod
@@ -54,7 +58,7 @@ class FleetProfile:
         try:
             doc: Any = orjson.loads(data)
             models = {str(k): ModelCost(**v) for k, v in doc["models"].items()}
-            profile = cls(models, int(doc["measured"]))
+            profile = cls(models, int(doc["measured"]), float(doc.get("load_hold", 1.0)))
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
             raise ValueError(
                 f"{path} is not a fleet profile (JSON with 'measured' and 'models', as "

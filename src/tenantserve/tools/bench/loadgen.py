@@ -14,7 +14,7 @@ import contextlib
 import ipaddress
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -86,11 +86,14 @@ def replay(
     *,
     label: str = "run",
     body: bytes | None = None,
+    bodies: Mapping[str, bytes] | None = None,
     server_pid: int | None = None,
     resident: Iterable[str] = (),
     progress: Progress | None = None,
 ) -> RunResult:
     """Replay ``trace`` as ``spec`` says and return the raw result (blocks until done).
+    Each request sends ``body`` (the synthetic fleet's, by default), or its model's in
+    ``bodies``.
 
     ``resident`` names models known to be loaded before the run; it seeds the fallback
     classification used when the server sends no :data:`CACHE_HEADER` (a request is cold when
@@ -99,7 +102,9 @@ def replay(
     check_loopback(spec.url)
     if not len(trace):
         raise ValueError("the trace is empty")
-    run = _Replay(trace, spec, body or default_body(), set(resident), progress)
+    payload = body or default_body()
+    per_model = {m: (bodies or {}).get(m, payload) for m in trace.model_ids()}
+    run = _Replay(trace, spec, per_model, set(resident), progress)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(run.main(label, server_pid))
 
@@ -150,20 +155,19 @@ class _Replay:
         self,
         trace: Trace,
         spec: LoadSpec,
-        body: bytes,
+        bodies: Mapping[str, bytes],
         seen: set[str],
         progress: Progress | None,
     ) -> None:
         self._trace = trace
         self._spec = spec
-        self._body = body
         self._seen = seen
         self._progress = progress
         host, port = _address(spec.url)
         self._pool = Pool(host, port, limit=spec.concurrency or spec.max_connections)
         self._raw = {
             m: build_request(f"{host}:{port}", _path(m), body, _CONTENT_TYPE)
-            for m in trace.model_ids()
+            for m, body in bodies.items()
         }
         self._outcomes: list[Outcome] = []
         self._errors = 0

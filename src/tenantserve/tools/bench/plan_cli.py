@@ -54,6 +54,15 @@ def plan_command(
     save_profile: Annotated[
         Path | None, typer.Option(help="Write the measured profile here.")
     ] = None,
+    busy_s: Annotated[
+        float,
+        typer.Option(
+            help="With --store: seconds of traffic on a real server on the store (16 clients, "
+            "Zipf 1.1 over up to 200 of its models, a quarter of them held) to measure how "
+            "long its loads hold their slot when it is busy (10 ms where one alone takes 1). "
+            "0 skips it: planned first calls then come out as fast as on an idle server."
+        ),
+    ] = 10.0,
     trace: TraceOpt = None,
     kind: KindOpt = "zipf",
     rate: RateOpt = 100.0,
@@ -92,7 +101,9 @@ def plan_command(
     instances: each request is routed as the Ray deployment routes it (to the least busy
     instance holding its model; when all of those are full, to the instance with the most
     free memory, which loads a copy), replayed through that instance's copy of the server's
-    cache code, and queued on its cores. A hot model thus spreads over instances. For each
+    cache code, and queued as the server queues it (its handling on the one event loop,
+    its inference on a core; a first call after its load, which holds one of the load
+    slots as long as --busy-s measured). A hot model thus spreads over instances. For each
     size the count is the fewest instances whose p99 meets the target; when none does, a
     note says why (a target below one request's own service time, loads, a hot model's
     queue) and what to change. Progress goes to stderr.
@@ -123,7 +134,9 @@ def plan_command(
         types = [parse_instance(text) for text in (instance or DEFAULT_INSTANCES)]
         _check_plan_options(types, overhead_bytes, policy, p99_target_ms, max_ongoing_requests,
                             max_instances)  # fmt: skip
-        fleet = read_profile(store, profile, save_profile)
+        if busy_s < 0:
+            raise Mistake("--busy-s must be 0 or more")
+        fleet = read_profile(store, profile, save_profile, busy_s=busy_s)
         requests = read_trace(trace, kind, fleet, rate, duration_s, seed)
         with _Progress(len(requests)) as progress:
             rows = plan(

@@ -3,6 +3,7 @@ and the one-line answer to an ordinary mistake in any of them."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,7 +65,13 @@ def size(option: str, text: str) -> int:
         raise Mistake(f"{option}: {exc}") from None
 
 
-def read_profile(store: str | None, profile: Path | None, save: Path | None) -> FleetProfile:
+def read_profile(
+    store: str | None, profile: Path | None, save: Path | None, *, busy_s: float = 0.0
+) -> FleetProfile:
+    """The profile in ``profile``, or measured on ``store``: its models one at a time, then,
+    for ``busy_s`` seconds, the loads of a real server under traffic (see
+    :mod:`~tenantserve.tools.bench.load_hold`)."""
+    from tenantserve.tools.bench.load_hold import CLIENTS, measure_load_hold
     from tenantserve.tools.bench.plan import FleetProfile, profile_store
 
     if profile is not None:
@@ -74,11 +81,18 @@ def read_profile(store: str | None, profile: Path | None, save: Path | None) -> 
         return FleetProfile.load(profile)
     if store is None:
         raise Mistake("give --store STORE to measure the fleet, or --profile FILE to reuse one")
-    with (
-        Console(stderr=True).status(f"measuring models in {store}"),
-        tempfile.TemporaryDirectory(prefix="tenantserve-plan-") as tmp,
-    ):
-        result = profile_store(store, cache_dir=Path(tmp))
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="tenantserve-plan-") as tmp:
+        with console.status(f"measuring models in {store}"):
+            result = profile_store(store, cache_dir=Path(tmp) / "profile")
+        if busy_s > 0:
+            with console.status(
+                f"measuring loads in a server on {store} under {CLIENTS} clients for {busy_s:g} s"
+            ):
+                hold = measure_load_hold(
+                    store, result.models, work_dir=Path(tmp) / "busy", duration_s=busy_s
+                )
+            result = dataclasses.replace(result, load_hold=hold.factor)
     if save is not None:
         result.save(save)
     return result

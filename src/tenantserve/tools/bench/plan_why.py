@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tenantserve.tools.bench.fleet_profile import FleetProfile
-from tenantserve.tools.bench.fleet_sim import FleetRun
+from tenantserve.tools.bench.fleet_sim import FleetRun, rate_bound
 
 if TYPE_CHECKING:
     from tenantserve.tools.bench.plan import InstanceType, Options, Prediction
@@ -77,7 +77,7 @@ def _spread_note(
         return ""
     hot = row.hot_model
     rate = sum(1 for _, m in trace if m == hot) / _span(trace)
-    one = instance.cores / (opts.request_cpu_s + profile.models[hot].inference_s)
+    one = rate_bound(instance.cores, opts.request_cpu_s, profile.models[hot].inference_s)
     return (
         f"{hot} ({rate:,.0f} req/s; one instance serves at most {one:,.0f} req/s of it) "
         f"spread over {row.hot_model_copies} instances."
@@ -134,26 +134,27 @@ def _diagnosis(
     if count * 2 < len(slow) - len(cold) or copies >= len(run.requests_per_instance):
         span_s = _span(trace[:served])
         busy = [busy_s / (instance.cores * span_s) for busy_s in run.busy_s_per_instance]
+        loop = [n * opts.request_cpu_s / span_s for n in run.requests_per_instance]
         return (
-            f"Requests queue on the instances' cores: the trace asks {sum(busy) / len(busy):.0%} "
-            f"of their time (the busiest instance's, {max(busy):.0%})."
+            f"Requests queue on the instances (each handles one request at a time on its event "
+            f"loop, {_ms(opts.request_cpu_s)} each, then runs it on a core): the trace asks "
+            f"{sum(loop) / len(loop):.0%} of their loops' time and {sum(busy) / len(busy):.0%} "
+            f"of their cores' (the busiest instance's, {max(loop):.0%} and {max(busy):.0%})."
         )
     rate = sum(1 for _, m in trace[:served] if m == model_id) / _span(trace[:served])
-    work_s = opts.request_cpu_s + profile.models[model_id].inference_s
     cores = instance.cores
-    deepest = cores * math.floor(target_s / work_s)  # the queue whose last request meets it
-    waits_s = ((opts.max_ongoing - 1) // cores + 1) * work_s
+    most = rate_bound(cores, opts.request_cpu_s, profile.models[model_id].inference_s)
+    deepest = math.floor(target_s * most)  # the queue whose last request meets it
     said = (
-        f"{model_id} ({rate:,.0f} req/s; one instance serves at most {cores / work_s:,.0f} "
+        f"{model_id} ({rate:,.0f} req/s; one instance serves at most {most:,.0f} "
         f"req/s of it) is slow on the {copies} instance{'s' if copies != 1 else ''} holding "
         "it."
     )
     if deepest < opts.max_ongoing:
         said += (
             f" A holder spills it to another instance only at {opts.max_ongoing} ongoing "
-            f"requests (--max-ongoing-requests), and that many on {cores} "
-            f"core{'s' if cores != 1 else ''} at "
-            f"{_ms(work_s)} each take up to {_ms(waits_s)}: with --max-ongoing-requests "
+            f"requests (--max-ongoing-requests), and that many at {most:,.0f} req/s take up "
+            f"to {_ms(opts.max_ongoing / most)}: with --max-ongoing-requests "
             f"{max(1, deepest)} it spreads before its queue passes the target."
         )
     return said

@@ -36,7 +36,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def served_tenantserve(
-    store: Path,
+    store: Path | str,
     *,
     budget: str,
     log_path: Path,

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from fixtures.server import ProcessServer, free_port
@@ -93,6 +94,19 @@ def test_errors_are_recorded_by_status(tmp_path: Path, start_process: StartProce
     result = replay(trace, LoadSpec(server.url, concurrency=1, duration_s=30, max_requests=4))
     assert [o.status for o in result.outcomes] == [200, 404, 200, 404]
     assert find_pid(server.url) == server.pid
+
+
+def test_each_model_gets_its_own_body_when_given(
+    tmp_path: Path, start_process: StartProcess
+) -> None:
+    store, ids = _fleet(tmp_path, models=2)
+    server = start_process(store)
+    trace = Trace((TraceRequest(0.0, ids[0]), TraceRequest(0.01, ids[1])))
+    wrong = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2],
+                                       "data": [0, 0]}]})  # fmt: skip
+    spec = LoadSpec(server.url, concurrency=1, duration_s=30, max_requests=4)
+    result = replay(trace, spec, bodies={ids[1]: wrong})  # ids[0]: the synthetic fleet's
+    assert [o.status for o in result.outcomes] == [200, 400, 200, 400]
 
 
 def test_an_unreachable_server_gives_connection_errors() -> None:

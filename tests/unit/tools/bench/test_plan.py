@@ -111,9 +111,11 @@ def test_cli_lists_the_trace_kinds_the_generator_knows() -> None:
     assert plan_cli.KINDS == traces.KINDS
 
 
-def test_one_instance_predicts_what_the_planner_predicted_before_routing() -> None:
+def test_one_instance_caches_as_the_planner_did_before_routing() -> None:
     # Figures from the planner before instances spread models (commit 8d6b153), the one
-    # benchmarks/check_plan.py held against measured runs: one instance must not move.
+    # benchmarks/check_plan.py held against measured runs: one instance's cache must not
+    # move. (Its latencies did, on purpose, when the queue became the server's loop, cores
+    # and load slots: see test_fleet_sim.py.)
     rng = random.Random(5)
     fleet = FleetProfile(
         {
@@ -129,14 +131,12 @@ def test_one_instance_predicts_what_the_planner_predicted_before_routing() -> No
     trace = [(i / 80, m) for i, m in enumerate(rng.choices(ids, weights=weights, k=3000))]
     kind = InstanceType(120 * MB, 2, "x")
     before = {
-        "lru": (0.7186666666666667, 1350.8502834278092, 0.6396196147976347, 2.610566371798491),
-        "cost": (0.728, 1306.0353451150384, 0.1621197602434794, 0.4551565725446256),
+        "lru": (0.7186666666666667, 1350.8502834278092),
+        "cost": (0.728, 1306.0353451150384),
     }
     for policy, figures in before.items():
         now = simulate(trace, fleet, kind, overhead_bytes=0, policy=policy, heap_share=0.0)
-        assert (now.hit_ratio, now.cold_starts_per_min) == figures[:2]
-        assert now.p50_s == pytest.approx(figures[2], abs=1e-9)
-        assert now.p99_s == pytest.approx(figures[3], abs=1e-9)
+        assert (now.hit_ratio, now.cold_starts_per_min) == figures
 
 
 def test_while_models_churn_a_quarter_of_the_budget_goes_to_the_heap_as_in_the_server() -> None:
