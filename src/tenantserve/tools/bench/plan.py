@@ -249,7 +249,7 @@ class _Search:
         if len(trace) < 2:
             return 1
         loop_s = self._opts.request_cpu_s * len(trace)
-        cores_s = sum(models[m].inference_s for _, m in trace) / self._instance.cores
+        cores_s = (loop_s + sum(models[m].inference_s for _, m in trace)) / self._instance.cores
         span_s = trace[-1][0] - trace[0][0]
         return max(1, min(self._cap, math.ceil(max(loop_s, cores_s) / span_s)))
 

@@ -52,8 +52,9 @@ def test_loads_wait_for_a_slot() -> None:
 
 
 def test_an_instance_serves_at_most_what_its_loop_or_its_cores_allow() -> None:
-    assert rate_bound(2, 1 * MS, 1 * MS) == pytest.approx(1000)  # the loop bounds it
-    assert rate_bound(2, 1 * MS, 4 * MS) == pytest.approx(500)  # the cores do
+    assert rate_bound(4, 1 * MS, 1 * MS) == pytest.approx(1000)  # the loop bounds it
+    assert rate_bound(2, 1 * MS, 4 * MS) == pytest.approx(400)  # the cores do
+    assert rate_bound(1, 1 * MS, 1 * MS) == pytest.approx(500)  # one core: both parts on it
 
 
 def test_a_profile_measured_under_traffic_makes_first_calls_slower() -> None:
