@@ -69,7 +69,8 @@ class FleetProfile:
         return profile
 
 
-def _zeros(spec: TensorSpec) -> Any:
+def zeros(spec: TensorSpec) -> Any:
+    """An input that fits ``spec``: zeros, or a short sentence for text (-1 dims as 1)."""
     shape = [1 if dim < 0 else dim for dim in spec.shape] or [1]
     if spec.datatype == "BYTES":
         return np.full(shape, "how do I reset my password", dtype=object)
@@ -116,7 +117,7 @@ def profile_store(store_url: str, *, sample: int = 12, cache_dir: Path) -> Fleet
         load_s = time.perf_counter() - started
         # A shared base it brought in is counted with it, the first model of a base.
         grown = held_bytes + runtime.shared_usage().held_bytes - shared_before
-        feed = {spec.name: _zeros(spec) for spec in model.inputs}
+        feed = {spec.name: zeros(spec) for spec in model.inputs}
         model.predict(feed)  # first run allocates; time the second
         started = time.perf_counter()
         model.predict(feed)

@@ -24,10 +24,11 @@ import httpx
 import orjson
 
 from tenantserve.tools.bench import loadgen, trace_kinds
-from tenantserve.tools.bench.fleet_profile import ModelCost
+from tenantserve.tools.bench.fleet_profile import ModelCost, zeros
 from tenantserve.tools.bench.harness import popularity_order
 from tenantserve.tools.bench.loadgen import LoadSpec
 from tenantserve.tools.bench.servers import served_tenantserve
+from tenantserve.types import TensorSpec
 
 CLIENTS = 16
 """The reference condition: this many clients in a closed loop, ..."""
@@ -38,7 +39,6 @@ HELD_SHARE = 4
 MIN_LOADS = 20
 """Fewer loads measured than this say nothing: the profile keeps 1 (as alone)."""
 _METRIC = "tenantserve_model_load_slot_seconds"
-_TEXT = "how do I reset my password"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +96,13 @@ def _metadata(url: str, model_id: str) -> dict[str, Any]:
 
 
 def _body(metadata: Mapping[str, Any]) -> bytes:
-    """An OIP infer body that fits a model's inputs (zeros, or a sentence for text)."""
+    """An OIP infer body that fits a model's inputs (its metadata's)."""
     tensors = []
     for spec in metadata["inputs"]:
-        shape = [1 if dim < 0 else dim for dim in spec["shape"]] or [1]
-        count = 1
-        for dim in shape:
-            count *= dim
-        value: str | int = _TEXT if spec["datatype"] == "BYTES" else 0
+        value = zeros(TensorSpec(spec["name"], spec["datatype"], tuple(spec["shape"])))
         tensors.append(
-            {"name": spec["name"], "datatype": spec["datatype"], "shape": shape,
-             "data": [value] * count}
+            {"name": spec["name"], "datatype": spec["datatype"], "shape": list(value.shape),
+             "data": value.ravel().tolist()}
         )  # fmt: skip
     return orjson.dumps({"inputs": tensors})
 

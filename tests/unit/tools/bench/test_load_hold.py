@@ -8,7 +8,6 @@ import orjson
 
 from tenantserve.tools.bench.fleet_profile import ModelCost
 from tenantserve.tools.bench.load_hold import (
-    _TEXT,
     MIN_LOADS,
     LoadHold,
     _body,
@@ -43,6 +42,11 @@ def test_a_request_body_fits_the_models_inputs() -> None:
         {"name": "text", "datatype": "BYTES", "shape": [-1]},
         {"name": "x", "datatype": "FP32", "shape": [-1, 3]},
     ]
-    text = {"name": "text", "datatype": "BYTES", "shape": [1], "data": [_TEXT]}
+    text = {
+        "name": "text",
+        "datatype": "BYTES",
+        "shape": [1],
+        "data": ["how do I reset my password"],
+    }
     numbers = {"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [0, 0, 0]}
     assert orjson.loads(_body({"inputs": inputs})) == {"inputs": [text, numbers]}
