@@ -90,12 +90,13 @@ class Pipeline:
             del self.in_flight[tenant]
         self.metrics.in_flight.dec()
 
-    def refuses_new_loads(self, tenant: str) -> bool:
-        """Whether the load queue refuses a new load of ``tenant`` now, its first reads
-        counted (see :meth:`refuse_unread`)."""
-        return self.cache.refuses_new_loads(tenant, self.versions.first_reads(tenant))
+    def refuses_new_loads(self, tenant: str, starting: int = 0) -> bool:
+        """Whether the load queue refuses a new load of ``tenant`` now, its first reads and
+        ``starting`` more first calls counted (see :meth:`refuse_unread`)."""
+        starting += self.versions.first_reads(tenant)
+        return self.cache.refuses_new_loads(tenant, starting)
 
-    def refuse_unread(self, model_id: ModelId, *, counted: bool = True) -> None:
+    def refuse_unread(self, model_id: ModelId, *, counted: bool = True, starting: int = 0) -> None:
         """Refuse a model whose versions were never read, when the load queue would refuse any
         of them: reading them is a store trip on an I/O thread, queued behind loads' fetches,
         where a storm of first calls waited only to be refused (none of its versions is
@@ -108,7 +109,8 @@ class Pipeline:
         if self.versions.knows(model_id):
             return
         try:
-            self.cache.refuse_unread(model_id, self.versions.first_reads(model_id.tenant))
+            starting += self.versions.first_reads(model_id.tenant)
+            self.cache.refuse_unread(model_id, starting)
         except TenantServeError as exc:
             if counted:
                 self.metrics.tenants.observe(model_id.tenant)

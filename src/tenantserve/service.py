@@ -174,20 +174,27 @@ class InferenceService:
         )
         return True
 
-    def refuses_first_calls(self, tenant: str) -> bool:
-        """Whether the load queue refuses any new load of ``tenant`` now: the tenant's state,
-        like :meth:`refuses_at_once`'s, asked by the HTTP layer before it checks a key."""
-        return self._pipeline.refuses_new_loads(tenant)
+    def refuses_first_calls(self, tenant: str, starting: int = 0) -> bool:
+        """Whether the load queue refuses any new load of ``tenant`` now (``starting`` more
+        first calls on their way to it): the tenant's state, like :meth:`refuses_at_once`'s,
+        asked by the HTTP layer before it checks a key."""
+        return self._pipeline.refuses_new_loads(tenant, starting)
 
-    def refusal_before_read(self, ref: ModelRef) -> TenantServeError | None:
+    def unread(self, model_id: ModelId) -> bool:
+        """Whether ``model_id``'s versions were never read: an inference of it is a first
+        call, bound for the load queue."""
+        return not self._pipeline.versions.knows(model_id)
+
+    def refusal_before_read(self, ref: ModelRef, starting: int = 0) -> TenantServeError | None:
         """What an inference of ``ref`` arriving now is told before anything is read for it
-        (its model's versions never read, and the load queue full for any of them: counted
-        as that refusal), or ``None`` when it goes the usual way: for the HTTP layer to
-        answer it from the request's head."""
+        (its model's versions never read, and the load queue full for any of them, counting
+        ``starting`` more first calls on their way to it: counted as that refusal), or
+        ``None`` when it goes the usual way: for the HTTP layer to answer it from the
+        request's head."""
         if ref.unversioned_answers and self._cache.is_resident(ref.model_id):
             return None
         try:
-            self._pipeline.refuse_unread(ref.model_id)
+            self._pipeline.refuse_unread(ref.model_id, starting=starting)
         except TenantServeError as exc:
             return exc
         return None

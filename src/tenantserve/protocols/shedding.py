@@ -14,10 +14,16 @@ answered here too, for a caller whose key may invoke that model: anyone else goe
 way (401, 403), so a refusal here tells nothing about a model to a caller who may not use it.
 A storm of 300 first calls from 64 clients sat ~0.5 ms each in the ASGI stack only to be
 refused.
+
+A storm's first wave arrives in one turn of the event loop: every head is read before any
+request reaches the load queue, so the queue looks empty to all of them. The first calls
+let through in the same turn are counted here, per tenant, until the requests have counted
+themselves (two turns on), so a wave of 64 sends the queue its room and no more.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -51,6 +57,7 @@ class Shedder:
         self._access = access if access is not None and access.enabled else None
         busy = Overloaded("server is at capacity; retry shortly", retry_after_s=1.0)
         self._answers = {protocol: _raw(busy, protocol) for protocol in ("oip", "sagemaker")}
+        self._passed: dict[str, set[str]] = {}  # first calls let through, by tenant (above)
 
     def __call__(
         self, method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]
@@ -69,15 +76,30 @@ class Shedder:
         if self._service.refuses_at_once(ref.model_id):  # its tenant is what counts
             self._metrics.invocations.labels(protocol, "503").inc()
             return self._answers[protocol]
-        if (
-            self._access is None
-            or b"/versions/" in path
-            # A tenant's state, as above: only then is a key checked here (a warm request
-            # would pay the key ring's lookup twice, ~45 us with 1,000 keys).
-            or not self._service.refuses_first_calls(ref.model_id.tenant)
-        ):
+        if self._access is None or b"/versions/" in path:
             return None
-        return self._first_call_refused(self._access, protocol, ref, headers)
+        tenant, model = ref.model_id.tenant, ref.model_id.value
+        passed = self._passed.get(tenant)
+        if passed and model in passed:
+            return None  # it will join the load of the one let through
+        starting = len(passed) if passed else 0
+        # A tenant's state, as above: only then is a key checked here (a warm request would
+        # pay the key ring's lookup twice, ~45 us with 1,000 keys).
+        if self._service.refuses_first_calls(tenant, starting):
+            refused = self._first_call_refused(self._access, protocol, ref, headers, starting)
+            if refused is not None:
+                return refused
+        if self._service.unread(ref.model_id):
+            self._let_through(tenant, model)
+        return None
+
+    def _let_through(self, tenant: str, model_id: str) -> None:
+        if not self._passed:
+            # Cleared once the requests let through this turn have run their first step
+            # (the next turn) and counted themselves as first reads.
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._passed.clear)
+        self._passed.setdefault(tenant, set()).add(model_id)
 
     def _first_call_refused(
         self,
@@ -85,6 +107,7 @@ class Shedder:
         protocol: ProtocolName,
         ref: ModelRef,
         headers: Sequence[tuple[bytes, bytes]],
+        starting: int,
     ) -> bytes | None:
         api_key = authorization = None
         for name, value in headers:  # the first of each, as the usual way reads them
@@ -102,7 +125,7 @@ class Shedder:
             or not principal.covers(ref.model_id)
         ):
             return None
-        refused = self._service.refusal_before_read(ref)
+        refused = self._service.refusal_before_read(ref, starting)
         if refused is None:
             return None
         response = error_response(refused, protocol)

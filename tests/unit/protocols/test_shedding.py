@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from tenantserve.errors import TenantLimitExceeded, TenantServeError
@@ -17,8 +19,9 @@ from tenantserve.types import ModelId, ModelRef
 
 
 class FullServer:
-    """Refuses every tenant but ``calm`` at once, and records whom it was asked about; of
-    ``calm``'s, a first call to ``calm/cold`` finds the load queue full."""
+    """Refuses every tenant but ``calm`` and ``wave`` at once, and records whom it was asked
+    about; of ``calm``'s, a first call to ``calm/cold`` finds the load queue full; ``wave``'s
+    queue has room for ``WAVE_ROOM`` more loads."""
 
     def __init__(self) -> None:
         self.asked: list[str] = []
@@ -26,21 +29,28 @@ class FullServer:
 
     def refuses_at_once(self, model_id: ModelId) -> bool:
         self.asked.append(model_id.value)
-        return model_id.tenant != "calm"
+        return model_id.tenant not in ("calm", "wave")
 
-    def refuses_first_calls(self, tenant: str) -> bool:
-        return tenant == "calm"
+    def refuses_first_calls(self, tenant: str, starting: int = 0) -> bool:
+        return tenant == "calm" or (tenant == "wave" and starting >= WAVE_ROOM)
 
-    def refusal_before_read(self, ref: ModelRef) -> TenantServeError | None:
+    def unread(self, model_id: ModelId) -> bool:
+        return model_id.tenant == "wave"  # every model of wave is a first call
+
+    def refusal_before_read(self, ref: ModelRef, starting: int = 0) -> TenantServeError | None:
         self.first_calls.append(str(ref))
+        if ref.model_id.tenant == "wave" and starting >= WAVE_ROOM:
+            return TenantLimitExceeded(f"tenant wave has {starting} loads coming")
         if ref.model_id.value != "calm/cold":
             return None
         return TenantLimitExceeded("tenant calm has 4 model loads pending", retry_after_s=2.5)
 
 
 CALM_KEY, CALM_OPS = "calm-key-0000000001", "calm-ops-0000000001"
+WAVE_KEY, WAVE_ROOM = "wave-key-0000000001", 2
 KEYS = {
     "keys": [
+        {"name": "wave-app", "key": WAVE_KEY, "scopes": ["wave/*"]},
         {"name": "calm-app", "key": CALM_KEY, "scopes": ["calm/*"]},
         {"name": "calm-ops", "key": CALM_OPS, "scopes": ["calm/*"], "roles": ["manage"]},
         {"name": "other", "key": "other-key-000000001", "scopes": ["other/*"]},
@@ -131,3 +141,26 @@ def test_without_keys_first_calls_are_left_to_the_server() -> None:
     shed, server, _ = _shedder()
     assert shed(b"POST", b"/v2/models/calm/cold/infer", []) is None
     assert server.first_calls == []
+
+
+@pytest.mark.anyio
+async def test_a_wave_of_first_calls_in_one_turn_sends_the_queue_its_room_and_no_more() -> None:
+    shed, server, _ = _shedder(keys=True)
+    own = [(b"x-api-key", WAVE_KEY.encode())]
+
+    def first_call(i: int) -> bytes | None:
+        return shed(b"POST", b"/v2/models/wave/m%d/infer" % i, own)
+
+    # One turn of the loop: no request let through has reached the queue yet.
+    wave = [first_call(i) for i in range(5)]
+    assert wave[:WAVE_ROOM] == [None] * WAVE_ROOM
+    for answer in wave[WAVE_ROOM:]:
+        assert answer is not None
+        assert answer.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
+    assert server.first_calls == [f"wave/m{i}" for i in range(WAVE_ROOM, 5)]
+    # A second call to a model let through is not counted again (it joins that load).
+    assert shed(b"POST", b"/v2/models/wave/m0/infer", own) is None
+    # Two turns on, those requests have counted themselves in the queue: the head forgets.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert first_call(9) is None
