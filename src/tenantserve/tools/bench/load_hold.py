@@ -14,6 +14,7 @@ loads' own time alone is the profile's ``load_hold``.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,7 +79,10 @@ def measure_load_hold(
     ) as served:  # fmt: skip
         # One call each, untimed: its metadata, which loads it (so later loads are reloads,
         # as in a long run) and says what a request to it carries.
-        bodies = {m: _body(_metadata(served.url, m)) for m in popularity_order(trace)}
+        bodies = {}
+        for model_id in popularity_order(trace):
+            with contextlib.suppress(httpx.HTTPError):  # one that fails to load fails later too
+                bodies[model_id] = _body(_metadata(served.url, model_id))
         before = _histogram(served.url)
         spec = LoadSpec(served.url, concurrency=CLIENTS, duration_s=duration_s)
         loadgen.replay(trace, spec, bodies=bodies)

@@ -89,9 +89,16 @@ def read_profile(
             with console.status(
                 f"measuring loads in a server on {store} under {CLIENTS} clients for {busy_s:g} s"
             ):
-                hold = measure_load_hold(
-                    store, result.models, work_dir=Path(tmp) / "busy", duration_s=busy_s
-                )
+                try:
+                    hold = measure_load_hold(
+                        store, result.models, work_dir=Path(tmp) / "busy", duration_s=busy_s
+                    )
+                except RuntimeError as exc:  # the server did not start: its log's last line
+                    said = [line for line in str(exc).splitlines() if line.strip()]
+                    raise Mistake(
+                        f"--busy-s: a server on {store} did not start ({said[-1][:200]}); "
+                        "give --busy-s 0 to skip measuring loads under traffic"
+                    ) from None
             result = dataclasses.replace(result, load_hold=hold.factor)
     if save is not None:
         result.save(save)
