@@ -24,25 +24,19 @@ import psutil
 from tenantserve.tools.bench import loadgen, trace_kinds
 from tenantserve.tools.bench.floor import local_model_ids
 from tenantserve.tools.bench.harness import popularity_order
+from tenantserve.tools.bench.sampler import parse_metrics
 from tenantserve.tools.bench.servers import served_tenantserve
 
 QUARTER_BYTES = 501_000_000  # the suite's quarter of 200 models of 10 MB (478 MiB)
 
 
-def _histograms(url: str) -> dict[str, float]:
-    wanted = {"tenantserve_model_loading_wait_seconds", "tenantserve_model_load_slot_seconds"}
-    found: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.rsplit("_", 1)[0] in wanted and name.endswith(("_sum", "_count")):
-            found[name] = float(value)
-    return found
+def _metrics(url: str) -> dict[str, float]:
+    return parse_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
 
 
-def _mean_ms(before: dict[str, float], after: dict[str, float], name: str) -> float:
-    count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
-    total = after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)
-    return total / count * 1e3 if count else float("nan")
+def _mean_ms(before: dict[str, float], after: dict[str, float], total: str, count: str) -> float:
+    n = after.get(count, 0.0) - before.get(count, 0.0)
+    return (after.get(total, 0.0) - before.get(total, 0.0)) / n * 1e3 if n else float("nan")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -60,13 +54,13 @@ def run_once(store: Path, flags: str, duration_s: float) -> str:
         )  # fmt: skip
         with served as server:
             loadgen.warm_up(server.url, popularity_order(trace))
-            before = _histograms(server.url)
+            before = _metrics(server.url)
             process = psutil.Process(server.pid)
             cpu_before, started = process.cpu_times(), time.monotonic()
             spec = loadgen.LoadSpec(server.url, concurrency=16, duration_s=duration_s)
             result = loadgen.replay(trace, spec)
             cpu_after, wall_s = process.cpu_times(), time.monotonic() - started
-            after = _histograms(server.url)
+            after = _metrics(server.url)
     ok = [o for o in result.outcomes if o.status == 200]
     hits = [o.latency_s for o in ok if o.cache == "hit"]
     misses = [o.latency_s for o in ok if o.cache == "miss"]
@@ -76,8 +70,8 @@ def run_once(store: Path, flags: str, duration_s: float) -> str:
         f"{len(result.outcomes) - len(ok)} | {_pct(hits, 0.5):.1f} / {_pct(hits, 0.99):.1f} | "
         f"{_pct(misses, 0.5):.1f} / {_pct(misses, 0.99):.1f} | "
         f"{_pct([o.latency_s for o in ok], 0.99):.1f} | "
-        f"{_mean_ms(before, after, 'tenantserve_model_loading_wait_seconds'):.1f} | "
-        f"{_mean_ms(before, after, 'tenantserve_model_load_slot_seconds'):.1f} | {cpu:.2f} |"
+        f"{_mean_ms(before, after, 'loading_wait_s', 'loading_waits'):.1f} | "
+        f"{_mean_ms(before, after, 'load_slot_s', 'load_slots'):.1f} | {cpu:.2f} |"
     )
 
 

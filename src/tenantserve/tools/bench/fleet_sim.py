@@ -80,8 +80,8 @@ class CoreQueue:
 
     def run(self, ready_s: float, loop_s: float, work_s: float, waited: bool) -> float:
         """Queue a request :meth:`admit` let in at ``ready_s`` (``waited``: it was not then
-        queued), ``loop_s`` on the loop then ``work_s`` on a core: its finish time. Requests
-        are queued in the order of their ``ready_s``."""
+        queued): ``loop_s`` on the loop and a core, then ``work_s`` on that core; its finish
+        time. Requests are queued in the order of their ``ready_s``."""
         self._waiting -= waited
         # The loop's thread runs on a core too: a request takes one for both of its parts.
         handled = max(ready_s, self._loop_free, heapq.heappop(self._core_free)) + loop_s
@@ -203,9 +203,9 @@ async def _run(
             ready_s, _, chosen, t_s, work_s, cold = heapq.heappop(admitted)
             finish_s = queues[chosen].run(ready_s, shape.request_cpu_s, work_s, ready_s > t_s)
             latency = finish_s - t_s
-            run.finished_s = max(run.finished_s, t_s + latency)
+            run.finished_s = max(run.finished_s, finish_s)
             if free is not None:
-                heapq.heappush(free, t_s + latency)
+                heapq.heappush(free, finish_s)
             run.latencies.append(latency)
             run.cold.append(cold)
             if latency > slow_s:

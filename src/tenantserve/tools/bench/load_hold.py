@@ -28,6 +28,7 @@ from tenantserve.tools.bench import loadgen, trace_kinds
 from tenantserve.tools.bench.fleet_profile import ModelCost, zeros
 from tenantserve.tools.bench.harness import popularity_order
 from tenantserve.tools.bench.loadgen import LoadSpec
+from tenantserve.tools.bench.sampler import parse_metrics
 from tenantserve.tools.bench.servers import served_tenantserve
 from tenantserve.types import TensorSpec
 
@@ -39,7 +40,6 @@ HELD_SHARE = 4
 """... with a budget that holds one model in this many (the suite's quarter budget)."""
 MIN_LOADS = 20
 """Fewer loads measured than this say nothing: the profile keeps 1 (as alone)."""
-_METRIC = "tenantserve_model_load_slot_seconds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +83,19 @@ def measure_load_hold(
         for model_id in popularity_order(trace):
             with contextlib.suppress(httpx.HTTPError):  # one that fails to load fails later too
                 bodies[model_id] = _body(_metadata(served.url, model_id))
-        before = _histogram(served.url)
+        before = _metrics(served.url)
         spec = LoadSpec(served.url, concurrency=CLIENTS, duration_s=duration_s)
         loadgen.replay(trace, spec, bodies=bodies)
-        after = _histogram(served.url)
-    loads = int(after[1] - before[1])
-    held_s = (after[0] - before[0]) / loads if loads else 0.0
+        after = _metrics(served.url)
+    loads = int(after.get("load_slots", 0.0) - before.get("load_slots", 0.0))
+    held_s = (
+        (after.get("load_slot_s", 0.0) - before.get("load_slot_s", 0.0)) / loads if loads else 0.0
+    )
     return LoadHold(loads, held_s, statistics.median(models[m].load_s for m in ids))
+
+
+def _metrics(url: str) -> dict[str, float]:
+    return parse_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
 
 
 def _metadata(url: str, model_id: str) -> dict[str, Any]:
@@ -109,13 +115,3 @@ def _body(metadata: Mapping[str, Any]) -> bytes:
              "data": value.ravel().tolist()}
         )  # fmt: skip
     return orjson.dumps({"inputs": tensors})
-
-
-def _histogram(url: str) -> tuple[float, float]:
-    """(sum, count) of the load-slot histogram."""
-    found: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in (f"{_METRIC}_sum", f"{_METRIC}_count"):
-            found[name] = float(value)
-    return found.get(f"{_METRIC}_sum", 0.0), found.get(f"{_METRIC}_count", 0.0)

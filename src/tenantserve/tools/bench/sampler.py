@@ -21,6 +21,10 @@ METRICS = {
     "memory_used_bytes": "tenantserve_memory_used_bytes",
     "memory_budget_bytes": "tenantserve_memory_budget_bytes",
     "loaded_models": "tenantserve_loaded_models",
+    "load_slot_s": "tenantserve_model_load_slot_seconds_sum",
+    "load_slots": "tenantserve_model_load_slot_seconds_count",
+    "loading_wait_s": "tenantserve_model_loading_wait_seconds_sum",
+    "loading_waits": "tenantserve_model_loading_wait_seconds_count",
 }
 """Figure name → Prometheus sample name (summed over its label sets) read from /metrics."""
 
