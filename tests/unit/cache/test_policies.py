@@ -7,12 +7,13 @@ cache does, removing each before asking for the next.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import random
+from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 import pytest
 
-from tenantserve.cache.eviction import EvictionPolicy
+from tenantserve.cache.eviction import LOAD_OVERHEAD_S, EvictionPolicy
 from tenantserve.cache.policies import (
     S3FIFO,
     AdaptiveCost,
@@ -184,3 +185,64 @@ def test_policies_offer_every_resident_model_once(sizes: tuple[int, ...]) -> Non
         assert sorted(policy.candidates()) == ["a", "b", "c"], type(policy).__name__
         policy.remove("b")  # an unload, not an eviction
         assert sorted(policy.candidates()) == ["a", "c"], type(policy).__name__
+
+
+def _stream(seed: int, models: int = 12, requests: int = 3000) -> list[tuple[str, int, float]]:
+    """Requests whose popular models change every 500: (model, bytes, load seconds)."""
+    rng = random.Random(seed)
+    sizes = {f"m{i}": rng.randint(5, 50) for i in range(models)}
+    order = list(sizes)
+    stream = []
+    for i in range(requests):
+        if i % 500 == 0:
+            rng.shuffle(order)
+        key = order[min(int(rng.expovariate(0.4)), models - 1)]
+        stream.append((key, sizes[key], sizes[key] / 1000))
+    return stream
+
+
+def _replay_checking_order(
+    policy: EvictionPolicy[str], seed: int, order_now: Callable[[dict[str, float]], list[str]]
+) -> int:
+    """Drive ``policy`` as the cache does with room for 4 models; before each eviction, its
+    candidates must come in ``order_now(cost per byte of each resident model)``."""
+    resident: dict[str, float] = {}
+    checked = 0
+    for key, nbytes, load_s in _stream(seed):
+        if key not in resident:
+            if len(resident) == 4:
+                assert list(policy.candidates()) == order_now(resident)
+                checked += 1
+                (victim,) = evict(policy)
+                del resident[victim]
+            policy.add(key, nbytes=nbytes, load_seconds=load_s)
+            resident[key] = (load_s + LOAD_OVERHEAD_S) / nbytes
+        policy.touch(key)
+    return checked
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decayed_cost_ranks_by_faded_uses_times_cost_as_the_cache_grows(seed: int) -> None:
+    policy: DecayedCost[str] = DecayedCost(per_model=5.0)
+
+    def by_uses(cost: dict[str, float]) -> list[str]:
+        return sorted(cost, key=lambda key: policy.uses(key) * cost[key])
+
+    # Uses counted before the cache fills weigh by a shorter tau than those after.
+    for key, _, _ in _stream(seed + 10, requests=40):
+        policy.touch(key)
+    assert _replay_checking_order(policy, seed, by_uses) > 100
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_adaptive_cost_ranks_by_the_chosen_memory_as_the_choice_moves(seed: int) -> None:
+    policy: AdaptiveCost[str] = AdaptiveCost(per_model=(1.0, 8.0, 64.0), horizon=20)
+    chosen: set[float] = set()
+
+    def by_chosen(cost: dict[str, float]) -> list[str]:
+        chosen.add(policy.chosen_per_model)
+        uses = policy._chosen.policy.uses  # the memory ranking now, against its kept order
+        return sorted(cost, key=lambda key: uses(key) * cost[key])
+
+    assert _replay_checking_order(policy, seed, by_chosen) > 100
+    assert len(chosen) > 1  # the choice moved during the stream

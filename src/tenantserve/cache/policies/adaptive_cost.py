@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from tenantserve.cache.eviction import LOAD_OVERHEAD_S
-from tenantserve.cache.policies.decayed_cost import DecayedCost
+from tenantserve.cache.policies.decayed_cost import DecayedCost, least_first
 
 K = TypeVar("K", bound=Hashable)
 
@@ -26,8 +27,8 @@ class _Shadow(Generic[K]):
         """Serve ``key`` on paper; True for a hit."""
         hit = key in self.held
         if not hit and nbytes <= budget:
-            # Ranked only when something must go: a sort of every model held, per shadow,
-            # on each new model cost ~20 ms a request with 10,000 resident.
+            # Ranked only when something must go: even a lookup of the least of every model
+            # held, per shadow, on each new model would be 10,000 of them with that many held.
             if self.bytes + nbytes > budget:
                 for victim in self.policy.candidates():
                     self.bytes -= self.held.pop(victim)
@@ -50,8 +51,8 @@ class AdaptiveCost(Generic[K]):
     the same budget over the same requests, and the real cache evicts by the memory whose
     shadow hit most over about the last ``horizon`` requests; ties go to the middle one. An
     adaptive choice in the manner of ARC's or Caffeine's hill climber, but by direct trial.
-    The shadows triple DecayedCost's work, on the event loop: replayed, about 20 µs a request
-    in all (a sort of the resident models on each shadow miss), where a load costs tens of ms.
+    The shadows triple DecayedCost's work, on the event loop: replayed, a few µs a request
+    (a shadow's miss looks up its least-ranked model, no sort), where a load costs ~1 ms.
     """
 
     def __init__(
@@ -60,9 +61,14 @@ class AdaptiveCost(Generic[K]):
         self._shadows = [_Shadow[K](DecayedCost(per_model=p)) for p in per_model]
         self._horizon = horizon
         self._chosen = self._shadows[len(self._shadows) // 2]
-        self._resident: dict[K, tuple[int, float]] = {}  # size, reload seconds per byte
+        self._resident: dict[K, tuple[int, float]] = {}  # size, log(reload seconds per byte)
         self._known: dict[K, tuple[int, float]] = {}  # models loaded: size, load seconds
         self._bytes = self._most_bytes = 0  # resident; the most so far stands for the budget
+        # Resident models' places in the chosen memory's order (DecayedCost.faded plus the
+        # log of the cost): kept up as models are used; rebuilt when the choice or its tau
+        # changes (``_ranked_by`` then differs), not on every eviction.
+        self._rank: dict[K, float] = {}
+        self._ranked_by: tuple[DecayedCost[K], float] | None = None
 
     @property
     def chosen_per_model(self) -> float:
@@ -71,7 +77,9 @@ class AdaptiveCost(Generic[K]):
 
     def add(self, key: K, *, nbytes: int = 0, load_seconds: float = 0.0) -> None:
         size = max(nbytes, 1)
-        self._resident[key] = (size, (load_seconds + LOAD_OVERHEAD_S) / size)
+        log_cost = math.log((load_seconds + LOAD_OVERHEAD_S) / size)
+        self._resident[key] = (size, log_cost)
+        self._rank[key] = self._chosen.policy.faded(key) + log_cost
         self._known.pop(key, None)  # re-inserted: the oldest entry is the one let go
         self._known[key] = (size, load_seconds)
         if len(self._known) > _SIZES_KEPT:
@@ -86,12 +94,22 @@ class AdaptiveCost(Generic[K]):
             shadow.hits += (hit - shadow.hits) / self._horizon
         middle = self._shadows[len(self._shadows) // 2]
         best = max(self._shadows, key=lambda s: s.hits)
-        self._chosen = middle if middle.hits >= best.hits else best
+        chosen = middle if middle.hits >= best.hits else best
+        if chosen is not self._chosen:
+            self._chosen, self._ranked_by = chosen, None
+        resident = self._resident.get(key)
+        if resident is not None:
+            self._rank[key] = chosen.policy.faded(key) + resident[1]
 
     def remove(self, key: K, *, evicted: bool = False) -> None:
         size, _ = self._resident.pop(key, (0, 0.0))
+        self._rank.pop(key, None)
         self._bytes -= size
 
     def candidates(self) -> Iterator[K]:
-        uses, resident = self._chosen.policy.uses, self._resident
-        return iter(sorted(resident, key=lambda key: uses(key) * resident[key][1]))
+        policy = self._chosen.policy
+        if self._ranked_by != (policy, policy.tau):
+            faded = policy.faded
+            self._rank = {key: faded(key) + cost for key, (_, cost) in self._resident.items()}
+            self._ranked_by = (policy, policy.tau)
+        return least_first(self._rank)
