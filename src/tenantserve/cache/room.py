@@ -183,11 +183,10 @@ class Room:
             return victims  # it fits: no need to rank every resident model (10,000 of them)
         # A model just loaded for requests that have not yet resumed to take it goes last:
         # policies that admit by frequency rank it first, and its waiters would find it gone.
-        ordered = list(self._policy.candidates())
+        # The whole order is read first: some policies move models as their order is read.
         now = time.monotonic()
-        fresh = {v for v in ordered if (e := self._entries.get(v)) is not None and e.fresh(now)}
-        later = [v for v in ordered if v in fresh]
-        for victim in [*(v for v in ordered if v not in fresh), *later]:
+        later: list[Resident] = []
+        for victim in list(self._policy.candidates()):
             if need - freeing <= limit:
                 break
             entry = self._entries.get(victim)
@@ -195,9 +194,20 @@ class Room:
                 continue
             if tenant is not None and victim.tenant != tenant:
                 continue
-            self._metrics.evictions.inc()
-            log.info("evicting %s (%d bytes): %s", victim, entry.nbytes, why)
-            self._detach(entry, why)
-            victims.append(entry)
-            freeing += entry.nbytes
+            if entry.fresh(now):
+                later.append(entry)
+                continue
+            freeing += self._take(entry, why, victims)
+        for entry in later:
+            if need - freeing <= limit:
+                break
+            freeing += self._take(entry, why, victims)
         return victims
+
+    def _take(self, entry: Resident, why: str, victims: list[Resident]) -> int:
+        """Detach ``entry`` as a victim, into ``victims``; the bytes it frees."""
+        self._metrics.evictions.inc()
+        log.info("evicting %s (%d bytes): %s", entry.model_id, entry.nbytes, why)
+        self._detach(entry, why)
+        victims.append(entry)
+        return entry.nbytes
