@@ -7,8 +7,9 @@ Usage: ``python benchmarks/bench_quarter_flags.py --store STORE [--duration-s 20
 flag set gets a fresh server with the suite's quarter budget (478 MiB) and its own disk tier,
 one call to every model (least popular first), then a closed loop of 16 clients over the
 suite's Zipf (s=1.1) trace for ``--duration-s``; the sets are taken in turn, ``--rounds``
-times (A B A B). Printed per run: req/s, hit and miss latencies, the server's mean wait of a
-first call for its model and a load's time in its slot (from /metrics), and its CPU.
+times (A B A B). Printed per run: req/s, the hit ratio and hit and miss latencies (from the
+answers' cache headers), the server's mean wait of a first call for its model and a load's
+time in its slot (from /metrics), and its CPU.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def run_once(store: Path, flags: str, duration_s: float) -> str:
     cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / wall_s
     return (
         f"| `{flags or 'defaults'}` | {len(ok) / result.wall_s:.1f} | "
-        f"{len(result.outcomes) - len(ok)} | {_pct(hits, 0.5):.1f} / {_pct(hits, 0.99):.1f} | "
+        f"{len(result.outcomes) - len(ok)} | {len(hits) / max(1, len(ok)):.3f} | "
+        f"{_pct(hits, 0.5):.1f} / {_pct(hits, 0.99):.1f} | "
         f"{_pct(misses, 0.5):.1f} / {_pct(misses, 0.99):.1f} | "
         f"{_pct([o.latency_s for o in ok], 0.99):.1f} | "
         f"{_mean_ms(before, after, 'loading_wait_s', 'loading_waits'):.1f} | "
@@ -84,10 +86,10 @@ def main() -> None:
     args = parser.parse_args()
     sets = args.flags or [""]
     print(
-        "| flags | req/s | errors | hit p50 / p99 ms | miss p50 / p99 ms | p99 ms | "
+        "| flags | req/s | errors | hit ratio | hit p50 / p99 ms | miss p50 / p99 ms | p99 ms | "
         "first call's wait ms | load's slot ms | server cores |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for _ in range(args.rounds):
         for flags in sets:
             print(run_once(args.store, flags, args.duration_s), flush=True)

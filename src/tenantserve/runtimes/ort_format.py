@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 
 import onnxruntime as ort
 
+from tenantserve.runtimes.arena import use_shared_arena
 from tenantserve.runtimes.file_digests import FileDigests
 from tenantserve.types import OrtFormat
 
@@ -65,6 +66,7 @@ def session_options(*, prepack: bool, ort_file: bool = False) -> ort.SessionOpti
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    use_shared_arena(options)  # a run's tensors come from the one arena, not the session's
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
     if ort_file:
