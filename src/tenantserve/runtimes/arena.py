@@ -3,10 +3,12 @@
 ONNX Runtime gives each session an arena for the tensors a run makes (activations, outputs)
 and never shrinks it: a session keeps what its largest batch needed. A 10.56 MB model of the
 benchmark fleet (a 125,000-wide hidden layer) kept 7.9 MB after one run of 8 rows, so 60
-resident models held 477 MB beyond their files, none of it in the ledger (sizes are measured
-at load, before any run) and all of it evicted with them. One shared arena holds only what the
-runs in flight at once need: the same 60 held 12 MB. Sessions opt in with
-``session.use_env_allocators``.
+resident models held 473 MB beyond their files, none of it in the ledger (sizes are measured
+at load, before any run). One shared arena holds only what the runs in flight at once need:
+the same 60 held 8 MB (``benchmarks/bench_arena.py``). Sessions opt in with
+``session.use_env_allocators``. The arena keeps its largest size too: a single huge batch
+leaves its memory there (charged as process overhead), where before it left it in one
+session until that was evicted.
 """
 
 from __future__ import annotations
