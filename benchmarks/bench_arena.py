@@ -5,8 +5,8 @@ Usage: ``python benchmarks/bench_arena.py --store STORE [--sessions 60] [--rows 
 ``STORE`` is a fleet such as ``tenantserve bench suite`` builds (models with ``model.ort``).
 Each way runs in a fresh process: ``--sessions`` sessions made with the server's options
 (mapped ORT-format files, no pre-packing), one run of ``--rows`` rows on each, then runs of
-one row. Printed per way: anonymous memory grown by the loads and by the runs (from
-/proc/self/status), and the median one-row run.
+one row. Printed per way: anonymous memory grown by the loads and by the runs (MiB, as the
+cache reads it: ``tenantserve.memory.anon_bytes``), and the median one-row run.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ import subprocess
 import sys
 import time
 
+from tenantserve import memory
+
 
 def _anon_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+    return memory.anon_bytes() / 2**20
 
 
 def measure(store: str, way: str, sessions: int, rows: int) -> str:

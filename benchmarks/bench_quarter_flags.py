@@ -19,20 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 
 from tenantserve.tools.bench import loadgen, trace_kinds
 from tenantserve.tools.bench.floor import local_model_ids
 from tenantserve.tools.bench.harness import popularity_order
-from tenantserve.tools.bench.sampler import parse_metrics
+from tenantserve.tools.bench.sampler import read_metrics
 from tenantserve.tools.bench.servers import served_tenantserve
 
 QUARTER_BYTES = 501_000_000  # the suite's quarter of 200 models of 10 MB (478 MiB)
-
-
-def _metrics(url: str) -> dict[str, float]:
-    return parse_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
 
 
 def _mean_ms(before: dict[str, float], after: dict[str, float], total: str, count: str) -> float:
@@ -55,13 +50,13 @@ def run_once(store: Path, flags: str, duration_s: float) -> str:
         )  # fmt: skip
         with served as server:
             loadgen.warm_up(server.url, popularity_order(trace))
-            before = _metrics(server.url)
+            before = read_metrics(server.url)
             process = psutil.Process(server.pid)
             cpu_before, started = process.cpu_times(), time.monotonic()
             spec = loadgen.LoadSpec(server.url, concurrency=16, duration_s=duration_s)
             result = loadgen.replay(trace, spec)
             cpu_after, wall_s = process.cpu_times(), time.monotonic() - started
-            after = _metrics(server.url)
+            after = read_metrics(server.url)
     ok = [o for o in result.outcomes if o.status == 200]
     hits = [o.latency_s for o in ok if o.cache == "hit"]
     misses = [o.latency_s for o in ok if o.cache == "miss"]

@@ -71,7 +71,7 @@ def anon_bytes() -> int:
 
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_statm: tuple[int, int] | None = None  # (pid, descriptor of /proc/self/statm)
+_statm: tuple[int, int] | None = None  # (pid, descriptor of /proc/self/statm; -1: none)
 _process: psutil.Process | None = None
 
 
@@ -85,9 +85,11 @@ def _resident() -> tuple[int, int]:
     if _statm is None or _statm[0] != pid:  # first use, or a forked child
         try:
             _statm = (pid, os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
-        except OSError:
-            info = _this_process().memory_info()
-            return int(info.rss), int(getattr(info, "shared", 0))
+        except OSError:  # not Linux: asked once, not on every reading
+            _statm = (pid, -1)
+    if _statm[1] < 0:
+        info = _this_process().memory_info()
+        return int(info.rss), int(getattr(info, "shared", 0))
     fields = os.pread(_statm[1], 256, 0).split()
     return int(fields[1]) * _PAGE_BYTES, int(fields[2]) * _PAGE_BYTES
 

@@ -28,7 +28,7 @@ from tenantserve.tools.bench import loadgen, trace_kinds
 from tenantserve.tools.bench.fleet_profile import ModelCost, zeros
 from tenantserve.tools.bench.harness import popularity_order
 from tenantserve.tools.bench.loadgen import LoadSpec
-from tenantserve.tools.bench.sampler import parse_metrics
+from tenantserve.tools.bench.sampler import read_metrics
 from tenantserve.tools.bench.servers import served_tenantserve
 from tenantserve.types import TensorSpec
 
@@ -83,19 +83,15 @@ def measure_load_hold(
         for model_id in popularity_order(trace):
             with contextlib.suppress(httpx.HTTPError):  # one that fails to load fails later too
                 bodies[model_id] = _body(_metadata(served.url, model_id))
-        before = _metrics(served.url)
+        before = read_metrics(served.url)
         spec = LoadSpec(served.url, concurrency=CLIENTS, duration_s=duration_s)
         loadgen.replay(trace, spec, bodies=bodies)
-        after = _metrics(served.url)
+        after = read_metrics(served.url)
     loads = int(after.get("load_slots", 0.0) - before.get("load_slots", 0.0))
     held_s = (
         (after.get("load_slot_s", 0.0) - before.get("load_slot_s", 0.0)) / loads if loads else 0.0
     )
     return LoadHold(loads, held_s, statistics.median(models[m].load_s for m in ids))
-
-
-def _metrics(url: str) -> dict[str, float]:
-    return parse_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
 
 
 def _metadata(url: str, model_id: str) -> dict[str, Any]:

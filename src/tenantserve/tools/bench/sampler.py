@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+import httpx
 import psutil
 
 METRICS = {
@@ -53,6 +54,11 @@ def parse_metrics(text: str) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
+
+
+def read_metrics(url: str, *, timeout_s: float = 10.0) -> dict[str, float]:
+    """The :data:`METRICS` figures of the server at ``url``, read now from its /metrics."""
+    return parse_metrics(httpx.get(f"{url}/metrics", timeout=timeout_s).text)
 
 
 def find_pid(url: str) -> int | None:

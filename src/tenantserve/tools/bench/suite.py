@@ -13,14 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 
 from tenantserve.tools.bench import harness, trace_kinds
 from tenantserve.tools.bench.floor import local_model_ids
 from tenantserve.tools.bench.loadgen import LoadSpec
 from tenantserve.tools.bench.report import write_report
-from tenantserve.tools.bench.sampler import parse_metrics
+from tenantserve.tools.bench.sampler import read_metrics
 from tenantserve.tools.bench.servers import Served, served_floor, served_tenantserve
 from tenantserve.tools.bench.summary import Summary, summarize
 
@@ -170,7 +169,7 @@ def _start(
 
 
 def _metric(url: str, name: str) -> float:
-    return parse_metrics(httpx.get(f"{url}/metrics", timeout=30).text).get(name, 0.0)
+    return read_metrics(url, timeout_s=30).get(name, 0.0)
 
 
 def targets(summaries: dict[str, Summary], evictions: Sequence[str]) -> list[str]:
